@@ -1,0 +1,26 @@
+"""medclf: fine-tune, evaluate and serve BERT-family classifiers for medical text."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from medclf.config import TrainConfig  # noqa: E402
+from medclf.errors import MedclfError  # noqa: E402
+
+__all__ = ["MedclfError", "TextClassifier", "TrainConfig", "TrainResult", "__version__", "evaluate", "train"]
+
+
+def __getattr__(name: str):  # lazy: `medclf --version` and `--help` should not import torch
+    if name == "TextClassifier":
+        from medclf.predict import TextClassifier
+
+        return TextClassifier
+    if name in ("train", "TrainResult"):
+        from medclf import training
+
+        return getattr(training, name)
+    if name == "evaluate":
+        from medclf.evaluation import evaluate
+
+        return evaluate
+    raise AttributeError(f"module 'medclf' has no attribute {name!r}")

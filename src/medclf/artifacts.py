@@ -1,0 +1,120 @@
+"""Atomic, self-describing run directories.
+
+Every file is written to a temporary name and renamed into place, and a run
+is assembled in a hidden staging directory beside its final path, renamed to
+the final name only once complete. A killed run leaves at most a hidden
+`.NAME.partial-*` directory, never a half-written run under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from medclf.errors import MedclfError
+
+MODEL_DIR = "model"
+CONFIG_FILE = "train_config.json"
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.md"
+CONFUSION_FILE = "confusion_matrix.png"
+PREDICTIONS_FILE = "predictions_test.csv"
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, value: Any) -> None:
+    atomic_write_text(path, json.dumps(value, indent=2, ensure_ascii=False, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def is_run_dir(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / CONFIG_FILE).is_file() and (path / MODEL_DIR / "config.json").is_file()
+
+
+def check_output_dir(path: str | Path, *, overwrite: bool) -> None:
+    """Refuse to write over an existing run or a non-empty folder unless asked to."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MedclfError(f"Output path {path} is a file; choose a directory path with --output.")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        what = "a run" if is_run_dir(path) else "files"
+        raise MedclfError(f"Output directory {path} already holds {what}; pass --overwrite or choose another --output.")
+
+
+def staging_dir(final: str | Path) -> Path:
+    """A hidden directory beside `final` (same filesystem, so the final rename is atomic)."""
+    final = Path(final).resolve()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+
+
+def publish(staging: Path, final: str | Path, *, overwrite: bool) -> Path:
+    """Move a complete staging directory to its final name; the old one is removed only after."""
+    final = Path(final).resolve()
+    old: Path | None = None
+    if final.exists():
+        check_output_dir(final, overwrite=overwrite)
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        os.replace(final, old / "run")
+    try:
+        os.replace(staging, final)
+    except BaseException:
+        if old is not None:
+            os.replace(old / "run", final)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def save_pretrained_atomic(model: Any, tokenizer: Any, directory: Path) -> None:
+    """Save model (safetensors) and tokenizer into a temporary folder, then rename it to `directory`."""
+    directory = Path(directory)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    from medclf.modeling import quiet_transformers
+
+    try:
+        with quiet_transformers():
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_json(path: Path) -> Any:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)

@@ -1,0 +1,248 @@
+"""The `medclf` command line: a thin typer layer over the library functions.
+
+Logging is configured here and only here. User errors (MedclfError) become one
+sentence on stderr and exit status 2; anything unexpected exits 1 with a short
+message, and the traceback only with --debug. Raw input text is never printed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+
+from medclf import __version__
+from medclf.errors import MedclfError
+
+app = typer.Typer(
+    name="medclf",
+    help="Fine-tune, evaluate and use BERT-family classifiers for medical text. Offline by default.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,  # tracebacks with locals would print patient text
+)
+log = logging.getLogger("medclf")
+_state = {"debug": False, "quiet": False}
+T = TypeVar("T")
+
+
+def _configure_logging(quiet: bool, verbose: bool) -> None:
+    logger = logging.getLogger("medclf")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"medclf {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks for unexpected errors.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and results; no progress bars.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug-level log messages.")] = False,
+) -> None:
+    _state["debug"] = debug
+    _state["quiet"] = quiet
+    _configure_logging(quiet, verbose)
+
+
+def _guard(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except MedclfError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("Interrupted; nothing was written under the final output name.", err=True)
+        raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:
+        if _state["debug"]:
+            raise
+        typer.echo(
+            f"Error: unexpected {type(exc).__name__}; re-run with `medclf --debug ...` for the traceback.", err=True
+        )
+        raise typer.Exit(1) from None
+
+
+def _progress() -> bool:
+    return not _state["quiet"] and sys.stderr.isatty()
+
+
+# ---------------------------------------------------------------- train
+
+DataOpt = Annotated[
+    Optional[str],
+    typer.Option("--data", help="Training table: CSV, TSV, JSONL or Parquet ('-' = CSV on stdin). Default: the embedded demo."),
+]
+TextColOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--text-column", help="Text column; repeat to join several (title + abstract). Default: 'text' or the only text column."),
+]
+LabelColOpt = Annotated[
+    Optional[str], typer.Option("--label-column", help="Label column (strings or integers). Default: 'label' or the only label-like column.")
+]
+
+
+@app.command()
+def train(
+    data: DataOpt = None,
+    text_column: TextColOpt = None,
+    label_column: LabelColOpt = None,
+    test_data: Annotated[Optional[str], typer.Option("--test-data", help="Separate test table. Default: a stratified 20% split of --data.")] = None,
+    val_data: Annotated[Optional[str], typer.Option("--val-data", help="Separate validation table. Default: a stratified 10% slice of the training part.")] = None,
+    model: Annotated[str, typer.Option("--model", help="'default' (packaged MiniLM), a local Hugging Face model directory, or a hub id.")] = "default",
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Run directory to create. Default: runs/<timestamp>.")] = None,
+    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training data.")] = 4,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size.")] = 16,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, linear warmup then decay).")] = 1e-4,
+    max_length: Annotated[int, typer.Option("--max-length", help="Tokens per text; longer texts are cut.")] = 256,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after this many optimizer steps.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the split, initialisation and batch order.")] = 42,
+    precision: Annotated[str, typer.Option("--precision", help="auto | fp32 | bf16 | fp16. auto: bf16 only where the hardware runs it fast.")] = "auto",
+    class_weights: Annotated[str, typer.Option("--class-weights", help="none | balanced (weight the loss by inverse class frequency).")] = "none",
+    drop_empty: Annotated[bool, typer.Option("--drop-empty", help="Skip rows with an empty text or label instead of refusing the file.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run at --output.")] = False,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | mps.")] = "auto",
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from the model's repository (off by default; only for models you trust).")] = False,
+) -> None:
+    """Fine-tune a classifier on a labelled table, evaluate it on a held-out test part, and save the run."""
+
+    def run() -> None:
+        from medclf.config import TrainConfig
+        from medclf.metrics import format_table
+        from medclf.training import train as train_fn
+
+        config = TrainConfig(
+            data=data, text_columns=text_column, label_column=label_column, test_data=test_data, val_data=val_data,
+            model=model, output=output, epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length,
+            max_steps=max_steps, seed=seed, precision=precision, class_weights=class_weights, drop_empty=drop_empty,
+            overwrite=overwrite, device=device, trust_remote_code=trust_remote_code,
+        )
+        result = train_fn(config, progress=_progress())
+        typer.echo(format_table(result.test_metrics))
+        typer.echo(f"Run written to {result.run_dir}")
+
+    _guard(run)
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[str, typer.Argument(help="A run directory written by `medclf train`.")],
+    data: Annotated[str, typer.Option("--data", help="Labelled table to evaluate on (CSV, TSV, JSONL, Parquet).")],
+    text_column: TextColOpt = None,
+    label_column: LabelColOpt = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write the metrics as JSON to this file.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Inference batch size.")] = 64,
+    drop_empty: Annotated[bool, typer.Option("--drop-empty", help="Skip rows with an empty text or label.")] = False,
+) -> None:
+    """Accuracy, macro/weighted F1, per-class figures, confusion matrix, loss and ROC-AUC on a labelled table."""
+
+    def run() -> None:
+        from medclf.evaluation import evaluate as evaluate_fn
+        from medclf.metrics import format_table
+
+        metrics = evaluate_fn(
+            run_dir, data=data, text_columns=text_column, label_column=label_column,
+            drop_empty=drop_empty, batch_size=batch_size, output=output,
+        )
+        typer.echo(format_table(metrics))
+        typer.echo("confusion matrix (rows: true, columns: predicted; order as above):")
+        for row in metrics["confusion_matrix"]:
+            typer.echo("  " + " ".join(f"{v:5d}" for v in row))
+        if output:
+            typer.echo(f"Metrics written to {output}")
+
+    _guard(run)
+
+
+# ---------------------------------------------------------------- predict
+
+
+@app.command()
+def predict(
+    run_dir: Annotated[str, typer.Argument(help="A run directory written by `medclf train`.")],
+    texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to classify (or use --input).")] = None,
+    input: Annotated[Optional[str], typer.Option("--input", "-i", help="A .txt file (one text per line) or a CSV/TSV/JSONL/Parquet table.")] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write CSV or JSONL (by extension). Default: JSONL on stdout.")] = None,
+    text_column: TextColOpt = None,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", help="Give only the K most probable classes per text.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Inference batch size.")] = 32,
+    keep_text: Annotated[bool, typer.Option("--keep-text", help="Copy the text column(s) into the output (off: outputs carry no text).")] = False,
+    drop_empty: Annotated[bool, typer.Option("--drop-empty", help="Skip empty texts instead of refusing the input.")] = False,
+) -> None:
+    """Label new texts: the predicted label and the probability of every class, for each text."""
+
+    def run() -> None:
+        from medclf.predict_io import predict_file
+
+        count = predict_file(
+            run_dir, texts=texts, input=input, output=output, text_columns=text_column, top_k=top_k,
+            batch_size=batch_size, keep_text=keep_text, drop_empty=drop_empty,
+        )
+        if output:
+            log.info("Wrote %d predictions to %s", count, output)
+
+    _guard(run)
+
+
+# ---------------------------------------------------------------- demo
+
+DEMO_TEXTS = [
+    "68-year-old man with crushing chest pain radiating to the jaw; ECG shows ST elevation in V2-V4.",
+    "Itchy silvery plaques on both elbows and knees for a year; start topical steroid.",
+    "Sudden slurred speech and right facial droop this morning; CT excludes haemorrhage.",
+]
+
+
+@app.command()
+def demo(
+    output: Annotated[str, typer.Option("--output", "-o", help="Run directory to create.")] = "runs/demo",
+    overwrite: Annotated[bool, typer.Option("--overwrite/--no-overwrite", help="Replace an earlier demo run.")] = True,
+) -> None:
+    """Train on the embedded demo data (invented snippets), predict three new texts, print the test metrics."""
+
+    def run() -> None:
+        from medclf.config import TrainConfig
+        from medclf.metrics import format_table
+        from medclf.predict import TextClassifier
+        from medclf.training import train as train_fn
+
+        result = train_fn(TrainConfig(output=output, overwrite=overwrite), progress=_progress())
+        clf = TextClassifier.load(result.run_dir)
+        typer.echo("Predictions for three new invented notes:")
+        for i, (label, probs) in enumerate(zip(clf.predict(DEMO_TEXTS), clf.predict_proba(DEMO_TEXTS)), 1):
+            typer.echo(f"  note {i}: {label} (p={probs.max():.2f})")
+        typer.echo("Test metrics:")
+        typer.echo(format_table(result.test_metrics))
+        typer.echo(f"Run written to {result.run_dir}")
+
+    _guard(run)
+
+
+def main() -> None:
+    app(prog_name="medclf")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""One typed, validated, serialisable config per job.
+
+`TrainConfig` is built by the CLI or by library users, validated where it is
+created (``__post_init__``), and saved with the run as ``train_config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from medclf.errors import MedclfError
+
+DEFAULT_MODEL = "default"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+CLASS_WEIGHTS = ("none", "balanced")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Every option of a training run. Paths are stored as strings."""
+
+    data: str | None = None
+    """Training table (CSV, TSV, JSONL or Parquet; '-' reads CSV from stdin). None: the embedded demo."""
+    text_columns: list[str] | None = None
+    """Column(s) holding the text; several are joined with a newline. None: 'text' or the only text column."""
+    label_column: str | None = None
+    """Column holding the label (strings or integers). None: 'label' or the only label-like column."""
+    test_data: str | None = None
+    """Separate test table. None: a stratified split of `data` (test_size)."""
+    val_data: str | None = None
+    """Separate validation table for model selection. None: a stratified slice of the training part."""
+    model: str = DEFAULT_MODEL
+    """'default' (the packaged MiniLM), a local Hugging Face model directory, or a hub id."""
+    output: str | None = None
+    """Run directory to create. None: runs/<timestamp> under the current directory."""
+    epochs: int = 4
+    batch_size: int = 16
+    lr: float = 1e-4
+    max_length: int = 256
+    max_steps: int | None = None
+    """Stop after this many optimizer steps in total (overrides epochs when smaller)."""
+    seed: int = 42
+    precision: str = "auto"
+    class_weights: str = "none"
+    drop_empty: bool = False
+    """Skip rows with an empty text or label instead of refusing the file."""
+    overwrite: bool = False
+    test_size: float = 0.2
+    val_size: float = 0.1
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    device: str = "auto"
+    trust_remote_code: bool = False
+    eval_batch_size: int = 64
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form notes saved with the run (never used by training)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.text_columns, str):
+            self.text_columns = [self.text_columns]
+        if self.text_columns is not None:
+            if not self.text_columns or not all(isinstance(c, str) and c for c in self.text_columns):
+                raise MedclfError("text_columns must be a non-empty list of column names.")
+            self.text_columns = list(self.text_columns)
+        _positive_int("epochs", self.epochs)
+        _positive_int("batch_size", self.batch_size)
+        _positive_int("eval_batch_size", self.eval_batch_size)
+        _positive_int("max_length", self.max_length)
+        if self.max_length < 8:
+            raise MedclfError(f"max_length must be at least 8 tokens, got {self.max_length}.")
+        if self.max_steps is not None:
+            _positive_int("max_steps", self.max_steps)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise MedclfError(f"seed must be a non-negative integer, got {self.seed!r}.")
+        _positive_float("lr", self.lr)
+        if self.lr >= 1.0:
+            raise MedclfError(f"lr must be below 1.0 (typical: 1e-5 to 2e-4), got {self.lr}.")
+        for name in ("test_size", "val_size"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 < value < 0.9:
+                raise MedclfError(f"{name} must be a fraction between 0 and 0.9, got {value!r}.")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise MedclfError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
+        if self.weight_decay < 0:
+            raise MedclfError(f"weight_decay must be >= 0, got {self.weight_decay}.")
+        _positive_float("max_grad_norm", self.max_grad_norm)
+        _choice("precision", self.precision, PRECISIONS)
+        _choice("class_weights", self.class_weights, CLASS_WEIGHTS)
+        _choice("device", self.device, DEVICES)
+        if not self.model or not isinstance(self.model, str):
+            raise MedclfError("model must be 'default', a local model directory or a hub id.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise MedclfError(
+                f"Unknown training option(s) {', '.join(unknown)}; known options are: {', '.join(sorted(known))}."
+            )
+        return cls(**values)
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise MedclfError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def _positive_float(name: str, value: Any) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise MedclfError(f"{name} must be a positive number, got {value!r}.")
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise MedclfError(f"{name} must be one of {', '.join(choices)}, got {value!r}.")

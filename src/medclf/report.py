@@ -1,0 +1,105 @@
+"""report.md and confusion_matrix.png for a run (texts never appear in either)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from medclf.artifacts import CONFUSION_FILE, REPORT_FILE, atomic_write_bytes, atomic_write_text
+from medclf.config import TrainConfig
+from medclf.metrics import format_table
+
+
+def confusion_png(matrix: list[list[int]], labels: list[str], *, title: str) -> bytes:
+    """A labelled confusion-matrix heat map: rows are true classes, columns predictions, row-normalised colour."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    counts = np.asarray(matrix, dtype=float)
+    rows = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    size = max(4.5, 0.7 * len(labels) + 2.5)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels=labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels=labels)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center",
+                    color="white" if share[i, j] > 0.5 else "black", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def write_report(directory: Path, *, metrics: dict[str, Any], config: TrainConfig, run_info: dict[str, Any]) -> None:
+    test = metrics["test"]
+    atomic_write_bytes(
+        directory / CONFUSION_FILE,
+        confusion_png(test["confusion_matrix"], test["labels"], title=f"Test confusion matrix (n={test['n']})"),
+    )
+    timing = metrics["timing"]
+    data = metrics["data"]
+    lines = [
+        "# medclf run report",
+        "",
+        f"- Created: {run_info['created']} with medclf {run_info['medclf_version']}",
+        f"- Model: `{config.model}` ({run_info['model_source']}), device {run_info['device']}, "
+        f"precision {run_info['precision']} ({run_info['precision_reason']})",
+        f"- Data: `{run_info['data_file']}` (sha256 {str(run_info['data_sha256']['data'])[:16]}...); "
+        f"text column(s) {', '.join(run_info['text_columns'])}, label column {run_info['label_column']}",
+        f"- Split: {data['how']}: {data['n_train']} train / {data['n_val']} validation / {data['n_test']} test",
+        f"- Options: epochs {config.epochs}, batch {config.batch_size}, lr {config.lr}, max length {config.max_length}, "
+        f"seed {config.seed}, class weights {config.class_weights}",
+        f"- Best epoch by validation macro-F1: {metrics['best_epoch']} "
+        f"(validation macro-F1 {metrics['validation']['macro_f1']:.4f})",
+        f"- Training: {timing['train_seconds']:.1f} s, {timing['train_samples_per_second']:.1f} samples/s; "
+        f"test inference {timing['test_inference_samples_per_second']:.1f} samples/s",
+        "",
+        "## Test metrics",
+        "",
+        "```",
+        format_table(test),
+        "```",
+        "",
+        "Macro-F1 weighs every class equally, so a small class the model misses shows here even when "
+        "accuracy looks good.",
+        "",
+        f"![confusion matrix]({CONFUSION_FILE})",
+        "",
+        "## Training history",
+        "",
+        "| epoch | train loss | val loss | val accuracy | val macro-F1 | seconds | samples/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in metrics["history"]:
+        lines.append(
+            f"| {row['epoch']} | {row['train_loss']:.4f} | {row['val_loss']:.4f} | {row['val_accuracy']:.4f} | "
+            f"{row['val_macro_f1']:.4f} | {row['seconds']:.1f} | {row['samples_per_second']:.1f} |"
+        )
+    lines += ["", "## Data", "", "| class | train | validation | test |", "|---|---|---|---|"]
+    counts = data["class_counts"]
+    for label in test["labels"]:
+        lines.append(
+            f"| {label} | {counts['train'].get(label, 0)} | {counts['validation'].get(label, 0)} | "
+            f"{counts['test'].get(label, 0)} |"
+        )
+    lines += ["", "| part | mean tokens | texts cut at max length | tokens lost |", "|---|---|---|---|"]
+    for name, t in data["truncation"].items():
+        lines.append(
+            f"| {name} | {t['mean_tokens']:.0f} | {t['texts_cut']} ({t['share_texts_cut']:.1%}) | {t['share_tokens_lost']:.1%} |"
+        )
+    versions = run_info["versions"]
+    lines += ["", "## Environment", "", ", ".join(f"{k} {v}" for k, v in versions.items()), ""]
+    atomic_write_text(directory / REPORT_FILE, "\n".join(lines))

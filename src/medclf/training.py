@@ -1,0 +1,400 @@
+"""Fine-tuning: AdamW, linear warmup and decay, clipping, dynamic padding, length-grouped batches."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import platform
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medclf import __version__
+from medclf.artifacts import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    MODEL_DIR,
+    PREDICTIONS_FILE,
+    atomic_write_json,
+    atomic_write_text,
+    check_output_dir,
+    publish,
+    save_pretrained_atomic,
+    staging_dir,
+)
+from medclf.batching import Encoded, collate, encode, length_grouped_batches
+from medclf.config import TrainConfig
+from medclf.data import LabeledData, check_classes, demo_data_path, load_labeled, stratified_split
+from medclf.errors import MedclfError
+from medclf.metrics import classification_metrics, cross_entropy
+from medclf.modeling import autocast, choose_device, choose_precision, load_classifier, load_tokenizer, resolve_model
+from medclf.predict import batched_logits, softmax
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns: where the run is, and its figures."""
+
+    run_dir: Path
+    metrics: dict[str, Any]
+    config: TrainConfig
+
+    @property
+    def test_metrics(self) -> dict[str, Any]:
+        return self.metrics["test"]
+
+
+@dataclass
+class Splits:
+    train: LabeledData
+    val: LabeledData
+    test: LabeledData
+    labels: list[str]
+    how: str
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def file_sha256(path: str | Path | None) -> str | None:
+    if path is None or str(path) == "-":
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def prepare_splits(config: TrainConfig) -> Splits:
+    """Read and validate the data, then split it: stratified test and validation parts unless given."""
+    data = load_labeled(
+        config.data, text_columns=config.text_columns, label_column=config.label_column,
+        drop_empty=config.drop_empty, role="training data",
+    )
+    labels = check_classes(data.labels, source=data.source)
+    columns = {"text_columns": data.text_columns, "label_column": data.label_column, "drop_empty": config.drop_empty}
+    how = []
+    if config.test_data is not None:
+        test = load_labeled(config.test_data, role="test data", **columns)
+        _check_known(test, labels, "test")
+        train = data
+        how.append(f"test from {config.test_data}")
+    else:
+        keep, held = stratified_split(
+            data.labels, fraction=config.test_size, seed=config.seed, source=data.source,
+            part="test", option="--test-data",
+        )
+        train, test = data.subset(keep), data.subset(held)
+        how.append(f"stratified {1 - config.test_size:.0%}/{config.test_size:.0%} train/test split, seed {config.seed}")
+    if config.val_data is not None:
+        val = load_labeled(config.val_data, role="validation data", **columns)
+        _check_known(val, labels, "validation")
+        how.append(f"validation from {config.val_data}")
+    else:
+        keep, held = stratified_split(
+            train.labels, fraction=config.val_size, seed=config.seed, source=data.source,
+            part="validation", option="--val-data",
+        )
+        train, val = train.subset(keep), train.subset(held)
+        how.append(f"stratified {config.val_size:.0%} validation slice of the training part")
+    missing = sorted(set(labels) - set(train.labels))
+    if missing:
+        raise MedclfError(f"Class(es) {', '.join(map(repr, missing))} have no training rows after splitting; add rows.")
+    return Splits(train=train, val=val, test=test, labels=labels, how="; ".join(how))
+
+
+def _check_known(part: LabeledData, labels: list[str], name: str) -> None:
+    unseen = sorted(set(part.labels) - set(labels))
+    if unseen:
+        shown = ", ".join(repr(u) for u in unseen[:10]) + (" ..." if len(unseen) > 10 else "")
+        raise MedclfError(
+            f"The {name} data has {len(unseen)} label(s) never seen in training ({shown}); "
+            "fix the label column or add those classes to the training data."
+        )
+
+
+def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
+
+
+def _class_weights(train: LabeledData, labels: list[str], mode: str) -> torch.Tensor | None:
+    if mode == "none":
+        return None
+    counts = Counter(train.labels)
+    n = len(train.labels)
+    return torch.tensor([n / (len(labels) * counts[lab]) for lab in labels], dtype=torch.float32)
+
+
+def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
+    """Fine-tune a classifier as `config` says, evaluate it on the test part, and write the run directory."""
+    started = time.perf_counter()
+    output = Path(config.output or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    check_output_dir(output, overwrite=config.overwrite)
+
+    splits = prepare_splits(config)
+    labels = splits.labels
+    label_id = {lab: i for i, lab in enumerate(labels)}
+    log.info(
+        "Data: %d train / %d validation / %d test rows, %d classes (%s).",
+        len(splits.train), len(splits.val), len(splits.test), len(labels), splits.how,
+    )
+
+    set_seed(config.seed)
+    source = resolve_model(config.model)
+    tokenizer = load_tokenizer(source, trust_remote_code=config.trust_remote_code)
+    model = load_classifier(source, labels=labels, trust_remote_code=config.trust_remote_code)
+    model.config.problem_type = "single_label_classification"
+    device = choose_device(config.device)
+    precision = choose_precision(config.precision, device)
+    model.to(device)
+    log.info("Model %s on %s; precision %s (%s).", config.model, device.type, precision.name, precision.reason)
+
+    enc = {
+        name: encode(tokenizer, part.texts, max_length=config.max_length)
+        for name, part in (("train", splits.train), ("val", splits.val), ("test", splits.test))
+    }
+    for name, e in enc.items():
+        if e.n_truncated:
+            log.info(
+                "%s: %d of %d texts cut at max_length %d (%.1f%% of tokens lost).",
+                name, e.n_truncated, len(e.input_ids), config.max_length, 100.0 * e.tokens_lost / max(1, e.tokens_total),
+            )
+    y_train = torch.tensor([label_id[lab] for lab in splits.train.labels])
+    y_val = np.array([label_id[lab] for lab in splits.val.labels])
+    y_test = np.array([label_id[lab] for lab in splits.test.labels])
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    steps_per_epoch = math.ceil(len(splits.train) / config.batch_size)
+    total_steps = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    optimizer = _optimizer(model, config)
+    warmup = int(round(config.warmup_ratio * total_steps))
+
+    def lr_factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    weights = _class_weights(splits.train, labels, config.class_weights)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.name == "fp16")
+    generator = torch.Generator().manual_seed(config.seed)
+    amp = lambda: autocast(device, precision)  # noqa: E731
+
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"macro_f1": -1.0}
+    best_state: dict[str, torch.Tensor] | None = None
+    step = 0
+    train_seconds = 0.0
+    samples_seen = 0
+    tokens_seen = 0
+    lengths = enc["train"].lengths
+    for epoch in range(1, epochs + 1):
+        model.train()
+        batches = length_grouped_batches(lengths, config.batch_size, generator)
+        if config.max_steps is not None:
+            batches = batches[: total_steps - step]
+        epoch_start = time.perf_counter()
+        running = 0.0
+        bar = _progress(batches, progress, f"epoch {epoch}/{epochs}")
+        for i, batch in enumerate(bar, 1):
+            inputs = collate([enc["train"].input_ids[j] for j in batch], pad_id)
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+            target = y_train[batch].to(device)
+            with amp():
+                logits = model(**inputs).logits
+            loss = loss_fn(logits.float(), target)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            samples_seen += len(batch)
+            tokens_seen += int(inputs["attention_mask"].sum())
+            running += loss.detach().item()
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{running / i:.4f}")
+        epoch_train = time.perf_counter() - epoch_start
+        train_seconds += epoch_train
+        train_loss = running / max(1, len(batches))
+        # Evaluation runs in fp32, as TextClassifier does, so validation and test figures are what users get.
+        val_logits = batched_logits(
+            model, enc["val"].input_ids, batch_size=config.eval_batch_size, pad_id=pad_id, device=device
+        )
+        val_probs = softmax(val_logits)
+        val = classification_metrics(y_val, val_probs, labels, loss=cross_entropy(val_probs, y_val))
+        row = {
+            "epoch": epoch,
+            "step": step,
+            "train_loss": train_loss,
+            "val_loss": val["loss"],
+            "val_accuracy": val["accuracy"],
+            "val_macro_f1": val["macro_f1"],
+            "lr": scheduler.get_last_lr()[0],
+            "seconds": epoch_train,
+            "samples_per_second": sum(len(b) for b in batches) / epoch_train if epoch_train else 0.0,
+        }
+        history.append(row)
+        improved = val["macro_f1"] > best["macro_f1"]
+        log.info(
+            "epoch %d/%d  train loss %.4f  val loss %.4f  val acc %.4f  val macro-F1 %.4f  %.0fs (%.1f samples/s)%s",
+            epoch, epochs, train_loss, val["loss"], val["accuracy"], val["macro_f1"], epoch_train,
+            row["samples_per_second"], "  best" if improved else "",
+        )
+        if improved:
+            best = {"epoch": epoch, "macro_f1": val["macro_f1"], "metrics": val}
+            if epoch < epochs:
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                best_state = None  # the current weights are the best
+        if step >= total_steps:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+        log.info("Restored the weights of epoch %d (best validation macro-F1 %.4f).", best["epoch"], best["macro_f1"])
+
+    eval_start = time.perf_counter()
+    test_logits = batched_logits(
+        model, enc["test"].input_ids, batch_size=config.eval_batch_size, pad_id=pad_id, device=device
+    )
+    test_probs = softmax(test_logits)
+    test_seconds = time.perf_counter() - eval_start
+    test = classification_metrics(y_test, test_probs, labels, loss=cross_entropy(test_probs, y_test))
+
+    metrics: dict[str, Any] = {
+        "test": test,
+        "validation": best["metrics"],
+        "best_epoch": best["epoch"],
+        "history": history,
+        "data": {
+            "how": splits.how,
+            "n_train": len(splits.train),
+            "n_val": len(splits.val),
+            "n_test": len(splits.test),
+            "class_counts": {
+                name: dict(Counter(part.labels)) for name, part in
+                (("train", splits.train), ("validation", splits.val), ("test", splits.test))
+            },
+            "n_dropped_empty": splits.train.n_dropped,
+            "truncation": {name: _truncation(e, config.max_length) for name, e in enc.items()},
+        },
+        "timing": {
+            "train_seconds": train_seconds,
+            "train_samples_per_second": samples_seen / train_seconds if train_seconds else None,
+            "train_tokens_per_second": tokens_seen / train_seconds if train_seconds else None,
+            "optimizer_steps": step,
+            "test_inference_seconds": test_seconds,
+            "test_inference_samples_per_second": len(y_test) / test_seconds if test_seconds else None,
+            "total_seconds": None,
+        },
+    }
+    run_info = {
+        "medclf_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "labels": labels,
+        "text_columns": splits.train.text_columns,
+        "label_column": splits.train.label_column,
+        "model_source": source,
+        "device": device.type,
+        "precision": precision.name,
+        "precision_reason": precision.reason,
+        "data_file": str(config.data) if config.data else str(demo_data_path()),
+        "data_sha256": {
+            "data": file_sha256(config.data or demo_data_path()),
+            "test_data": file_sha256(config.test_data),
+            "val_data": file_sha256(config.val_data),
+        },
+        "versions": _versions(),
+        "split": splits.how,
+    }
+    stage = staging_dir(output)
+    try:
+        save_pretrained_atomic(model.cpu(), tokenizer, stage / MODEL_DIR)
+        atomic_write_json(stage / CONFIG_FILE, {"config": config.to_dict(), "run": run_info})
+        atomic_write_text(stage / PREDICTIONS_FILE, _predictions_csv(splits.test, labels, y_test, test_probs))
+        from medclf.report import write_report
+
+        metrics["timing"]["total_seconds"] = time.perf_counter() - started
+        write_report(stage, metrics=metrics, config=config, run_info=run_info)
+        atomic_write_json(stage / METRICS_FILE, metrics)
+        final = publish(stage, output, overwrite=config.overwrite)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return TrainResult(run_dir=final, metrics=metrics, config=config)
+
+
+def _truncation(e: Encoded, max_length: int) -> dict[str, Any]:
+    return {
+        "max_length": max_length,
+        "texts_cut": e.n_truncated,
+        "share_texts_cut": e.n_truncated / max(1, len(e.input_ids)),
+        "share_tokens_lost": e.tokens_lost / max(1, e.tokens_total),
+        "mean_tokens": e.tokens_total / max(1, len(e.input_ids)),
+    }
+
+
+def _predictions_csv(test: LabeledData, labels: list[str], y: np.ndarray, probs: np.ndarray) -> str:
+    """Test predictions by source row index; the texts are left out (they may hold patient data)."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"row": test.rows, "label": [labels[i] for i in y]})
+    pred = probs.argmax(axis=1)
+    frame["predicted"] = [labels[i] for i in pred]
+    frame["score"] = probs[np.arange(len(pred)), pred]
+    for i, lab in enumerate(labels):
+        frame[f"prob_{lab}"] = probs[:, i]
+    return frame.to_csv(index=False, float_format="%.6f")
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+
+    return {
+        "medclf": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def _progress(items: list[Any], enabled: bool, desc: str) -> Any:
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, unit="batch", leave=False, dynamic_ncols=True)

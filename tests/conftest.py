@@ -1,0 +1,77 @@
+"""Shared fixtures: a tiny random-init BERT built offline in a temp dir, and small invented tables."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SECRET = "ZEBRA-PATIENT-7731"
+"""A marker planted in test texts: it must never appear in any message, log or artifact."""
+
+WORDS = {
+    "cardio": ["chest", "pain", "troponin", "ecg", "murmur", "palpitations", "heart", "arrhythmia"],
+    "derm": ["rash", "itchy", "plaques", "mole", "skin", "eczema", "lesion", "biopsy"],
+    "neuro": ["seizure", "headache", "stroke", "numbness", "tremor", "weakness", "mri", "speech"],
+}
+
+
+def make_rows(n_per_class: int, seed: int = 0, labels: tuple[str, ...] = ("cardio", "derm", "neuro")) -> list[dict[str, str]]:
+    rng = random.Random(seed)
+    rows = []
+    for label in labels:
+        for i in range(n_per_class):
+            words = rng.sample(WORDS[label], 4) + rng.sample([w for k in WORDS for w in WORDS[k]], 1)
+            rows.append({"note_id": f"{label}-{i}", "text": f"patient {SECRET} " + " ".join(words), "label": label})
+    rng.shuffle(rows)
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict[str, str]], *, delimiter: str = ",") -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter=delimiter)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 2-layer, 32-wide BERT with random weights and the packaged MiniLM's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from medclf.modeling import default_model_dir
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def small_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """60 rows, 3 classes, with an extra id column."""
+    return write_csv(tmp_path_factory.mktemp("data") / "notes.csv", make_rows(20))
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, small_csv: Path) -> Path:
+    """One run of the tiny model on small_csv, shared by the read-only tests."""
+    from medclf import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("runs") / "run"
+    train(TrainConfig(data=str(small_csv), model=tiny_model, output=str(out), epochs=8, lr=3e-3, batch_size=8), progress=False)
+    return out

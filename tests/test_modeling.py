@@ -1,0 +1,47 @@
+import pytest
+import torch
+
+from medclf import MedclfError
+from medclf import modeling
+from medclf.modeling import choose_precision, resolve_model
+
+
+def test_default_model_resolves_to_the_installed_package():
+    path = resolve_model("default")
+    assert path.endswith("model")
+    assert (modeling.default_model_dir() / "config.json").is_file()
+
+
+def test_model_paths_that_are_not_models_are_explained(tmp_path):
+    with pytest.raises(MedclfError, match="does not exist"):
+        resolve_model(str(tmp_path / "missing" / "model"))
+    with pytest.raises(MedclfError, match="no config.json"):
+        resolve_model(str(tmp_path))
+
+
+def test_hub_id_without_network_fails_in_one_sentence(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    with pytest.raises(MedclfError, match="not in the local Hugging Face cache.*--model DIR"):
+        modeling.from_pretrained(AutoTokenizer, "some-org/not-cached-model-xyz")
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [({"avx2"}, "fp32"), ({"avx2", "avx512_bf16"}, "bf16"), ({"amx_bf16"}, "bf16")],
+)
+def test_auto_precision_uses_bf16_only_on_cpus_that_run_it_fast(monkeypatch, flags, expected):
+    monkeypatch.setattr(modeling, "cpu_flags", lambda: flags)
+    choice = choose_precision("auto", torch.device("cpu"))
+    assert choice.name == expected
+    assert choice.reason
+
+
+def test_explicit_precision_is_honoured_or_refused(monkeypatch):
+    monkeypatch.setattr(modeling, "cpu_flags", lambda: {"avx2"})
+    assert choose_precision("fp32", torch.device("cpu")).name == "fp32"
+    slow = choose_precision("bf16", torch.device("cpu"))
+    assert slow.name == "bf16" and "slower" in slow.reason
+    with pytest.raises(MedclfError, match="fp16 training is for CUDA"):
+        choose_precision("fp16", torch.device("cpu"))

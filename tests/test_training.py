@@ -1,0 +1,150 @@
+"""Training with a tiny random-init BERT: overfit, save/load, reproducibility, atomic runs."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SECRET, make_rows, write_csv
+from medclf import MedclfError, TextClassifier, TrainConfig, train
+from medclf.artifacts import is_run_dir
+
+
+def test_tiny_model_overfits_ten_rows_and_save_load_keeps_predictions(tmp_path, tiny_model):
+    rows = make_rows(5, labels=("cardio", "derm"))
+    path = write_csv(tmp_path / "ten.csv", rows)
+    config = TrainConfig(
+        data=str(path), test_data=str(path), val_data=str(path), model=tiny_model, output=str(tmp_path / "run"),
+        epochs=40, lr=5e-3, batch_size=4, warmup_ratio=0.0,
+    )
+    result = train(config, progress=False)
+    assert result.test_metrics["accuracy"] == 1.0
+    texts = [r["text"] for r in rows]
+    clf = TextClassifier.load(result.run_dir)
+    assert clf.labels == ["cardio", "derm"]
+    assert clf.predict(texts) == [r["label"] for r in rows]
+    # The same predictions after a save/load round trip as from the probabilities written at training time.
+    import pandas as pd
+
+    written = pd.read_csv(result.run_dir / "predictions_test.csv")
+    assert (written["predicted"] == written["label"]).all()
+    np.testing.assert_allclose(
+        clf.predict_proba(texts)[written["row"].tolist()],
+        written[[f"prob_{lab}" for lab in clf.labels]].to_numpy(), atol=1e-5,
+    )
+
+
+def test_run_directory_is_self_describing_and_loads_with_plain_transformers(trained_run):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    assert is_run_dir(trained_run)
+    for name in ["train_config.json", "metrics.json", "report.md", "confusion_matrix.png", "predictions_test.csv",
+                 "model/model.safetensors", "model/config.json", "model/tokenizer.json"]:
+        assert (trained_run / name).is_file(), name
+    assert not list(trained_run.rglob("*.bin")) and not list(trained_run.rglob("*.pkl"))
+    saved = json.loads((trained_run / "train_config.json").read_text())
+    assert saved["config"]["epochs"] == 8
+    assert saved["run"]["labels"] == ["cardio", "derm", "neuro"]
+    assert set(saved["run"]["versions"]) >= {"torch", "transformers", "medclf"}
+    assert len(saved["run"]["data_sha256"]["data"]) == 64
+
+    model = AutoModelForSequenceClassification.from_pretrained(trained_run / "model")
+    tokenizer = AutoTokenizer.from_pretrained(trained_run / "model")
+    assert model.config.id2label == {0: "cardio", 1: "derm", 2: "neuro"}
+    text = "patient has chest pain and troponin rise"
+    with torch.inference_mode():
+        plain = torch.softmax(model(**tokenizer(text, return_tensors="pt")).logits, -1)[0].numpy()
+    np.testing.assert_allclose(TextClassifier.load(trained_run).predict_proba(text), plain, atol=1e-5)
+
+
+def test_nothing_in_the_run_holds_the_input_text(trained_run):
+    for path in trained_run.rglob("*"):
+        if path.is_file() and path.suffix in {".json", ".md", ".csv"} and "tokenizer" not in path.name:
+            assert SECRET not in path.read_text(encoding="utf-8"), path
+
+
+def test_metrics_json_reports_what_a_user_checks(trained_run):
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    test = metrics["test"]
+    assert {"accuracy", "macro_f1", "weighted_f1", "per_class", "confusion_matrix", "loss", "roc_auc_ovr_macro"} <= set(test)
+    assert test["n"] == 12 and sum(map(sum, test["confusion_matrix"])) == 12
+    assert metrics["data"]["n_train"] + metrics["data"]["n_val"] + test["n"] == 60
+    assert len(metrics["history"]) == 8
+    assert 1 <= metrics["best_epoch"] <= 8
+    assert metrics["timing"]["train_samples_per_second"] > 0
+
+
+def test_same_seed_same_metrics(tmp_path, tiny_model, small_csv):
+    def run(name):
+        config = TrainConfig(data=str(small_csv), model=tiny_model, output=str(tmp_path / name), epochs=2, lr=1e-3)
+        return train(config, progress=False).metrics
+
+    first, second = run("a"), run("b")
+    assert first["test"]["accuracy"] == second["test"]["accuracy"]
+    assert first["test"]["loss"] == pytest.approx(second["test"]["loss"], rel=1e-6)
+    assert [h["train_loss"] for h in first["history"]] == pytest.approx([h["train_loss"] for h in second["history"]], rel=1e-6)
+
+
+def test_max_steps_stops_early(tmp_path, tiny_model, small_csv):
+    config = TrainConfig(data=str(small_csv), model=tiny_model, output=str(tmp_path / "r"), epochs=5, max_steps=3)
+    result = train(config, progress=False)
+    assert result.metrics["timing"]["optimizer_steps"] == 3
+    assert len(result.metrics["history"]) == 1
+
+
+def test_existing_run_is_refused_unless_overwrite(tmp_path, tiny_model, small_csv):
+    out = tmp_path / "r"
+    base = dict(data=str(small_csv), model=tiny_model, output=str(out), max_steps=1)
+    train(TrainConfig(**base), progress=False)
+    with pytest.raises(MedclfError, match="already holds a run; pass --overwrite"):
+        train(TrainConfig(**base), progress=False)
+    train(TrainConfig(**base, overwrite=True, seed=7), progress=False)
+    assert json.loads((out / "train_config.json").read_text())["config"]["seed"] == 7
+
+
+def test_a_run_killed_while_writing_leaves_no_loadable_run(tmp_path, tiny_model, small_csv, monkeypatch):
+    import medclf.report
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(medclf.report, "write_report", boom)
+    out = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(data=str(small_csv), model=tiny_model, output=str(out), max_steps=1), progress=False)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(MedclfError, match="does not exist"):
+        TextClassifier.load(out)
+
+
+def test_test_labels_never_seen_in_training_are_named(tmp_path, tiny_model, small_csv):
+    other = write_csv(tmp_path / "test.csv", make_rows(2, labels=("cardio", "derm")) + [
+        {"note_id": "x", "text": "a new thing", "label": "oncology"}])
+    config = TrainConfig(data=str(small_csv), test_data=str(other), model=tiny_model, output=str(tmp_path / "r"))
+    with pytest.raises(MedclfError, match=r"1 label\(s\) never seen in training \('oncology'\)"):
+        train(config, progress=False)
+
+
+def test_predict_api_follows_sklearn_habits(trained_run):
+    clf = TextClassifier.load(trained_run)
+    one = clf.predict("chest pain and troponin")
+    many = clf.predict(["chest pain", "itchy rash", "seizure"])
+    assert isinstance(one, str) and one in clf.labels
+    assert isinstance(many, list) and len(many) == 3
+    proba = clf.predict_proba(["a", "b b b b b b b b b", "c"])
+    assert proba.shape == (3, 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+    assert clf.predict_proba("a").shape == (3,)
+    # Order of the inputs is kept although batches are sorted by length.
+    np.testing.assert_allclose(proba[1], clf.predict_proba("b b b b b b b b b"), atol=1e-6)
+    assert clf.predict([]) == []
+    with pytest.raises(MedclfError, match="not a string"):
+        clf.predict([None])
+
+
+def test_loading_a_folder_that_is_not_a_run(tmp_path):
+    with pytest.raises(MedclfError, match="not a medclf run directory"):
+        TextClassifier.load(tmp_path)
