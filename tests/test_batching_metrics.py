@@ -41,6 +41,20 @@ def test_encode_truncates_but_keeps_the_closing_token(tiny_model):
     assert enc.input_ids[1] == tok("short")["input_ids"]
 
 
+def test_head_tail_keeps_the_start_and_the_end(tiny_model):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    words = " ".join(f"w{i}" for i in range(100))
+    full = tok(words)["input_ids"]
+    enc = encode(tok, [words], max_length=18, long_text="head-tail")
+    ids = enc.input_ids[0]
+    assert len(ids) == 18 and ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
+    assert ids[1:5] == full[1:5]  # a quarter of the 16-token budget from the head
+    assert ids[5:-1] == full[-13:-1]  # three quarters from the tail
+    assert encode(tok, ["short text"], max_length=18, long_text="head-tail").input_ids[0] == tok("short text")["input_ids"]
+
+
 def test_metrics_on_a_hand_made_case():
     labels = ["a", "b", "c"]
     y = np.array([0, 0, 1, 1, 2, 2])

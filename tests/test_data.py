@@ -2,8 +2,8 @@ import json
 
 import pandas as pd
 import pytest
-
 from conftest import SECRET, make_rows, write_csv
+
 from medclf import MedclfError
 from medclf.data import check_classes, demo_data_path, load_labeled, read_table, stratified_split
 

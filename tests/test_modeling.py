@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from medclf import MedclfError
-from medclf import modeling
+from medclf import MedclfError, modeling
 from medclf.modeling import choose_precision, resolve_model
 
 

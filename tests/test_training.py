@@ -1,13 +1,12 @@
 """Training with a tiny random-init BERT: overfit, save/load, reproducibility, atomic runs."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import SECRET, make_rows, write_csv
+
 from medclf import MedclfError, TextClassifier, TrainConfig, train
 from medclf.artifacts import is_run_dir
 
@@ -41,8 +40,10 @@ def test_run_directory_is_self_describing_and_loads_with_plain_transformers(trai
 
     assert is_run_dir(trained_run)
     for name in ["train_config.json", "metrics.json", "report.md", "confusion_matrix.png", "predictions_test.csv",
-                 "model/model.safetensors", "model/config.json", "model/tokenizer.json"]:
+                 "train.log", "model/model.safetensors", "model/config.json", "model/tokenizer.json"]:
         assert (trained_run / name).is_file(), name
+    log = (trained_run / "train.log").read_text()
+    assert "precision" in log and "epoch 8/8" in log and "Test: accuracy" in log
     assert not list(trained_run.rglob("*.bin")) and not list(trained_run.rglob("*.pkl"))
     saved = json.loads((trained_run / "train_config.json").read_text())
     assert saved["config"]["epochs"] == 8
@@ -61,7 +62,7 @@ def test_run_directory_is_self_describing_and_loads_with_plain_transformers(trai
 
 def test_nothing_in_the_run_holds_the_input_text(trained_run):
     for path in trained_run.rglob("*"):
-        if path.is_file() and path.suffix in {".json", ".md", ".csv"} and "tokenizer" not in path.name:
+        if path.is_file() and path.suffix in {".json", ".md", ".csv", ".log"} and "tokenizer" not in path.name:
             assert SECRET not in path.read_text(encoding="utf-8"), path
 
 
@@ -148,3 +149,59 @@ def test_predict_api_follows_sklearn_habits(trained_run):
 def test_loading_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(MedclfError, match="not a medclf run directory"):
         TextClassifier.load(tmp_path)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_linear_probe_head_init_copies_the_fitted_probe_into_the_head(tiny_model, n_classes):
+    from sklearn.linear_model import LogisticRegression
+    from transformers import AutoTokenizer
+
+    from medclf.batching import collate, encode
+    from medclf.modeling import load_classifier
+    from medclf.training import fit_head_on_frozen_features
+
+    labels = ("cardio", "derm", "neuro")[:n_classes]
+    rows = make_rows(10, labels=labels)
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    torch.manual_seed(0)
+    model = load_classifier(tiny_model, labels=list(labels))
+    ids = encode(tok, [r["text"] for r in rows], max_length=64).input_ids
+    y = np.array([labels.index(r["label"]) for r in rows])
+    assert fit_head_on_frozen_features(model, ids, y, pad_id=0, device=torch.device("cpu"), batch_size=7,
+                                       class_weight=None, seed=0)
+    model.eval()
+    with torch.inference_mode():
+        batch = collate(ids, 0)
+        out = model(**batch, output_hidden_states=False)
+        pooled = model.bert(**batch).pooler_output.numpy()
+    probe = LogisticRegression(C=1.0, max_iter=2000, random_state=0).fit(pooled, y)
+    # The head now computes the probe's decision: same predicted classes, same probabilities.
+    np.testing.assert_array_equal(out.logits.argmax(-1).numpy(), probe.predict(pooled))
+    np.testing.assert_allclose(torch.softmax(out.logits, -1).numpy(), probe.predict_proba(pooled), atol=1e-4)
+
+
+def test_training_with_linear_probe_init_is_logged(tmp_path, tiny_model, small_csv):
+    config = TrainConfig(data=str(small_csv), model=tiny_model, output=str(tmp_path / "r"), max_steps=2,
+                         head_init="linear-probe")
+    result = train(config, progress=False)
+    assert "Head initialised by a linear probe" in (result.run_dir / "train.log").read_text()
+    assert result.metrics["timing"]["head_init_seconds"] > 0
+
+
+def test_overwrite_never_replaces_a_folder_that_is_not_a_run(tmp_path, tiny_model, small_csv):
+    keep = tmp_path / "my-documents"
+    keep.mkdir()
+    (keep / "thesis.docx").write_text("precious")
+    config = TrainConfig(data=str(small_csv), model=tiny_model, output=str(keep), max_steps=1, overwrite=True)
+    with pytest.raises(MedclfError, match="not a medclf run"):
+        train(config, progress=False)
+    assert (keep / "thesis.docx").read_text() == "precious"
+
+
+def test_the_run_remembers_how_texts_were_cut(tmp_path, tiny_model, small_csv):
+    config = TrainConfig(data=str(small_csv), model=tiny_model, output=str(tmp_path / "r"), max_steps=1,
+                         max_length=12, long_text="head-tail")
+    result = train(config, progress=False)
+    clf = TextClassifier.load(result.run_dir)
+    assert (clf.max_length, clf.long_text) == (12, "head-tail")
+    assert result.metrics["data"]["truncation"]["train"]["texts_cut"] > 0

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from medclf.config import TrainConfig  # noqa: E402
-from medclf.errors import MedclfError  # noqa: E402
+from medclf.config import TrainConfig
+from medclf.errors import MedclfError
 
 __all__ = ["MedclfError", "TextClassifier", "TrainConfig", "TrainResult", "__version__", "evaluate", "train"]
 

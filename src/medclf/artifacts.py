@@ -23,6 +23,7 @@ METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
 CONFUSION_FILE = "confusion_matrix.png"
 PREDICTIONS_FILE = "predictions_test.csv"
+LOG_FILE = "train.log"
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -66,9 +67,14 @@ def check_output_dir(path: str | Path, *, overwrite: bool) -> None:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise MedclfError(f"Output path {path} is a file; choose a directory path with --output.")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        what = "a run" if is_run_dir(path) else "files"
-        raise MedclfError(f"Output directory {path} already holds {what}; pass --overwrite or choose another --output.")
+    if path.is_dir() and any(path.iterdir()):
+        if not is_run_dir(path):
+            raise MedclfError(
+                f"Output directory {path} holds files that are not a medclf run; choose another --output "
+                "(--overwrite only replaces an earlier run)."
+            )
+        if not overwrite:
+            raise MedclfError(f"Output directory {path} already holds a run; pass --overwrite or choose another --output.")
 
 
 def staging_dir(final: str | Path) -> Path:

@@ -28,8 +28,17 @@ class Encoded:
         return [len(ids) for ids in self.input_ids]
 
 
-def encode(tokenizer: Any, texts: list[str], *, max_length: int, chunk: int = 2048) -> Encoded:
-    """Tokenize texts (in chunks, with the fast tokenizer's batch path), truncated to max_length."""
+def encode(
+    tokenizer: Any, texts: list[str], *, max_length: int, long_text: str = "truncate", chunk: int = 2048
+) -> Encoded:
+    """Tokenize texts (in chunks, with the fast tokenizer's batch path) to at most max_length tokens.
+
+    long_text='truncate' keeps the first tokens; 'head-tail' keeps the first quarter and the last
+    three quarters of the token budget (Sun et al. 2019, "How to Fine-Tune BERT for Text
+    Classification?": head+tail beat head-only and tail-only on long documents). The special tokens
+    that open and close the sequence are always kept.
+    """
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
     ids: list[list[int]] = []
     n_truncated = tokens_total = tokens_lost = 0
     for start in range(0, len(texts), chunk):
@@ -41,9 +50,26 @@ def encode(tokenizer: Any, texts: list[str], *, max_length: int, chunk: int = 20
             if len(seq) > max_length:
                 n_truncated += 1
                 tokens_lost += len(seq) - max_length
-                seq = seq[: max_length - 1] + seq[-1:]  # keep the closing special token
+                seq = _shorten(seq, max_length, special, long_text)
             ids.append(seq)
     return Encoded(ids, n_truncated, tokens_total, tokens_lost)
+
+
+def _shorten(seq: list[int], max_length: int, special: set[int], long_text: str) -> list[int]:
+    lead = 0
+    while lead < len(seq) and seq[lead] in special:
+        lead += 1
+    trail = 0
+    while trail < len(seq) - lead and seq[len(seq) - 1 - trail] in special:
+        trail += 1
+    body = seq[lead : len(seq) - trail]
+    budget = max_length - lead - trail
+    if long_text == "head-tail":
+        head = budget // 4
+        kept = body[:head] + body[len(body) - (budget - head) :]
+    else:
+        kept = body[:budget]
+    return seq[:lead] + kept + seq[len(seq) - trail :]
 
 
 def length_grouped_batches(

@@ -7,16 +7,15 @@ message, and the traceback only with --debug. Raw input text is never printed.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections.abc import Callable
-from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, TypeVar
 
 import typer
 
 from medclf import __version__
+from medclf.config import TrainConfig
 from medclf.errors import MedclfError
 
 app = typer.Typer(
@@ -29,6 +28,7 @@ app = typer.Typer(
 log = logging.getLogger("medclf")
 _state = {"debug": False, "quiet": False}
 T = TypeVar("T")
+D = TrainConfig()  # the CLI's defaults are the config's defaults
 
 
 def _configure_logging(quiet: bool, verbose: bool) -> None:
@@ -89,15 +89,15 @@ def _progress() -> bool:
 # ---------------------------------------------------------------- train
 
 DataOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--data", help="Training table: CSV, TSV, JSONL or Parquet ('-' = CSV on stdin). Default: the embedded demo."),
 ]
 TextColOpt = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--text-column", help="Text column; repeat to join several (title + abstract). Default: 'text' or the only text column."),
 ]
 LabelColOpt = Annotated[
-    Optional[str], typer.Option("--label-column", help="Label column (strings or integers). Default: 'label' or the only label-like column.")
+    str | None, typer.Option("--label-column", help="Label column (strings or integers). Default: 'label' or the only label-like column.")
 ]
 
 
@@ -106,18 +106,20 @@ def train(
     data: DataOpt = None,
     text_column: TextColOpt = None,
     label_column: LabelColOpt = None,
-    test_data: Annotated[Optional[str], typer.Option("--test-data", help="Separate test table. Default: a stratified 20% split of --data.")] = None,
-    val_data: Annotated[Optional[str], typer.Option("--val-data", help="Separate validation table. Default: a stratified 10% slice of the training part.")] = None,
+    test_data: Annotated[str | None, typer.Option("--test-data", help="Separate test table. Default: a stratified 20% split of --data.")] = None,
+    val_data: Annotated[str | None, typer.Option("--val-data", help="Separate validation table. Default: a stratified 10% slice of the training part.")] = None,
     model: Annotated[str, typer.Option("--model", help="'default' (packaged MiniLM), a local Hugging Face model directory, or a hub id.")] = "default",
-    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Run directory to create. Default: runs/<timestamp>.")] = None,
-    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training data.")] = 4,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size.")] = 16,
-    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, linear warmup then decay).")] = 1e-4,
-    max_length: Annotated[int, typer.Option("--max-length", help="Tokens per text; longer texts are cut.")] = 256,
-    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after this many optimizer steps.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for the split, initialisation and batch order.")] = 42,
-    precision: Annotated[str, typer.Option("--precision", help="auto | fp32 | bf16 | fp16. auto: bf16 only where the hardware runs it fast.")] = "auto",
-    class_weights: Annotated[str, typer.Option("--class-weights", help="none | balanced (weight the loss by inverse class frequency).")] = "none",
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Run directory to create. Default: runs/<timestamp>.")] = None,
+    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training data.")] = D.epochs,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size.")] = D.batch_size,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, linear warmup then decay).")] = D.lr,
+    max_length: Annotated[int, typer.Option("--max-length", help="Tokens per text; longer texts are cut.")] = D.max_length,
+    long_text: Annotated[str, typer.Option("--long-text", help="truncate | head-tail: how texts over --max-length are cut (saved with the run).")] = D.long_text,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after this many optimizer steps.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the split, initialisation and batch order.")] = D.seed,
+    precision: Annotated[str, typer.Option("--precision", help="auto | fp32 | bf16 | fp16. auto: bf16 only where the hardware runs it fast.")] = D.precision,
+    class_weights: Annotated[str, typer.Option("--class-weights", help="none | balanced (weight the loss by inverse class frequency).")] = D.class_weights,
+    head_init: Annotated[str, typer.Option("--head-init", help="random | linear-probe (fit the head on frozen features before fine-tuning).")] = D.head_init,
     drop_empty: Annotated[bool, typer.Option("--drop-empty", help="Skip rows with an empty text or label instead of refusing the file.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run at --output.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | mps.")] = "auto",
@@ -126,14 +128,13 @@ def train(
     """Fine-tune a classifier on a labelled table, evaluate it on a held-out test part, and save the run."""
 
     def run() -> None:
-        from medclf.config import TrainConfig
         from medclf.metrics import format_table
         from medclf.training import train as train_fn
 
         config = TrainConfig(
             data=data, text_columns=text_column, label_column=label_column, test_data=test_data, val_data=val_data,
-            model=model, output=output, epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length,
-            max_steps=max_steps, seed=seed, precision=precision, class_weights=class_weights, drop_empty=drop_empty,
+            model=model, output=output, epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length, long_text=long_text,
+            max_steps=max_steps, seed=seed, precision=precision, class_weights=class_weights, head_init=head_init, drop_empty=drop_empty,
             overwrite=overwrite, device=device, trust_remote_code=trust_remote_code,
         )
         result = train_fn(config, progress=_progress())
@@ -152,7 +153,7 @@ def evaluate(
     data: Annotated[str, typer.Option("--data", help="Labelled table to evaluate on (CSV, TSV, JSONL, Parquet).")],
     text_column: TextColOpt = None,
     label_column: LabelColOpt = None,
-    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write the metrics as JSON to this file.")] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Write the metrics as JSON to this file.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Inference batch size.")] = 64,
     drop_empty: Annotated[bool, typer.Option("--drop-empty", help="Skip rows with an empty text or label.")] = False,
 ) -> None:
@@ -182,11 +183,11 @@ def evaluate(
 @app.command()
 def predict(
     run_dir: Annotated[str, typer.Argument(help="A run directory written by `medclf train`.")],
-    texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to classify (or use --input).")] = None,
-    input: Annotated[Optional[str], typer.Option("--input", "-i", help="A .txt file (one text per line) or a CSV/TSV/JSONL/Parquet table.")] = None,
-    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write CSV or JSONL (by extension). Default: JSONL on stdout.")] = None,
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify (or use --input).")] = None,
+    input: Annotated[str | None, typer.Option("--input", "-i", help="A .txt file (one text per line) or a CSV/TSV/JSONL/Parquet table.")] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Write CSV or JSONL (by extension). Default: JSONL on stdout.")] = None,
     text_column: TextColOpt = None,
-    top_k: Annotated[Optional[int], typer.Option("--top-k", help="Give only the K most probable classes per text.")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Give only the K most probable classes per text.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Inference batch size.")] = 32,
     keep_text: Annotated[bool, typer.Option("--keep-text", help="Copy the text column(s) into the output (off: outputs carry no text).")] = False,
     drop_empty: Annotated[bool, typer.Option("--drop-empty", help="Skip empty texts instead of refusing the input.")] = False,
@@ -223,7 +224,6 @@ def demo(
     """Train on the embedded demo data (invented snippets), predict three new texts, print the test metrics."""
 
     def run() -> None:
-        from medclf.config import TrainConfig
         from medclf.metrics import format_table
         from medclf.predict import TextClassifier
         from medclf.training import train as train_fn

@@ -17,6 +17,8 @@ DEFAULT_MODEL = "default"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CLASS_WEIGHTS = ("none", "balanced")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+HEAD_INITS = ("random", "linear-probe")
+LONG_TEXT = ("truncate", "head-tail")
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -43,11 +45,15 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 1e-4
     max_length: int = 256
+    long_text: str = "head-tail"
+    """How a text longer than max_length is cut: 'truncate' (keep the start) or 'head-tail'."""
     max_steps: int | None = None
     """Stop after this many optimizer steps in total (overrides epochs when smaller)."""
     seed: int = 42
     precision: str = "auto"
     class_weights: str = "none"
+    head_init: str = "linear-probe"
+    """'random' (as transformers does) or 'linear-probe': fit the classifier head on frozen features first (LP-FT)."""
     drop_empty: bool = False
     """Skip rows with an empty text or label instead of refusing the file."""
     overwrite: bool = False
@@ -94,6 +100,8 @@ class TrainConfig:
         _choice("precision", self.precision, PRECISIONS)
         _choice("class_weights", self.class_weights, CLASS_WEIGHTS)
         _choice("device", self.device, DEVICES)
+        _choice("head_init", self.head_init, HEAD_INITS)
+        _choice("long_text", self.long_text, LONG_TEXT)
         if not self.model or not isinstance(self.model, str):
             raise MedclfError("model must be 'default', a local model directory or a hub id.")
 

@@ -285,15 +285,16 @@ def stratified_split(
             f"Class {smallest!r} has only {n_smallest} row(s) in {source}, too few to stratify the {part} split "
             f"(need at least 2 per class); add rows, remove that class, or pass {option}."
         )
-    n_held = int(-(-fraction * len(labels) // 1))
-    if n_held < len(counts) or len(labels) - n_held < len(counts):
+    # ceil(fraction * n) as scikit-learn does, but at least one row per class in each part.
+    n_held = max(int(-(-fraction * len(labels) // 1)), len(counts))
+    if len(labels) - n_held < len(counts):
         raise MedclfError(
             f"{source} has {len(labels)} rows for {len(counts)} classes, too few for a stratified "
             f"{fraction:.0%} {part} split; add rows or pass {option}."
         )
     indices = list(range(len(labels)))
     try:
-        keep, held = train_test_split(indices, test_size=fraction, random_state=seed, stratify=labels)
+        keep, held = train_test_split(indices, test_size=n_held, random_state=seed, stratify=labels)
     except ValueError:
         raise MedclfError(
             f"Class {smallest!r} ({n_smallest} rows) is too small to stratify the {part} split of {source}; "

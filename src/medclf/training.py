@@ -20,6 +20,7 @@ import torch
 from medclf import __version__
 from medclf.artifacts import (
     CONFIG_FILE,
+    LOG_FILE,
     METRICS_FILE,
     MODEL_DIR,
     PREDICTIONS_FILE,
@@ -52,6 +53,20 @@ class TrainResult:
     @property
     def test_metrics(self) -> dict[str, Any]:
         return self.metrics["test"]
+
+
+class RunLog:
+    """Log a message and keep it for the run's train.log (whatever the caller's logging setup)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def info(self, message: str, *args: Any) -> None:
+        log.info(message, *args)
+        self.lines.append(f"{datetime.now().strftime('%H:%M:%S')} {message % args if args else message}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
 
 
 @dataclass
@@ -90,29 +105,23 @@ def prepare_splits(config: TrainConfig) -> Splits:
     labels = check_classes(data.labels, source=data.source)
     columns = {"text_columns": data.text_columns, "label_column": data.label_column, "drop_empty": config.drop_empty}
     how = []
-    if config.test_data is not None:
-        test = load_labeled(config.test_data, role="test data", **columns)
-        _check_known(test, labels, "test")
-        train = data
-        how.append(f"test from {config.test_data}")
-    else:
-        keep, held = stratified_split(
-            data.labels, fraction=config.test_size, seed=config.seed, source=data.source,
-            part="test", option="--test-data",
+
+    def part(path: str | None, pool: LabeledData, fraction: float, name: str) -> tuple[LabeledData, LabeledData]:
+        """(rest of pool, the named part): read from `path`, or a stratified slice of `pool`."""
+        if path is not None:
+            held = load_labeled(path, role=f"{name} data", **columns)
+            _check_known(held, labels, name)
+            how.append(f"{name} from {path}")
+            return pool, held
+        option = "--test-data" if name == "test" else "--val-data"
+        keep, out = stratified_split(
+            pool.labels, fraction=fraction, seed=config.seed, source=data.source, part=name, option=option
         )
-        train, test = data.subset(keep), data.subset(held)
-        how.append(f"stratified {1 - config.test_size:.0%}/{config.test_size:.0%} train/test split, seed {config.seed}")
-    if config.val_data is not None:
-        val = load_labeled(config.val_data, role="validation data", **columns)
-        _check_known(val, labels, "validation")
-        how.append(f"validation from {config.val_data}")
-    else:
-        keep, held = stratified_split(
-            train.labels, fraction=config.val_size, seed=config.seed, source=data.source,
-            part="validation", option="--val-data",
-        )
-        train, val = train.subset(keep), train.subset(held)
-        how.append(f"stratified {config.val_size:.0%} validation slice of the training part")
+        how.append(f"stratified {fraction:.0%} {name} part" + (f", seed {config.seed}" if name == "test" else ""))
+        return pool.subset(keep), pool.subset(out)
+
+    train, test = part(config.test_data, data, config.test_size, "test")
+    train, val = part(config.val_data, train, config.val_size, "validation")
     missing = sorted(set(labels) - set(train.labels))
     if missing:
         raise MedclfError(f"Class(es) {', '.join(map(repr, missing))} have no training rows after splitting; add rows.")
@@ -150,16 +159,64 @@ def _class_weights(train: LabeledData, labels: list[str], mode: str) -> torch.Te
     return torch.tensor([n / (len(labels) * counts[lab]) for lab in labels], dtype=torch.float32)
 
 
+@torch.inference_mode()
+def fit_head_on_frozen_features(
+    model: torch.nn.Module,
+    input_ids: list[list[int]],
+    y: np.ndarray,
+    *,
+    pad_id: int,
+    device: torch.device,
+    batch_size: int,
+    class_weight: str | None,
+    seed: int,
+) -> bool:
+    """Linear probe, then fine-tune (LP-FT): fit the classifier head by logistic regression on the
+    frozen encoder's features (the classifier's input), and copy the solution into the head.
+    Returns False (nothing changed) when the head is not a single linear layer."""
+    from sklearn.linear_model import LogisticRegression
+
+    from medclf.batching import sorted_batches
+
+    head = getattr(model, "classifier", None)
+    if not isinstance(head, torch.nn.Linear):
+        return False
+    features = torch.zeros((len(input_ids), head.in_features))
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0].detach().float().cpu()))
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in sorted_batches([len(ids) for ids in input_ids], batch_size):
+            inputs = {k: v.to(device) for k, v in collate([input_ids[i] for i in batch], pad_id).items()}
+            captured.clear()
+            model(**inputs)
+            features[batch] = captured[0]
+    finally:
+        hook.remove()
+        model.train(was_training)
+    probe = LogisticRegression(C=1.0, max_iter=2000, class_weight=class_weight, random_state=seed)
+    probe.fit(features.numpy(), y)
+    coef, intercept = probe.coef_, probe.intercept_
+    if coef.shape[0] == 1:  # scikit-learn gives one row for two classes: logits (0, z) become (-z/2, z/2)
+        coef = np.vstack([-coef / 2, coef / 2])
+        intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
+    head.weight.copy_(torch.as_tensor(coef, dtype=head.weight.dtype))
+    head.bias.copy_(torch.as_tensor(intercept, dtype=head.bias.dtype))
+    return True
+
+
 def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     """Fine-tune a classifier as `config` says, evaluate it on the test part, and write the run directory."""
     started = time.perf_counter()
     output = Path(config.output or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
     check_output_dir(output, overwrite=config.overwrite)
 
+    runlog = RunLog()
     splits = prepare_splits(config)
     labels = splits.labels
     label_id = {lab: i for i, lab in enumerate(labels)}
-    log.info(
+    runlog.info(
         "Data: %d train / %d validation / %d test rows, %d classes (%s).",
         len(splits.train), len(splits.val), len(splits.test), len(labels), splits.how,
     )
@@ -172,15 +229,15 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     device = choose_device(config.device)
     precision = choose_precision(config.precision, device)
     model.to(device)
-    log.info("Model %s on %s; precision %s (%s).", config.model, device.type, precision.name, precision.reason)
+    runlog.info("Model %s on %s; precision %s (%s).", config.model, device.type, precision.name, precision.reason)
 
     enc = {
-        name: encode(tokenizer, part.texts, max_length=config.max_length)
+        name: encode(tokenizer, part.texts, max_length=config.max_length, long_text=config.long_text)
         for name, part in (("train", splits.train), ("val", splits.val), ("test", splits.test))
     }
     for name, e in enc.items():
         if e.n_truncated:
-            log.info(
+            runlog.info(
                 "%s: %d of %d texts cut at max_length %d (%.1f%% of tokens lost).",
                 name, e.n_truncated, len(e.input_ids), config.max_length, 100.0 * e.tokens_lost / max(1, e.tokens_total),
             )
@@ -188,6 +245,20 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     y_val = np.array([label_id[lab] for lab in splits.val.labels])
     y_test = np.array([label_id[lab] for lab in splits.test.labels])
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    probe_seconds = 0.0
+    if config.head_init == "linear-probe":
+        probe_start = time.perf_counter()
+        done = fit_head_on_frozen_features(
+            model, enc["train"].input_ids, y_train.numpy(), pad_id=pad_id, device=device,
+            batch_size=config.eval_batch_size, class_weight="balanced" if config.class_weights == "balanced" else None,
+            seed=config.seed,
+        )
+        probe_seconds = time.perf_counter() - probe_start
+        if done:
+            runlog.info("Head initialised by a linear probe on frozen features (%.0f s).", probe_seconds)
+        else:
+            runlog.info("Linear-probe head init skipped: this model's head is not a single linear layer.")
 
     steps_per_epoch = math.ceil(len(splits.train) / config.batch_size)
     total_steps = config.epochs * steps_per_epoch
@@ -207,7 +278,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.name == "fp16")
     generator = torch.Generator().manual_seed(config.seed)
-    amp = lambda: autocast(device, precision)  # noqa: E731
+    amp = lambda: autocast(device, precision)
 
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"macro_f1": -1.0}
@@ -267,7 +338,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         }
         history.append(row)
         improved = val["macro_f1"] > best["macro_f1"]
-        log.info(
+        runlog.info(
             "epoch %d/%d  train loss %.4f  val loss %.4f  val acc %.4f  val macro-F1 %.4f  %.0fs (%.1f samples/s)%s",
             epoch, epochs, train_loss, val["loss"], val["accuracy"], val["macro_f1"], epoch_train,
             row["samples_per_second"], "  best" if improved else "",
@@ -282,7 +353,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
             break
     if best_state is not None:
         model.load_state_dict(best_state)
-        log.info("Restored the weights of epoch %d (best validation macro-F1 %.4f).", best["epoch"], best["macro_f1"])
+        runlog.info("Restored the weights of epoch %d (best validation macro-F1 %.4f).", best["epoch"], best["macro_f1"])
 
     eval_start = time.perf_counter()
     test_logits = batched_logits(
@@ -311,6 +382,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         },
         "timing": {
             "train_seconds": train_seconds,
+            "head_init_seconds": probe_seconds,
             "train_samples_per_second": samples_seen / train_seconds if train_seconds else None,
             "train_tokens_per_second": tokens_seen / train_seconds if train_seconds else None,
             "optimizer_steps": step,
@@ -342,6 +414,11 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     try:
         save_pretrained_atomic(model.cpu(), tokenizer, stage / MODEL_DIR)
         atomic_write_json(stage / CONFIG_FILE, {"config": config.to_dict(), "run": run_info})
+        runlog.info(
+            "Test: accuracy %.4f, macro-F1 %.4f on %d rows; training %.1f s (%.1f samples/s).",
+            test["accuracy"], test["macro_f1"], test["n"], train_seconds, metrics["timing"]["train_samples_per_second"] or 0.0,
+        )
+        atomic_write_text(stage / LOG_FILE, runlog.text())
         atomic_write_text(stage / PREDICTIONS_FILE, _predictions_csv(splits.test, labels, y_test, test_probs))
         from medclf.report import write_report
 
