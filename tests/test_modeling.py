@@ -44,3 +44,12 @@ def test_explicit_precision_is_honoured_or_refused(monkeypatch):
     assert slow.name == "bf16" and "slower" in slow.reason
     with pytest.raises(MedclfError, match="fp16 training is for CUDA"):
         choose_precision("fp16", torch.device("cpu"))
+
+
+def test_hub_id_with_the_hub_unreachable_fails_fast_in_one_sentence(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(modeling, "hub_reachable", lambda timeout=3.0: False)
+    from transformers import AutoTokenizer
+
+    with pytest.raises(MedclfError, match="cannot be reached \\(no network\\).*hf download some-org/x.*--model DIR"):
+        modeling.from_pretrained(AutoTokenizer, "some-org/x")

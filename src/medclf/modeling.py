@@ -86,6 +86,11 @@ def from_pretrained(loader: Any, source: str, **kwargs: Any) -> Any:
                 f"Model '{source}' is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids a download; "
                 "copy the model to a local directory and pass --model DIR."
             )
+        if not hub_reachable():
+            raise MedclfError(
+                f"Model '{source}' is not on this machine and the Hugging Face hub cannot be reached (no network); "
+                f"download it where there is network (e.g. `hf download {source} --local-dir DIR`) and pass --model DIR."
+            )
         try:
             return loader.from_pretrained(source, **kwargs)
         except OSError as exc:
@@ -99,6 +104,19 @@ def from_pretrained(loader: Any, source: str, **kwargs: Any) -> Any:
                 "download it where there is network (e.g. `hf download "
                 f"{source} --local-dir DIR`) and pass --model DIR."
             ) from None
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connection to the hub (HF_ENDPOINT if set), instead of minutes of download retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def load_tokenizer(source: str, *, trust_remote_code: bool = False) -> Any:
