@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, overload
 
@@ -126,32 +127,32 @@ class TextClassifier:
         return [self._labels[int(i)] for i in probs.argmax(axis=1)]
 
 
-@torch.inference_mode()
-def batched_logits(
-    model: torch.nn.Module,
-    input_ids: list[list[int]],
-    *,
-    batch_size: int,
-    pad_id: int,
-    device: torch.device,
-    autocast: Any = None,
-) -> np.ndarray:
-    """Logits for pre-tokenized texts, in input order: batches sorted by length, padded per batch."""
-    import contextlib
+def forward_batches(
+    model: torch.nn.Module, input_ids: list[list[int]], *, batch_size: int, pad_id: int, device: torch.device
+) -> Iterator[tuple[list[int], Any]]:
+    """Run the model in eval mode over batches sorted by length and padded per batch.
 
-    n_labels = model.config.num_labels
-    out = np.zeros((len(input_ids), n_labels), dtype=np.float32)
+    Yields (the batch's indices into input_ids, the model's outputs); the caller runs it under
+    torch.inference_mode. The model's train/eval mode is restored afterwards.
+    """
     was_training = model.training
     model.eval()
     try:
         for batch in sorted_batches([len(ids) for ids in input_ids], batch_size):
             inputs = collate([input_ids[i] for i in batch], pad_id)
-            inputs = {k: v.to(device) for k, v in inputs.items()}
-            with autocast() if autocast is not None else contextlib.nullcontext():
-                logits = model(**inputs).logits
-            out[batch] = logits.float().cpu().numpy()
+            yield batch, model(**{k: v.to(device) for k, v in inputs.items()})
     finally:
         model.train(was_training)
+
+
+@torch.inference_mode()
+def batched_logits(
+    model: torch.nn.Module, input_ids: list[list[int]], *, batch_size: int, pad_id: int, device: torch.device
+) -> np.ndarray:
+    """Logits for pre-tokenized texts, in input order."""
+    out = np.zeros((len(input_ids), model.config.num_labels), dtype=np.float32)
+    for batch, outputs in forward_batches(model, input_ids, batch_size=batch_size, pad_id=pad_id, device=device):
+        out[batch] = outputs.logits.float().cpu().numpy()
     return out
 
 

@@ -37,7 +37,7 @@ from medclf.data import LabeledData, check_classes, demo_data_path, load_labeled
 from medclf.errors import MedclfError
 from medclf.metrics import classification_metrics, cross_entropy
 from medclf.modeling import autocast, choose_device, choose_precision, load_classifier, load_tokenizer, resolve_model
-from medclf.predict import batched_logits, softmax
+from medclf.predict import batched_logits, forward_batches, softmax
 
 log = logging.getLogger(__name__)
 
@@ -176,25 +176,17 @@ def fit_head_on_frozen_features(
     Returns False (nothing changed) when the head is not a single linear layer."""
     from sklearn.linear_model import LogisticRegression
 
-    from medclf.batching import sorted_batches
-
     head = getattr(model, "classifier", None)
     if not isinstance(head, torch.nn.Linear):
         return False
     features = torch.zeros((len(input_ids), head.in_features))
     captured: list[torch.Tensor] = []
     hook = head.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0].detach().float().cpu()))
-    was_training = model.training
-    model.eval()
     try:
-        for batch in sorted_batches([len(ids) for ids in input_ids], batch_size):
-            inputs = {k: v.to(device) for k, v in collate([input_ids[i] for i in batch], pad_id).items()}
-            captured.clear()
-            model(**inputs)
-            features[batch] = captured[0]
+        for batch, _ in forward_batches(model, input_ids, batch_size=batch_size, pad_id=pad_id, device=device):
+            features[batch] = captured.pop()
     finally:
         hook.remove()
-        model.train(was_training)
     probe = LogisticRegression(C=1.0, max_iter=2000, class_weight=class_weight, random_state=seed)
     probe.fit(features.numpy(), y)
     coef, intercept = probe.coef_, probe.intercept_
