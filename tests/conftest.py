@@ -41,24 +41,33 @@ def write_csv(path: Path, rows: list[dict[str, str]], *, delimiter: str = ",") -
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+def build_tiny_bert(path: Path, *, max_positions: int = 128) -> str:
     """A 2-layer, 32-wide BERT with random weights and the packaged MiniLM's tokenizer."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from medclf.modeling import default_model_dir
 
-    path = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
     config = BertConfig(
         vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=128,
+        intermediate_size=64, max_position_embeddings=max_positions,
     )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_512(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The same with 512 positions, for recipes that pad every text to 512 (the tutorial's)."""
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert-512"), max_positions=512)
 
 
 @pytest.fixture(scope="session")

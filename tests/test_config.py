@@ -22,6 +22,9 @@ def test_defaults_are_valid_and_roundtrip_through_dict():
         ("test_size", 1.5, "test_size must be a fraction"),
         ("seed", -3, "seed must be a non-negative integer"),
         ("max_steps", 0, "max_steps must be a positive integer"),
+        ("patience", 0, "patience must be a positive integer"),
+        ("attention_dropout", 1.0, "attention_dropout must be in"),
+        ("method", "svm", "method must be one of finetune, embeddings"),
     ],
 )
 def test_bad_options_are_refused_with_the_allowed_values(option, value, fragment):

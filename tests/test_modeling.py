@@ -53,3 +53,13 @@ def test_hub_id_with_the_hub_unreachable_fails_fast_in_one_sentence(monkeypatch)
 
     with pytest.raises(MedclfError, match="cannot be reached \\(no network\\).*hf download some-org/x.*--model DIR"):
         modeling.from_pretrained(AutoTokenizer, "some-org/x")
+
+
+def test_release_memory_uses_glibc_malloc_trim_where_there_is_one():
+    import platform
+
+    from medclf.modeling import _malloc_trim, release_memory
+
+    release_memory()  # never raises, whatever the platform
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert _malloc_trim() is not None

@@ -205,3 +205,78 @@ def test_the_run_remembers_how_texts_were_cut(tmp_path, tiny_model, small_csv):
     clf = TextClassifier.load(result.run_dir)
     assert (clf.max_length, clf.long_text) == (12, "head-tail")
     assert result.metrics["data"]["truncation"]["train"]["texts_cut"] > 0
+
+
+def test_speed_options_freeze_the_embeddings_and_drop_attention_dropout(tmp_path, tiny_model, small_csv):
+    """Defaults: the embedding block is not trained, attention dropout is 0 (fused attention); both recorded."""
+    from transformers import AutoModelForSequenceClassification, BertModel
+
+    config = TrainConfig(data=str(small_csv), model=tiny_model, output=str(tmp_path / "r"), max_steps=4, lr=1e-2,
+                         head_init="random")
+    result = train(config, progress=False)
+    trained = AutoModelForSequenceClassification.from_pretrained(result.run_dir / "model")
+    original = BertModel.from_pretrained(tiny_model)
+    for name, param in original.embeddings.state_dict().items():
+        assert torch.equal(param, trained.bert.embeddings.state_dict()[name]), name
+    changed = [n for n, p in original.encoder.state_dict().items()
+               if not torch.equal(p, trained.bert.encoder.state_dict()[n])]
+    assert changed, "the encoder layers should have been trained"
+    assert trained.config.attention_probs_dropout_prob == 0.0
+    assert "Embedding block frozen" in (result.run_dir / "train.log").read_text()
+
+
+def test_training_the_embeddings_and_keeping_attention_dropout_are_options(tmp_path, tiny_model, small_csv):
+    from transformers import AutoModelForSequenceClassification, BertModel
+
+    config = TrainConfig(data=str(small_csv), model=tiny_model, output=str(tmp_path / "r"), max_steps=4, lr=1e-2,
+                         head_init="random", freeze_embeddings=False, attention_dropout=None)
+    result = train(config, progress=False)
+    trained = AutoModelForSequenceClassification.from_pretrained(result.run_dir / "model")
+    original = BertModel.from_pretrained(tiny_model)
+    assert not torch.equal(original.embeddings.word_embeddings.weight, trained.bert.embeddings.word_embeddings.weight)
+    assert trained.config.attention_probs_dropout_prob == original.config.attention_probs_dropout_prob
+
+
+def test_patience_stops_when_validation_stops_improving(tmp_path, tiny_model, small_csv):
+    # With a vanishing learning rate validation macro-F1 cannot improve after epoch 1: stop after epoch 2.
+    config = TrainConfig(data=str(small_csv), model=tiny_model, output=str(tmp_path / "r"), epochs=6, lr=1e-12,
+                         patience=1, head_init="random")
+    result = train(config, progress=False)
+    assert [row["epoch"] for row in result.metrics["history"]] == [1, 2]
+    assert result.metrics["best_epoch"] == 1
+    assert "Early stop" in (result.run_dir / "train.log").read_text()
+
+
+def test_weight_average_is_the_running_mean_of_the_trainable_weights():
+    from medclf.training import WeightAverage
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    model[1].requires_grad_(False)
+    frozen = model[1].weight.detach().clone()
+    seen = []
+    average = WeightAverage()
+    for value in (1.0, 2.0, 6.0):
+        with torch.no_grad():
+            model[0].weight.fill_(value)
+        seen.append(value)
+        average.add(model)
+    assert average.count == 3 and set(average.mean) == {"0.weight", "0.bias"}
+    current = average.swap_in(model)
+    assert torch.allclose(model[0].weight, torch.full((2, 2), 3.0))
+    assert torch.equal(model[1].weight, frozen)
+    average.restore(model, current)
+    assert torch.allclose(model[0].weight, torch.full((2, 2), 6.0))
+
+
+def test_averaged_weights_compete_with_single_epochs_and_the_choice_is_recorded(tmp_path, tiny_model, small_csv):
+    config = TrainConfig(data=str(small_csv), model=tiny_model, output=str(tmp_path / "r"), epochs=3, lr=3e-3,
+                         batch_size=8)
+    result = train(config, progress=False)
+    history = result.metrics["history"]
+    assert "avg_val_macro_f1" not in history[0] and all("avg_val_macro_f1" in row for row in history[1:])
+    selected = result.metrics["selected"]
+    candidates = {f"epoch {row['epoch']}": row["val_macro_f1"] for row in history}
+    candidates.update({f"average of epochs 1-{row['epoch']}": row["avg_val_macro_f1"] for row in history[1:]})
+    assert selected in candidates
+    assert result.metrics["validation"]["macro_f1"] == pytest.approx(max(candidates.values()))
+    assert f"Kept the {selected}" in (result.run_dir / "train.log").read_text()

@@ -110,12 +110,17 @@ def train(
     val_data: Annotated[str | None, typer.Option("--val-data", help="Separate validation table. Default: a stratified 10% slice of the training part.")] = None,
     model: Annotated[str, typer.Option("--model", help="'default' (packaged MiniLM), a local Hugging Face model directory, or a hub id.")] = "default",
     output: Annotated[str | None, typer.Option("--output", "-o", help="Run directory to create. Default: runs/<timestamp>.")] = None,
+    method: Annotated[str, typer.Option("--method", help="finetune (train the encoder and a head) | embeddings (logistic regression on frozen mean-pooled embeddings: one pass per text, fast on CPU).")] = D.method,
     epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training data.")] = D.epochs,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size.")] = D.batch_size,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, linear warmup then decay).")] = D.lr,
     max_length: Annotated[int, typer.Option("--max-length", help="Tokens per text; longer texts are cut.")] = D.max_length,
     long_text: Annotated[str, typer.Option("--long-text", help="truncate | head-tail: how texts over --max-length are cut (saved with the run).")] = D.long_text,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after this many optimizer steps.")] = None,
+    average_epochs: Annotated[bool, typer.Option("--average-epochs/--no-average-epochs", help="Also try the running average of the epoch-end weights; keep whichever of epochs and averages is best on validation.")] = D.average_epochs,
+    patience: Annotated[int | None, typer.Option("--patience", help="Stop when validation macro-F1 has not improved for this many epochs. Default: run all epochs.")] = None,
+    attention_dropout: Annotated[float | None, typer.Option("--attention-dropout", help="Dropout on attention probabilities while fine-tuning; 0 uses PyTorch's fused attention (faster).")] = D.attention_dropout,
+    freeze_embeddings: Annotated[bool, typer.Option("--freeze-embeddings/--train-embeddings", help="Keep the embedding block fixed while fine-tuning (faster, less memory).")] = D.freeze_embeddings,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the split, initialisation and batch order.")] = D.seed,
     precision: Annotated[str, typer.Option("--precision", help="auto | fp32 | bf16 | fp16. auto: bf16 only where the hardware runs it fast.")] = D.precision,
     class_weights: Annotated[str, typer.Option("--class-weights", help="none | balanced (weight the loss by inverse class frequency).")] = D.class_weights,
@@ -133,8 +138,9 @@ def train(
 
         config = TrainConfig(
             data=data, text_columns=text_column, label_column=label_column, test_data=test_data, val_data=val_data,
-            model=model, output=output, epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length, long_text=long_text,
-            max_steps=max_steps, seed=seed, precision=precision, class_weights=class_weights, head_init=head_init, drop_empty=drop_empty,
+            model=model, output=output, method=method, epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length, long_text=long_text,
+            max_steps=max_steps, average_epochs=average_epochs, patience=patience, attention_dropout=attention_dropout,
+            freeze_embeddings=freeze_embeddings, seed=seed, precision=precision, class_weights=class_weights, head_init=head_init, drop_empty=drop_empty,
             overwrite=overwrite, device=device, trust_remote_code=trust_remote_code,
         )
         result = train_fn(config, progress=_progress())

@@ -19,6 +19,7 @@ CLASS_WEIGHTS = ("none", "balanced")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 HEAD_INITS = ("random", "linear-probe")
 LONG_TEXT = ("truncate", "head-tail")
+METHODS = ("finetune", "embeddings")
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -39,9 +40,12 @@ class TrainConfig:
     """Separate validation table for model selection. None: a stratified slice of the training part."""
     model: str = DEFAULT_MODEL
     """'default' (the packaged MiniLM), a local Hugging Face model directory, or a hub id."""
+    method: str = "finetune"
+    """'finetune' (train the encoder and a head) or 'embeddings' (logistic regression on frozen,
+    mean-pooled encoder embeddings: one forward pass per text, minutes instead of tens of minutes on CPU)."""
     output: str | None = None
     """Run directory to create. None: runs/<timestamp> under the current directory."""
-    epochs: int = 4
+    epochs: int = 3
     batch_size: int = 16
     lr: float = 1e-4
     max_length: int = 256
@@ -54,6 +58,16 @@ class TrainConfig:
     class_weights: str = "none"
     head_init: str = "linear-probe"
     """'random' (as transformers does) or 'linear-probe': fit the classifier head on frozen features first (LP-FT)."""
+    attention_dropout: float | None = 0.0
+    """Dropout on attention probabilities while fine-tuning. 0 (default) lets PyTorch use its fused
+    attention kernel (about 1.7x faster training on CPU); None keeps the model's own value (0.1 for BERT)."""
+    freeze_embeddings: bool = True
+    """Keep the embedding block fixed while fine-tuning (half of MiniLM's weights; faster, less memory)."""
+    average_epochs: bool = True
+    """Also try the running average of the epoch-end weights (epochs 1..k) as a candidate; the candidate
+    (single epoch or average) with the best validation macro-F1 is kept."""
+    patience: int | None = None
+    """Stop when validation macro-F1 has not improved for this many epochs. None: run all epochs."""
     drop_empty: bool = False
     """Skip rows with an empty text or label instead of refusing the file."""
     overwrite: bool = False
@@ -83,6 +97,12 @@ class TrainConfig:
             raise MedclfError(f"max_length must be at least 8 tokens, got {self.max_length}.")
         if self.max_steps is not None:
             _positive_int("max_steps", self.max_steps)
+        if self.patience is not None:
+            _positive_int("patience", self.patience)
+        if self.attention_dropout is not None and (
+            not isinstance(self.attention_dropout, (int, float)) or not 0.0 <= self.attention_dropout < 1.0
+        ):
+            raise MedclfError(f"attention_dropout must be in [0, 1) or None, got {self.attention_dropout!r}.")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise MedclfError(f"seed must be a non-negative integer, got {self.seed!r}.")
         _positive_float("lr", self.lr)
@@ -102,6 +122,7 @@ class TrainConfig:
         _choice("device", self.device, DEVICES)
         _choice("head_init", self.head_init, HEAD_INITS)
         _choice("long_text", self.long_text, LONG_TEXT)
+        _choice("method", self.method, METHODS)
         if not self.model or not isinstance(self.model, str):
             raise MedclfError("model must be 'default', a local model directory or a hub id.")
 

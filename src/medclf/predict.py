@@ -81,7 +81,12 @@ class TextClassifier:
                 "pass the --output of a `medclf train` run."
             )
         tokenizer = load_tokenizer(str(model_dir), trust_remote_code=trust_remote_code)
-        model = load_classifier(str(model_dir), trust_remote_code=trust_remote_code)
+        from medclf.embeddings import EmbeddingClassifier, is_embedding_model
+
+        if is_embedding_model(model_dir):  # --method embeddings: frozen encoder + linear head
+            model = EmbeddingClassifier.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        else:
+            model = load_classifier(str(model_dir), trust_remote_code=trust_remote_code)
         options = config.get("config", {})
         return cls(
             model, tokenizer, max_length=int(options.get("max_length", 256)),

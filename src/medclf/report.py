@@ -51,6 +51,17 @@ def write_report(directory: Path, *, metrics: dict[str, Any], config: TrainConfi
     )
     timing = metrics["timing"]
     data = metrics["data"]
+    embeddings = metrics.get("method") == "embeddings"
+    if embeddings:
+        options = (f"- Method: logistic regression on frozen mean-pooled embeddings; max length {config.max_length}, "
+                   f"seed {config.seed}, class weights {config.class_weights}")
+        chosen = (f"- Regularisation C={timing.get('chosen_C')} chosen by validation macro-F1 "
+                  f"({metrics['validation']['macro_f1']:.4f})")
+    else:
+        options = (f"- Options: epochs {config.epochs}, batch {config.batch_size}, lr {config.lr}, "
+                   f"max length {config.max_length}, seed {config.seed}, class weights {config.class_weights}")
+        chosen = (f"- Kept by validation macro-F1: {metrics.get('selected') or 'epoch ' + str(metrics['best_epoch'])} "
+                  f"(validation macro-F1 {metrics['validation']['macro_f1']:.4f})")
     lines = [
         "# medclf run report",
         "",
@@ -60,10 +71,8 @@ def write_report(directory: Path, *, metrics: dict[str, Any], config: TrainConfi
         f"- Data: `{run_info['data_file']}` (sha256 {str(run_info['data_sha256']['data'])[:16]}...); "
         f"text column(s) {', '.join(run_info['text_columns'])}, label column {run_info['label_column']}",
         f"- Split: {data['how']}: {data['n_train']} train / {data['n_val']} validation / {data['n_test']} test",
-        f"- Options: epochs {config.epochs}, batch {config.batch_size}, lr {config.lr}, max length {config.max_length}, "
-        f"seed {config.seed}, class weights {config.class_weights}",
-        f"- Best epoch by validation macro-F1: {metrics['best_epoch']} "
-        f"(validation macro-F1 {metrics['validation']['macro_f1']:.4f})",
+        options,
+        chosen,
         f"- Training: {timing['train_seconds']:.1f} s, {timing['train_samples_per_second']:.1f} samples/s; "
         f"test inference {timing['test_inference_samples_per_second']:.1f} samples/s",
         "",
@@ -80,14 +89,26 @@ def write_report(directory: Path, *, metrics: dict[str, Any], config: TrainConfi
         "",
         "## Training history",
         "",
-        "| epoch | train loss | val loss | val accuracy | val macro-F1 | seconds | samples/s |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for row in metrics["history"]:
-        lines.append(
+    if embeddings:
+        lines += ["| C | val loss | val accuracy | val macro-F1 |", "|---|---|---|---|"]
+        lines += [
+            f"| {row['C']:g} | {row['val_loss']:.4f} | {row['val_accuracy']:.4f} | {row['val_macro_f1']:.4f} |"
+            for row in metrics["history"]
+        ]
+    else:
+        lines += [
+            "| epoch | train loss | val loss | val accuracy | val macro-F1 | averaged weights: val loss / macro-F1 "
+            "| seconds | samples/s |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        lines += [
             f"| {row['epoch']} | {row['train_loss']:.4f} | {row['val_loss']:.4f} | {row['val_accuracy']:.4f} | "
-            f"{row['val_macro_f1']:.4f} | {row['seconds']:.1f} | {row['samples_per_second']:.1f} |"
-        )
+            f"{row['val_macro_f1']:.4f} | "
+            + (f"{row['avg_val_loss']:.4f} / {row['avg_val_macro_f1']:.4f}" if "avg_val_loss" in row else "")
+            + f" | {row['seconds']:.1f} | {row['samples_per_second']:.1f} |"
+            for row in metrics["history"]
+        ]
     lines += ["", "## Data", "", "| class | train | validation | test |", "|---|---|---|---|"]
     counts = data["class_counts"]
     for label in test["labels"]:

@@ -1,0 +1,99 @@
+"""Inference throughput on the test texts, one system per process (for side-by-side benchmarks).
+
+python benchmarks/bench_inference.py --system medclf|pipeline|tutorial --run RUN_DIR --test SPLIT/test.csv \
+    [--result bench-out/infer-medclf.json] [--check-unbatched]
+
+All three use the same fine-tuned weights (RUN_DIR/model) in plain PyTorch fp32 on the default
+threads, after a warm-up on 8 texts; the clock covers tokenization and the forward passes.
+- medclf: `TextClassifier.predict` (batch 32, batches sorted by length, padded per batch, inference_mode).
+- pipeline: `transformers.pipeline("text-classification")` at batch 32, truncation at 256 tokens.
+- tutorial: every text padded to 512, batches of 16 in input order, `torch.no_grad()`.
+--check-unbatched (medclf only) also predicts every text on its own and reports whether the
+labels are identical and the largest probability difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from bench_common import peak_rss_gib, read_split, scores, write_result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--system", required=True, choices=["medclf", "pipeline", "tutorial"])
+    parser.add_argument("--run", required=True, help="a medclf run directory")
+    parser.add_argument("--test", required=True)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 32 (16 for tutorial)")
+    parser.add_argument("--check-unbatched", action="store_true")
+    parser.add_argument("--result", default="bench-out/inference.json")
+    args = parser.parse_args(argv)
+
+    import numpy as np
+    import torch
+
+    texts, gold = read_split(args.test)
+    model_dir = str(Path(args.run) / "model")
+    result: dict = {"system": f"{args.system}-inference", "n": len(texts)}
+    if args.system == "medclf":
+        from medclf.predict import TextClassifier
+
+        batch = args.batch_size or 32
+        clf = TextClassifier.load(args.run, batch_size=batch)
+        clf.predict(texts[:8])
+        start = time.perf_counter()
+        probs = clf.predict_proba(texts)
+        seconds = time.perf_counter() - start
+        predicted = [clf.labels[i] for i in probs.argmax(axis=1)]
+        if args.check_unbatched:
+            single = np.stack([clf.predict_proba(text) for text in texts])
+            result["identical_to_unbatched"] = bool((single.argmax(axis=1) == probs.argmax(axis=1)).all())
+            result["max_prob_diff_unbatched"] = float(np.abs(single - probs).max())
+    elif args.system == "pipeline":
+        from transformers import pipeline
+
+        batch = args.batch_size or 32
+        pipe = pipeline("text-classification", model=model_dir, device="cpu")
+        kwargs = {"batch_size": batch, "truncation": True, "max_length": 256}
+        pipe(texts[:8], **kwargs)
+        start = time.perf_counter()
+        out = pipe(texts, **kwargs)
+        seconds = time.perf_counter() - start
+        predicted = [row["label"] for row in out]
+    else:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        batch = args.batch_size or 16
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+        labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        pad_to = min(512, model.config.max_position_embeddings)
+
+        def run(part: list[str]) -> list[str]:
+            enc = tokenizer(part, padding="max_length", truncation=True, max_length=pad_to, return_tensors="pt")
+            out: list[str] = []
+            with torch.no_grad():
+                for i in range(0, len(part), batch):
+                    logits = model(input_ids=enc["input_ids"][i : i + batch],
+                                   attention_mask=enc["attention_mask"][i : i + batch]).logits
+                    out += [labels[j] for j in logits.argmax(dim=1).tolist()]
+            return out
+
+        run(texts[:8])
+        start = time.perf_counter()
+        predicted = run(texts)
+        seconds = time.perf_counter() - start
+    result.update({
+        "batch_size": batch,
+        **scores(gold, [str(p) for p in predicted]),
+        "inference_seconds": seconds,
+        "inference_samples_per_second": len(texts) / seconds,
+        "peak_rss_gib": peak_rss_gib(),
+    })
+    write_result(args.result, result)
+
+
+if __name__ == "__main__":
+    main()

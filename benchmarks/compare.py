@@ -1,0 +1,396 @@
+"""medclf side by side with what people would use instead, on one split, one after another, on this machine.
+
+python benchmarks/compare.py [--data F] [--max-length 256] [--epochs 3] [--quick] [--out DIR] [--model M]
+
+Default data: ../shared/data/medical-abstracts/medical_tc_test.csv with its README's protocol
+(stratified 80/20 split, seed 42). Each system runs in its own process (so its wall time and peak
+RSS are its own), in this order:
+
+  a. `medclf train` with its defaults (+ `--test-data` = the test part), then `medclf predict` on the test part;
+  b. `medclf train --method embeddings` (logistic regression on frozen mean-pooled embeddings);
+  c. the Hugging Face Trainer reference (reference_trainer.py: lr 2e-5, batch 16, --epochs, --max-length);
+  d. the tutorial recipe (reference_tutorial.py: pad to 512, Adam 2e-5, batch 16), throughput over a
+     fixed number of steps (--tutorial-full for the whole run, hours on a laptop CPU);
+  e. TF-IDF + logistic regression;
+  f. inference on the test texts with medclf's fine-tuned weights: TextClassifier vs transformers.pipeline
+     (batch 32) vs the tutorial's padded loop (bench_inference.py).
+
+Then it measures this machine's matmul throughput at the encoder's shapes and prints one markdown
+table, the limit it implies, and the targets of issue 4; everything also goes to DIR/results.json
+and DIR/results.md. --quick takes a stratified sample of a few hundred rows and one epoch; with a
+tiny --model it is the suite's smoke test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "medical-abstracts" / "medical_tc_test.csv"
+# Figures of issue 4 that this run does not re-measure (the best Trainer setting was a second, 31-minute run).
+TRAINER_BEST_MACRO_F1_LR5E5 = 0.604
+F1_FLOOR = 0.61
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="labelled table (default: medical abstracts)")
+    parser.add_argument("--text-column", default=None, help="default: medical_abstract for the default data, else text")
+    parser.add_argument("--label-column", default=None, help="default: condition_label for the default data, else label")
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of the Trainer reference and the tutorial --full run")
+    parser.add_argument("--quick", action="store_true", help="a few hundred rows, one epoch (smoke test)")
+    parser.add_argument("--quick-rows", type=int, default=300)
+    parser.add_argument("--model", default="default", help="encoder for every system: 'default' or a model directory")
+    parser.add_argument("--tutorial-steps", type=int, default=None, help="timed tutorial steps (default 8; quick 2)")
+    parser.add_argument("--tutorial-full", action="store_true", help="run the tutorial's full training (hours)")
+    parser.add_argument("--out", default=None, help="output directory (default bench-out/compare-<time>)")
+    args = parser.parse_args(argv)
+    default_data = Path(args.data).resolve() == DEFAULT_DATA.resolve()
+    text_column = args.text_column or ("medical_abstract" if default_data else "text")
+    label_column = args.label_column or ("condition_label" if default_data else "label")
+    epochs = 1 if args.quick else args.epochs
+    tutorial_steps = args.tutorial_steps or (2 if args.quick else 8)
+    out = Path(args.out or f"bench-out/compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "logs").mkdir(exist_ok=True)
+
+    split = write_split(args.data, text_column, label_column, out / "split", quick=args.quick, quick_rows=args.quick_rows)
+    train_csv, test_csv = str(out / "split" / "train.csv"), str(out / "split" / "test.csv")
+    py = sys.executable
+    model_args = ["--model", args.model]
+    runs: dict[str, dict[str, Any]] = {}
+
+    medclf_run = out / "medclf-run"
+    medclf_train = [py, "-m", "medclf", "--quiet", "train", "--data", train_csv, "--text-column", "text",
+                    "--label-column", "label", "--test-data", test_csv, "--max-length", str(args.max_length),
+                    "--overwrite", *model_args]
+    runs["medclf"] = timed("medclf", medclf_train + ["--output", str(medclf_run)] + (["--epochs", "1"] if args.quick else []), out)
+    predictions = out / "medclf-predictions.csv"
+    runs["medclf-predict"] = timed("medclf-predict", [py, "-m", "medclf", "--quiet", "predict", str(medclf_run), "--input",
+                                                      test_csv, "--text-column", "text", "--output", str(predictions)], out)
+    emb_run = out / "medclf-embeddings-run"
+    runs["medclf-embeddings"] = timed("medclf-embeddings", medclf_train + ["--output", str(emb_run), "--method", "embeddings"], out)
+    runs["trainer"] = timed("trainer", [py, str(HERE / "reference_trainer.py"), "--train", train_csv, "--test", test_csv,
+                                        "--epochs", str(epochs), "--max-length", str(args.max_length),
+                                        "--result", str(out / "trainer.json"), *model_args], out)
+    tutorial_mode = ["--full", "--epochs", str(epochs)] if args.tutorial_full else ["--steps", str(tutorial_steps), "--epochs", str(epochs)]
+    runs["tutorial"] = timed("tutorial", [py, str(HERE / "reference_tutorial.py"), "--train", train_csv, "--test", test_csv,
+                                          *tutorial_mode, "--result", str(out / "tutorial.json"), *model_args], out)
+    runs["tfidf"] = timed("tfidf", [py, str(HERE / "reference_tfidf.py"), "--train", train_csv, "--test", test_csv,
+                                    "--result", str(out / "tfidf.json")], out)
+    for system in ("medclf", "pipeline", "tutorial"):
+        extra = ["--check-unbatched"] if system == "medclf" else []
+        runs[f"infer-{system}"] = timed(f"infer-{system}", [py, str(HERE / "bench_inference.py"), "--system", system,
+                                                            "--run", str(medclf_run), "--test", test_csv, *extra,
+                                                            "--result", str(out / f"infer-{system}.json")], out)
+
+    rows = build_rows(out, runs, split, test_csv, predictions, epochs)
+    roofline = measure_roofline(medclf_run / "model", split, rows)
+    targets = check_targets(rows, roofline)
+    results = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": "python benchmarks/compare.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine(),
+        "data": {"file": str(args.data), "text_column": text_column, "label_column": label_column, **split},
+        "settings": {"max_length": args.max_length, "epochs_reference": epochs, "quick": args.quick,
+                     "model": args.model, "tutorial_steps": None if args.tutorial_full else tutorial_steps},
+        "rows": rows,
+        "roofline": roofline,
+        "targets": targets,
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    text = render(results)
+    (out / "results.md").write_text(text, encoding="utf-8")
+    print(text)
+    return results
+
+
+# ---------------------------------------------------------------- data
+
+
+def write_split(data: str, text_column: str, label_column: str, directory: Path, *, quick: bool, quick_rows: int) -> dict[str, Any]:
+    """The protocol's stratified 80/20 split (seed 42), via medclf's own loader and splitter, as CSV text,label."""
+    import pandas as pd
+
+    from medclf.data import load_labeled, stratified_split
+
+    rows = load_labeled(data, text_columns=[text_column], label_column=label_column, drop_empty=False)
+    if quick and len(rows.labels) > quick_rows:
+        _, keep = stratified_split(rows.labels, fraction=quick_rows / len(rows.labels), seed=42, source=data,
+                                   part="sample", option="")
+        rows = rows.subset(keep)
+    train_idx, test_idx = stratified_split(rows.labels, fraction=0.2, seed=42, source=data, part="test", option="")
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, idx in (("train", train_idx), ("test", test_idx)):
+        pd.DataFrame({"text": [rows.texts[i] for i in idx], "label": [rows.labels[i] for i in idx]}).to_csv(
+            directory / f"{name}.csv", index=False)
+    return {"n_rows": len(rows.labels), "n_train": len(train_idx), "n_test": len(test_idx),
+            "split": "stratified 80/20, seed 42" + (f" of a stratified {quick_rows}-row sample" if quick else "")}
+
+
+# ---------------------------------------------------------------- running
+
+
+def timed(name: str, cmd: list[str], out: Path) -> dict[str, Any]:
+    """Run one system in its own process; its wall time and peak RSS (from wait4), output to logs/NAME.log."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
+    log_path = out / "logs" / f"{name}.log"
+    print(f"[compare] {name} ...", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    with open(log_path, "w", encoding="utf-8") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        tail = log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
+        raise SystemExit(f"[compare] {name} failed with exit status {code}; log {log_path}:\n{tail}")
+    print(f"[compare] {name}: {wall:.0f} s, peak RSS {usage.ru_maxrss / 2**20:.2f} GiB", file=sys.stderr, flush=True)
+    return {"wall_seconds": wall, "peak_rss_gib": usage.ru_maxrss / 2**20}
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def build_rows(out: Path, runs: dict[str, dict[str, Any]], split: dict[str, Any], test_csv: str,
+               predictions: Path, epochs: int) -> list[dict[str, Any]]:
+    import pandas as pd
+    from bench_common import read_split, scores
+
+    _, gold = read_split(test_csv)
+    predicted = pd.read_csv(predictions, dtype={"label": str}, keep_default_na=False)["label"].astype(str).tolist()
+    fine = _read(out / "medclf-run" / "metrics.json")
+    emb = _read(out / "medclf-embeddings-run" / "metrics.json")
+    trainer, tutorial, tfidf = (_read(out / f"{n}.json") for n in ("trainer", "tutorial", "tfidf"))
+    infer = {s: _read(out / f"infer-{s}.json") for s in ("medclf", "pipeline", "tutorial")}
+
+    def medclf_row(system: str, metrics: dict[str, Any], run: dict[str, Any], what: str, **extra: Any) -> dict[str, Any]:
+        timing = metrics["timing"]
+        return {
+            "system": system, "what": what,
+            **{k: metrics["test"][k] for k in ("accuracy", "macro_f1")},
+            "train_seconds": run["wall_seconds"], "train_loop_seconds": timing["train_seconds"],
+            "train_samples_per_second": timing["train_samples_per_second"],
+            "inference_samples_per_second": None, "peak_rss_gib": run["peak_rss_gib"],
+            "train_mean_tokens": _mean_tokens(metrics, "train"), **extra,
+        }
+
+    fine_row = medclf_row("medclf", fine, runs["medclf"], "medclf train (defaults), then medclf predict",
+                          best_epoch=fine["best_epoch"], epochs_run=len(fine["history"]),
+                          predict_seconds=runs["medclf-predict"]["wall_seconds"])
+    fine_row.update(scores(gold, predicted))  # scored from `medclf predict` output, as a user would
+    fine_row["matches_run_metrics"] = abs(fine_row["macro_f1"] - fine["test"]["macro_f1"]) < 1e-9
+    rows = [
+        fine_row,
+        medclf_row("medclf --method embeddings", emb, runs["medclf-embeddings"],
+                   "logistic regression on frozen mean-pooled embeddings", chosen_C=emb["timing"].get("chosen_C")),
+        {"system": "HF Trainer", "what": f"reference_trainer.py, lr {trainer['lr']}, {trainer['epochs']:g} epochs, fp32",
+         "accuracy": trainer["accuracy"], "macro_f1": trainer["macro_f1"], "train_seconds": runs["trainer"]["wall_seconds"],
+         "train_loop_seconds": trainer["train_loop_seconds"], "train_samples_per_second": trainer["train_samples_per_second"],
+         "inference_samples_per_second": None, "peak_rss_gib": runs["trainer"]["peak_rss_gib"]},
+        {"system": "tutorial", "what": f"reference_tutorial.py, pad to 512, Adam 2e-5, fp32; {tutorial['mode']}",
+         "accuracy": tutorial["accuracy"], "macro_f1": tutorial["macro_f1"],
+         "train_seconds": tutorial.get("train_seconds_projected") or runs["tutorial"]["wall_seconds"],
+         "train_seconds_projected": "train_seconds_projected" in tutorial,
+         "train_loop_seconds": tutorial["train_loop_seconds"], "train_samples_per_second": tutorial["train_samples_per_second"],
+         "inference_samples_per_second": None, "peak_rss_gib": runs["tutorial"]["peak_rss_gib"]},
+        {"system": "TF-IDF + LR", "what": "reference_tfidf.py, word 1-2-grams, C=10",
+         "accuracy": tfidf["accuracy"], "macro_f1": tfidf["macro_f1"], "train_seconds": runs["tfidf"]["wall_seconds"],
+         "train_loop_seconds": tfidf["train_loop_seconds"], "train_samples_per_second": tfidf["train_samples_per_second"],
+         "inference_samples_per_second": tfidf["inference_samples_per_second"], "peak_rss_gib": runs["tfidf"]["peak_rss_gib"]},
+    ]
+    names = {"medclf": "medclf TextClassifier", "pipeline": "transformers pipeline", "tutorial": "tutorial loop"}
+    for system, r in infer.items():
+        row = {"system": names[system], "what": f"inference, batch {r['batch_size']}, fp32",
+               "accuracy": r["accuracy"], "macro_f1": r["macro_f1"], "train_seconds": None, "train_loop_seconds": None,
+               "train_samples_per_second": None, "inference_samples_per_second": r["inference_samples_per_second"],
+               "peak_rss_gib": runs[f"infer-{system}"]["peak_rss_gib"]}
+        if system == "medclf":
+            row["identical_to_unbatched"] = r["identical_to_unbatched"]
+            row["max_prob_diff_unbatched"] = r["max_prob_diff_unbatched"]
+        rows.append(row)
+    ref = rows[2]
+    pipe = next(r for r in rows if r["system"] == "transformers pipeline")
+    for row in rows:
+        row["train_seconds_vs_trainer"] = _ratio(row["train_seconds"], ref["train_seconds"])
+        row["train_samples_per_second_vs_trainer"] = _ratio(row["train_samples_per_second"], ref["train_samples_per_second"])
+        row["macro_f1_vs_trainer"] = _ratio(row["macro_f1"], ref["macro_f1"])
+        row["peak_rss_vs_trainer"] = _ratio(row["peak_rss_gib"], ref["peak_rss_gib"])
+        row["inference_vs_pipeline"] = _ratio(row["inference_samples_per_second"], pipe["inference_samples_per_second"])
+    return rows
+
+
+def _mean_tokens(metrics: dict[str, Any], part: str) -> float | None:
+    t = metrics.get("data", {}).get("truncation", {}).get(part)
+    return t.get("mean_tokens_kept") if t else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+# ---------------------------------------------------------------- the limit
+
+
+def measure_roofline(model_dir: Path, split: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Matmul GFLOP/s at the encoder's shapes, the FLOPs of one sample, and each system's share of the limit."""
+    import torch
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(model_dir))
+    d, f, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    fine = rows[0]
+    infer_tokens = _test_tokens_kept(model_dir, rows)
+    train_tokens = fine.get("train_mean_tokens") or infer_tokens
+
+    def forward_gflop(tokens: float) -> float:
+        per_layer = 2 * tokens * (4 * d * d + 2 * d * f) + 4 * tokens * tokens * d
+        return (layers * per_layer + 2 * d * d) / 1e9
+
+    def gflops(dtype: torch.dtype, rows_m: int) -> float:
+        shapes = [(d, d)] * 4 + [(d, f), (f, d)]
+        xs = {k: torch.randn(rows_m, k, dtype=dtype) for k in {d, f}}
+        ws = [torch.randn(n, k, dtype=dtype) for k, n in shapes]
+        for _ in range(3):
+            for (k, _n), w in zip(shapes, ws, strict=True):
+                torch.nn.functional.linear(xs[k], w)
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            for (k, _n), w in zip(shapes, ws, strict=True):
+                torch.nn.functional.linear(xs[k], w)
+            best = min(best, time.perf_counter() - start)
+        flop = sum(2 * rows_m * k * n for k, n in shapes)
+        return flop / best / 1e9
+
+    m = int(16 * round(infer_tokens))
+    fp32 = gflops(torch.float32, m)
+    bf16 = None
+    try:
+        from medclf.modeling import choose_precision
+
+        if choose_precision("auto", torch.device("cpu")).name == "bf16":
+            bf16 = gflops(torch.bfloat16, m)
+    except Exception:  # noqa: BLE001 - the bf16 figure is informative only
+        bf16 = None
+    f_inf, f_train = forward_gflop(infer_tokens), 3 * forward_gflop(train_tokens)
+    limits = {
+        "inference_fp32": fp32 / f_inf,
+        "training_fp32": fp32 / f_train,
+        "training_bf16": bf16 / f_train if bf16 else None,
+    }
+    shares = {}
+    for row in rows:
+        if row["system"] in ("medclf", "HF Trainer", "tutorial") and row["train_samples_per_second"]:
+            shares[f"{row['system']} training / fp32 limit"] = row["train_samples_per_second"] / limits["training_fp32"]
+            if row["system"] == "medclf" and limits["training_bf16"]:
+                shares["medclf training / bf16 limit"] = row["train_samples_per_second"] / limits["training_bf16"]
+        if row["inference_samples_per_second"] and row["system"] != "TF-IDF + LR":
+            shares[f"{row['system']} inference / fp32 limit"] = row["inference_samples_per_second"] / limits["inference_fp32"]
+    return {
+        "matmul_gflops_fp32": fp32, "matmul_gflops_bf16": bf16, "matmul_rows": m,
+        "shapes": f"x[{m}, k] @ w[k, n] for (k, n) in 4x({d},{d}), ({d},{f}), ({f},{d}) (the {layers} layers' linear maps, batch 16)",
+        "infer_tokens": infer_tokens, "train_tokens": train_tokens,
+        "gflop_per_inference_sample": f_inf, "gflop_per_training_sample": f_train,
+        "best_samples_per_second": limits, "shares": shares,
+    }
+
+
+def _test_tokens_kept(model_dir: Path, rows: list[dict[str, Any]]) -> float:
+    metrics = _read(model_dir.parent / "metrics.json")
+    t = metrics["data"]["truncation"]["test"]
+    return float(t["mean_tokens_kept"])
+
+
+# ---------------------------------------------------------------- verdict and table
+
+
+def check_targets(rows: list[dict[str, Any]], roofline: dict[str, Any]) -> list[dict[str, Any]]:
+    by = {r["system"]: r for r in rows}
+    m, tr, emb = by["medclf"], by["HF Trainer"], by["medclf --method embeddings"]
+    mi, pipe, tut = by["medclf TextClassifier"], by["transformers pipeline"], by["tutorial loop"]
+    f1_needed = max(tr["macro_f1"], TRAINER_BEST_MACRO_F1_LR5E5, emb["macro_f1"], F1_FLOOR)
+    inf_share = roofline["shares"].get("medclf TextClassifier inference / fp32 limit", 0.0)
+    checks = [
+        ("medclf training wall time <= 2/3 of the Trainer's", m["train_seconds"] / tr["train_seconds"], 2 / 3, "<="),
+        ("medclf macro-F1 >= best Trainer setting, embeddings LR and 0.61", m["macro_f1"], f1_needed, ">="),
+        ("medclf peak RSS while training <= the Trainer's", m["peak_rss_gib"], tr["peak_rss_gib"], "<="),
+        ("medclf inference >= 1.2x pipeline", mi["inference_samples_per_second"] / pipe["inference_samples_per_second"], 1.2, ">="),
+        ("medclf inference >= 2x the tutorial loop", mi["inference_samples_per_second"] / tut["inference_samples_per_second"], 2.0, ">="),
+        ("medclf inference >= 75% of the fp32 limit", inf_share, 0.75, ">="),
+        ("medclf batched predictions identical to unbatched", float(mi["identical_to_unbatched"]), 1.0, ">="),
+    ]
+    return [{"target": name, "value": value, "bound": bound, "met": value <= bound if op == "<=" else value >= bound}
+            for name, value, bound, op in checks]
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def render(results: dict[str, Any]) -> str:
+    mach, roof = results["machine"], results["roofline"]
+    lines = [
+        f"Benchmark {results['date']} on {mach['cpu']} ({mach['cores']} cores, torch {mach['torch']}, "
+        f"{mach['threads']} threads); data {Path(results['data']['file']).name}: {results['data']['split']}, "
+        f"{results['data']['n_train']} train / {results['data']['n_test']} test.",
+        "",
+        "| system | accuracy | macro-F1 | train wall (s) | train samples/s | infer samples/s | peak RSS (GiB) "
+        "| wall vs Trainer | samples/s vs Trainer | infer vs pipeline |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["rows"]:
+        wall = _fmt(r["train_seconds"], ".0f") + (" (projected)" if r.get("train_seconds_projected") else "")
+        lines.append(
+            f"| {r['system']} | {_fmt(r['accuracy'], '.3f')} | {_fmt(r['macro_f1'], '.3f')} | {wall} | "
+            f"{_fmt(r['train_samples_per_second'], '.2f')} | {_fmt(r['inference_samples_per_second'], '.1f')} | "
+            f"{_fmt(r['peak_rss_gib'], '.2f')} | {_fmt(r['train_seconds_vs_trainer'], '.2f')} | "
+            f"{_fmt(r['train_samples_per_second_vs_trainer'], '.2f')} | {_fmt(r['inference_vs_pipeline'], '.2f')} |"
+        )
+    limits = roof["best_samples_per_second"]
+    bf16 = (f", bf16 {roof['matmul_gflops_bf16']:.0f} GFLOP/s (training limit {limits['training_bf16']:.1f} samples/s)"
+            if roof["matmul_gflops_bf16"] else "")
+    lines += [
+        "",
+        f"Limit: matmul at the encoder's shapes runs at {roof['matmul_gflops_fp32']:.0f} GFLOP/s fp32{bf16}. "
+        f"One sample costs {roof['gflop_per_inference_sample']:.2f} GFLOP to classify ({roof['infer_tokens']:.0f} tokens) "
+        f"and {roof['gflop_per_training_sample']:.2f} GFLOP to train on ({roof['train_tokens']:.0f} tokens, forward + backward), "
+        f"so this machine allows at best {limits['inference_fp32']:.1f} inference and {limits['training_fp32']:.1f} "
+        "training samples/s in fp32.",
+        "Share of the limit: " + "; ".join(f"{k} {v:.0%}" for k, v in roof["shares"].items()) + ".",
+        "",
+        "Targets (issue 4):",
+    ]
+    for t in results["targets"]:
+        lines.append(f"- [{'x' if t['met'] else ' '}] {t['target']}: {t['value']:.3f} (bound {t['bound']:.3f})")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+if __name__ == "__main__":
+    main()

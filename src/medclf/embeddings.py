@@ -1,0 +1,156 @@
+"""`--method embeddings`: logistic regression on frozen, mean-pooled encoder embeddings.
+
+One forward pass per text, no back-propagation: minutes on a CPU where fine-tuning takes tens of
+minutes. The saved model/ folder is the unchanged encoder (loads with `AutoModel.from_pretrained`,
+config carries id2label) plus the head, stored without pickle:
+
+- head.safetensors: `weight` (n_labels x hidden) and `bias` (n_labels), float32;
+- head.json: how to apply it: logits = normalize(mean-pool(last hidden state)) @ weight.T + bias.
+
+The feature standardisation used while fitting is folded into weight and bias, so nothing else is needed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medclf.batching import collate, sorted_batches
+from medclf.errors import MedclfError
+
+HEAD_WEIGHTS = "head.safetensors"
+HEAD_CONFIG = "head.json"
+C_GRID = (0.01, 0.1, 1.0, 10.0)
+"""Inverse regularisation strengths tried for the logistic regression; the best on validation macro-F1 is kept."""
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Average of the token vectors, pads left out."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+class _Output:
+    """What a Hugging Face classifier's forward returns, as far as medclf reads it."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits
+
+
+class EmbeddingClassifier(torch.nn.Module):
+    """Frozen encoder + mean pooling + L2 normalisation + a linear head. `forward` returns `.logits`
+    like a transformers sequence classifier, so medclf's batching and `TextClassifier` serve it unchanged."""
+
+    def __init__(self, encoder: torch.nn.Module, labels: list[str], *, normalize: bool = True) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.normalize = normalize
+        hidden = int(encoder.config.hidden_size)
+        self.head = torch.nn.Linear(hidden, len(labels))
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.zeros_(self.head.bias)
+        self.config = encoder.config
+        self.config.num_labels = len(labels)
+        self.config.id2label = dict(enumerate(labels))
+        self.config.label2id = {lab: i for i, lab in enumerate(labels)}
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        pooled = mean_pool(hidden.float(), attention_mask)
+        return torch.nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> _Output:
+        return _Output(self.head(self.embed(input_ids, attention_mask)))
+
+    def set_head(self, weight: np.ndarray, bias: np.ndarray) -> None:
+        with torch.no_grad():
+            self.head.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+            self.head.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+
+    def save_pretrained(self, directory: str | Path, **kwargs: Any) -> None:
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        self.encoder.save_pretrained(directory, **kwargs)
+        save_file(
+            {"weight": self.head.weight.detach().cpu().contiguous(), "bias": self.head.bias.detach().cpu().contiguous()},
+            str(directory / HEAD_WEIGHTS),
+        )
+        spec = {
+            "kind": "medclf-embedding-head",
+            "pooling": "mean",
+            "normalize": self.normalize,
+            "labels": [self.config.id2label[i] for i in range(self.config.num_labels)],
+            "formula": "logits = normalize(mean_pool(last_hidden_state, attention_mask)) @ weight.T + bias",
+        }
+        (directory / HEAD_CONFIG).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, trust_remote_code: bool = False) -> EmbeddingClassifier:
+        from safetensors.torch import load_file
+
+        from medclf.modeling import load_encoder
+
+        directory = Path(directory)
+        try:
+            spec = json.loads((directory / HEAD_CONFIG).read_text(encoding="utf-8"))
+            tensors = load_file(str(directory / HEAD_WEIGHTS))
+        except (OSError, ValueError) as exc:
+            raise MedclfError(
+                f"The embedding head in {directory} is missing or damaged ({type(exc).__name__}); retrain the run."
+            ) from None
+        if spec.get("pooling") != "mean" or "weight" not in tensors or "bias" not in tensors:
+            raise MedclfError(f"{directory / HEAD_CONFIG} does not describe a mean-pooled linear head; retrain the run.")
+        model = cls(load_encoder(str(directory), trust_remote_code=trust_remote_code), list(map(str, spec["labels"])),
+                    normalize=bool(spec.get("normalize", True)))
+        if tuple(tensors["weight"].shape) != tuple(model.head.weight.shape):
+            raise MedclfError(f"The embedding head in {directory} does not match its encoder; retrain the run.")
+        model.set_head(tensors["weight"].numpy(), tensors["bias"].numpy())
+        return model.eval()
+
+
+def is_embedding_model(directory: str | Path) -> bool:
+    return (Path(directory) / HEAD_CONFIG).is_file()
+
+
+@torch.inference_mode()
+def embed_texts(
+    model: EmbeddingClassifier, input_ids: list[list[int]], *, batch_size: int, pad_id: int, device: torch.device
+) -> np.ndarray:
+    """Pooled, normalised embeddings of pre-tokenized texts (fp32), in input order."""
+    model.eval()
+    out = np.zeros((len(input_ids), model.head.in_features), dtype=np.float32)
+    for batch in sorted_batches([len(ids) for ids in input_ids], batch_size):
+        inputs = {k: v.to(device) for k, v in collate([input_ids[i] for i in batch], pad_id).items()}
+        out[batch] = model.embed(inputs["input_ids"], inputs["attention_mask"]).cpu().numpy()
+    return out
+
+
+def fit_logistic(
+    x: np.ndarray, y: np.ndarray, n_labels: int, *, c: float, class_weight: str | None, seed: int,
+    standardize: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Multinomial logistic regression; returns (weight n_labels x d, bias n_labels) acting on raw x.
+
+    With `standardize`, features are scaled to zero mean and unit variance for the fit and the
+    scaling is folded back into the weights. Two classes come back as two rows (logits -z/2, z/2)."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean = x.mean(axis=0) if standardize else np.zeros(x.shape[1], dtype=x.dtype)
+    scale = x.std(axis=0) if standardize else np.ones(x.shape[1], dtype=x.dtype)
+    scale = np.where(scale > 1e-8, scale, 1.0)
+    probe = LogisticRegression(C=c, max_iter=3000, class_weight=class_weight, random_state=seed)
+    probe.fit((x - mean) / scale, y)
+    coef, intercept = probe.coef_, probe.intercept_
+    if coef.shape[0] == 1:
+        coef = np.vstack([-coef / 2, coef / 2])
+        intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
+    if coef.shape[0] != n_labels:
+        raise MedclfError("Every class needs training rows for the logistic-regression head; add rows.")
+    weight = coef / scale
+    bias = intercept - weight @ mean
+    return weight.astype(np.float32), bias.astype(np.float32)

@@ -1,0 +1,62 @@
+"""benchmarks/compare.py --quick on a tiny random model: every system runs and the JSON has every row and field."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import SECRET, make_rows, write_csv
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TRAINING_ROWS = ["medclf", "medclf --method embeddings", "HF Trainer", "tutorial", "TF-IDF + LR"]
+INFERENCE_ROWS = ["medclf TextClassifier", "transformers pipeline", "tutorial loop"]
+FIELDS = [
+    "system", "what", "accuracy", "macro_f1", "train_seconds", "train_samples_per_second",
+    "inference_samples_per_second", "peak_rss_gib", "train_seconds_vs_trainer",
+    "train_samples_per_second_vs_trainer", "macro_f1_vs_trainer", "peak_rss_vs_trainer", "inference_vs_pipeline",
+]
+
+
+def test_compare_quick_mode_writes_every_row_and_field(tmp_path, tiny_model_512):
+    data = write_csv(tmp_path / "notes.csv", make_rows(30))
+    out = tmp_path / "bench"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--quick", "--quick-rows", "60", "--data", str(data),
+         "--model", tiny_model_512, "--max-length", "32", "--tutorial-steps", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    rows = {row["system"]: row for row in results["rows"]}
+    assert list(rows) == TRAINING_ROWS + INFERENCE_ROWS
+    for row in rows.values():
+        assert all(field in row for field in FIELDS), row
+    assert results["data"]["n_train"] == 48 and results["data"]["n_test"] == 12
+    for name in TRAINING_ROWS:
+        assert rows[name]["train_seconds"] > 0 and rows[name]["train_samples_per_second"] > 0
+        assert 0 < rows[name]["peak_rss_gib"] < 24
+    for name in ["medclf", "medclf --method embeddings", "HF Trainer", "TF-IDF + LR", *INFERENCE_ROWS]:
+        assert 0.0 <= rows[name]["accuracy"] <= 1.0 and 0.0 <= rows[name]["macro_f1"] <= 1.0
+    assert rows["tutorial"]["train_seconds_projected"] is True  # throughput mode, not a full run
+    assert rows["HF Trainer"]["train_seconds_vs_trainer"] == 1.0
+    assert rows["transformers pipeline"]["inference_vs_pipeline"] == 1.0
+    for name in INFERENCE_ROWS:
+        assert rows[name]["inference_samples_per_second"] > 0
+    assert rows["medclf"]["matches_run_metrics"] is True  # `medclf predict` agrees with the run's own test figures
+    assert rows["medclf TextClassifier"]["identical_to_unbatched"] is True
+
+    roof = results["roofline"]
+    assert roof["matmul_gflops_fp32"] > 0 and roof["gflop_per_training_sample"] > roof["gflop_per_inference_sample"] > 0
+    assert roof["best_samples_per_second"]["inference_fp32"] > 0
+    assert any(key.startswith("medclf TextClassifier inference") for key in roof["shares"])
+    assert len(results["targets"]) == 7 and all(isinstance(t["met"], bool) for t in results["targets"])
+
+    table = (out / "results.md").read_text()
+    assert proc.stdout.strip() == table.strip()
+    assert all(f"| {name} |" in table for name in TRAINING_ROWS + INFERENCE_ROWS)
+    assert "Limit:" in table and "Targets" in table
+    for path in out.rglob("*"):  # only the split files (the benchmark's input) may hold text
+        if path.is_file() and "split" not in path.parts and path.suffix in (".json", ".md", ".log", ".csv", ".txt"):
+            assert SECRET not in path.read_text(errors="ignore"), path
