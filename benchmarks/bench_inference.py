@@ -5,8 +5,9 @@ python benchmarks/bench_inference.py --system medclf|pipeline|tutorial --run RUN
 
 All three use the same fine-tuned weights (RUN_DIR/model) in plain PyTorch fp32 on the default
 threads, after a warm-up on 8 texts; the clock covers tokenization and the forward passes.
-- medclf: `TextClassifier.predict` (batch 32, batches sorted by length, padded per batch, inference_mode).
-- pipeline: `transformers.pipeline("text-classification")` at batch 32, truncation at 256 tokens.
+- medclf: `TextClassifier.predict` (its default batch of 16, batches sorted by length, padded per batch,
+  inference_mode).
+- pipeline: `transformers.pipeline("text-classification")` at batch 32, truncation at the run's max length.
 - tutorial: every text padded to 512, batches of 16 in input order, `torch.no_grad()`.
 --check-unbatched (medclf only) also predicts every text on its own and reports whether the
 labels are identical and the largest probability difference.
@@ -15,6 +16,7 @@ labels are identical and the largest probability difference.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -26,7 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--system", required=True, choices=["medclf", "pipeline", "tutorial"])
     parser.add_argument("--run", required=True, help="a medclf run directory")
     parser.add_argument("--test", required=True)
-    parser.add_argument("--batch-size", type=int, default=None, help="default: 32 (16 for tutorial)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="default: medclf's own (16), 32 for the pipeline, 16 for the tutorial")
     parser.add_argument("--check-unbatched", action="store_true")
     parser.add_argument("--result", default="bench-out/inference.json")
     args = parser.parse_args(argv)
@@ -40,8 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.system == "medclf":
         from medclf.predict import TextClassifier
 
-        batch = args.batch_size or 32
-        clf = TextClassifier.load(args.run, batch_size=batch)
+        clf = TextClassifier.load(args.run, **({"batch_size": args.batch_size} if args.batch_size else {}))
+        batch = clf.batch_size
         clf.predict(texts[:8])
         start = time.perf_counter()
         probs = clf.predict_proba(texts)
@@ -56,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
 
         batch = args.batch_size or 32
         pipe = pipeline("text-classification", model=model_dir, device="cpu")
-        kwargs = {"batch_size": batch, "truncation": True, "max_length": 256}
+        max_length = json.loads((Path(args.run) / "train_config.json").read_text())["config"]["max_length"]
+        kwargs = {"batch_size": batch, "truncation": True, "max_length": max_length}  # as the run was trained
         pipe(texts[:8], **kwargs)
         start = time.perf_counter()
         out = pipe(texts, **kwargs)

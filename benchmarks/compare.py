@@ -47,14 +47,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--text-column", default=None, help="default: medical_abstract for the default data, else text")
     parser.add_argument("--label-column", default=None, help="default: condition_label for the default data, else label")
     parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--epochs", type=int, default=3, help="epochs of the Trainer reference and the tutorial --full run")
+    parser.add_argument("--epochs", type=int, default=3,
+                        help="epochs of the Trainer reference and the tutorial (medclf runs its own defaults)")
     parser.add_argument("--quick", action="store_true", help="a few hundred rows, one epoch (smoke test)")
     parser.add_argument("--quick-rows", type=int, default=300)
     parser.add_argument("--model", default="default", help="encoder for every system: 'default' or a model directory")
     parser.add_argument("--tutorial-steps", type=int, default=None, help="timed tutorial steps (default 8; quick 2)")
     parser.add_argument("--tutorial-full", action="store_true", help="run the tutorial's full training (hours)")
     parser.add_argument("--out", default=None, help="output directory (default bench-out/compare-<time>)")
+    parser.add_argument("--render", default=None, metavar="DIR", help="only re-print DIR/results.json as the table")
     args = parser.parse_args(argv)
+    if args.render:
+        results = json.loads((Path(args.render) / "results.json").read_text(encoding="utf-8"))
+        text = render(results)
+        (Path(args.render) / "results.md").write_text(text, encoding="utf-8")
+        print(text)
+        return results
     default_data = Path(args.data).resolve() == DEFAULT_DATA.resolve()
     text_column = args.text_column or ("medical_abstract" if default_data else "text")
     label_column = args.label_column or ("condition_label" if default_data else "label")
@@ -94,8 +102,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                             "--run", str(medclf_run), "--test", test_csv, *extra,
                                                             "--result", str(out / f"infer-{system}.json")], out)
 
-    rows = build_rows(out, runs, split, test_csv, predictions, epochs)
-    roofline = measure_roofline(medclf_run / "model", split, rows)
+    rows = build_rows(out, runs, test_csv, predictions)
+    roofline = measure_roofline(medclf_run / "model", rows)
     targets = check_targets(rows, roofline)
     results = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -164,8 +172,7 @@ def _read(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def build_rows(out: Path, runs: dict[str, dict[str, Any]], split: dict[str, Any], test_csv: str,
-               predictions: Path, epochs: int) -> list[dict[str, Any]]:
+def build_rows(out: Path, runs: dict[str, dict[str, Any]], test_csv: str, predictions: Path) -> list[dict[str, Any]]:
     import pandas as pd
     from bench_common import read_split, scores
 
@@ -188,7 +195,7 @@ def build_rows(out: Path, runs: dict[str, dict[str, Any]], split: dict[str, Any]
         }
 
     fine_row = medclf_row("medclf", fine, runs["medclf"], "medclf train (defaults), then medclf predict",
-                          best_epoch=fine["best_epoch"], epochs_run=len(fine["history"]),
+                          best_epoch=fine["best_epoch"], selected=fine.get("selected"), epochs_run=len(fine["history"]),
                           predict_seconds=runs["medclf-predict"]["wall_seconds"])
     fine_row.update(scores(gold, predicted))  # scored from `medclf predict` output, as a user would
     fine_row["matches_run_metrics"] = abs(fine_row["macro_f1"] - fine["test"]["macro_f1"]) < 1e-9
@@ -244,7 +251,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 # ---------------------------------------------------------------- the limit
 
 
-def measure_roofline(model_dir: Path, split: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+def measure_roofline(model_dir: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Matmul GFLOP/s at the encoder's shapes, the FLOPs of one sample, and each system's share of the limit."""
     import torch
     from transformers import AutoConfig
@@ -252,7 +259,7 @@ def measure_roofline(model_dir: Path, split: dict[str, Any], rows: list[dict[str
     config = AutoConfig.from_pretrained(str(model_dir))
     d, f, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     fine = rows[0]
-    infer_tokens = _test_tokens_kept(model_dir, rows)
+    infer_tokens = _test_tokens_kept(model_dir)
     train_tokens = fine.get("train_mean_tokens") or infer_tokens
 
     def forward_gflop(tokens: float) -> float:
@@ -308,7 +315,7 @@ def measure_roofline(model_dir: Path, split: dict[str, Any], rows: list[dict[str
     }
 
 
-def _test_tokens_kept(model_dir: Path, rows: list[dict[str, Any]]) -> float:
+def _test_tokens_kept(model_dir: Path) -> float:
     metrics = _read(model_dir.parent / "metrics.json")
     t = metrics["data"]["truncation"]["test"]
     return float(t["mean_tokens_kept"])
@@ -370,6 +377,13 @@ def render(results: dict[str, Any]) -> str:
         f"so this machine allows at best {limits['inference_fp32']:.1f} inference and {limits['training_fp32']:.1f} "
         "training samples/s in fp32.",
         "Share of the limit: " + "; ".join(f"{k} {v:.0%}" for k, v in roof["shares"].items()) + ".",
+        "",
+        "How to read it: *train wall* is the whole training command (loading, tokenizing, any probe and "
+        "validation, predicting the test part, saving), except the tutorial row, which is its training loop "
+        "projected from the timed steps to the full epochs. *train samples/s* is each system's own count over "
+        "its training loop. *wall vs Trainer* below 1 and *samples/s vs Trainer* above 1 mean faster than the "
+        "Trainer reference; *infer vs pipeline* above 1 means faster than `transformers.pipeline`. Shares of the "
+        "limit count useful work at the measured mean token count, so padding shows up as a lower share.",
         "",
         "Targets (issue 4):",
     ]

@@ -44,12 +44,12 @@ def main(argv: list[str] | None = None) -> None:
     from medclf.batching import collate, encode, length_grouped_batches
     from medclf.modeling import default_model_dir, load_classifier, load_tokenizer, quiet_transformers
 
-    quiet_transformers()
     texts = pd.read_csv(args.data)[args.text_column].astype(str).tolist()
     source = str(default_model_dir())
     tokenizer = load_tokenizer(source)
     torch.manual_seed(0)
-    model = load_classifier(source, labels=[str(i) for i in range(5)])
+    with quiet_transformers():
+        model = load_classifier(source, labels=[str(i) for i in range(5)])
     if args.freeze_embeddings or args.freeze_layers:
         model.bert.embeddings.requires_grad_(False)
     for layer in model.bert.encoder.layer[: args.freeze_layers]:

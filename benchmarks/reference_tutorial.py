@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     model.train()
     result: dict = {"system": "tutorial", "pad_to": pad_to, "n_train": len(train_texts)}
     if not args.full:
+        if args.steps + 1 > len(loader):
+            parser.error(f"--steps must be below {len(loader)} (the batches in one epoch) in throughput mode")
         batches = iter(loader)
         step(*next(batches))  # warm-up
         samples, start = 0, time.perf_counter()

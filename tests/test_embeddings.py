@@ -101,3 +101,15 @@ def test_fit_logistic_gives_two_rows_for_two_classes():
     weight, bias = fit_logistic(x, y, 2, c=1.0, class_weight=None, seed=0)
     assert weight.shape == (2, 3) and bias.shape == (2,)
     assert ((x @ weight.T + bias).argmax(axis=1) == y).mean() > 0.9
+
+
+def test_a_damaged_head_file_is_a_user_error_not_a_traceback(embedding_run, tmp_path):
+    import shutil
+
+    from medclf.errors import MedclfError
+
+    broken = tmp_path / "broken"
+    shutil.copytree(embedding_run, broken)
+    (broken / "model" / "head.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(MedclfError, match="missing or damaged"):
+        TextClassifier.load(broken)

@@ -29,6 +29,7 @@ log = logging.getLogger("medclf")
 _state = {"debug": False, "quiet": False}
 T = TypeVar("T")
 D = TrainConfig()  # the CLI's defaults are the config's defaults
+INFER_BATCH = 16  # = medclf.predict.DEFAULT_BATCH_SIZE (not imported here: it would load torch for --help)
 
 
 def _configure_logging(quiet: bool, verbose: bool) -> None:
@@ -160,7 +161,7 @@ def evaluate(
     text_column: TextColOpt = None,
     label_column: LabelColOpt = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="Write the metrics as JSON to this file.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Inference batch size.")] = 64,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Inference batch size.")] = INFER_BATCH,
     drop_empty: Annotated[bool, typer.Option("--drop-empty", help="Skip rows with an empty text or label.")] = False,
 ) -> None:
     """Accuracy, macro/weighted F1, per-class figures, confusion matrix, loss and ROC-AUC on a labelled table."""
@@ -194,7 +195,7 @@ def predict(
     output: Annotated[str | None, typer.Option("--output", "-o", help="Write CSV or JSONL (by extension). Default: JSONL on stdout.")] = None,
     text_column: TextColOpt = None,
     top_k: Annotated[int | None, typer.Option("--top-k", help="Give only the K most probable classes per text.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Inference batch size.")] = 32,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Inference batch size.")] = INFER_BATCH,
     keep_text: Annotated[bool, typer.Option("--keep-text", help="Copy the text column(s) into the output (off: outputs carry no text).")] = False,
     drop_empty: Annotated[bool, typer.Option("--drop-empty", help="Skip empty texts instead of refusing the input.")] = False,
 ) -> None:
@@ -218,7 +219,7 @@ def predict(
 DEMO_TEXTS = [
     "68-year-old man with crushing chest pain radiating to the jaw; ECG shows ST elevation in V2-V4.",
     "Itchy silvery plaques on both elbows and knees for a year; start topical steroid.",
-    "Sudden slurred speech and right facial droop this morning; CT excludes haemorrhage.",
+    "Sudden slurred speech and right facial droop this morning; MRI shows an acute infarct.",
 ]
 
 

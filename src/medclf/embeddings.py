@@ -99,11 +99,12 @@ class EmbeddingClassifier(torch.nn.Module):
         try:
             spec = json.loads((directory / HEAD_CONFIG).read_text(encoding="utf-8"))
             tensors = load_file(str(directory / HEAD_WEIGHTS))
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - OSError, JSON errors, safetensors' own SafetensorError
             raise MedclfError(
                 f"The embedding head in {directory} is missing or damaged ({type(exc).__name__}); retrain the run."
             ) from None
-        if spec.get("pooling") != "mean" or "weight" not in tensors or "bias" not in tensors:
+        if (not isinstance(spec, dict) or spec.get("pooling") != "mean" or not isinstance(spec.get("labels"), list)
+                or "weight" not in tensors or "bias" not in tensors):
             raise MedclfError(f"{directory / HEAD_CONFIG} does not describe a mean-pooled linear head; retrain the run.")
         model = cls(load_encoder(str(directory), trust_remote_code=trust_remote_code), list(map(str, spec["labels"])),
                     normalize=bool(spec.get("normalize", True)))

@@ -21,7 +21,7 @@ def evaluate(
     text_columns: list[str] | None = None,
     label_column: str | None = None,
     drop_empty: bool = False,
-    batch_size: int = 64,
+    batch_size: int = 16,
     output: str | Path | None = None,
     classifier: TextClassifier | None = None,
 ) -> dict[str, Any]:

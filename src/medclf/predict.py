@@ -16,6 +16,9 @@ from medclf.errors import MedclfError
 from medclf.modeling import choose_device, load_classifier, load_tokenizer
 
 log = logging.getLogger(__name__)
+DEFAULT_BATCH_SIZE = 16
+"""Measured on 2 CPU cores, 578 abstracts of ~219 tokens, fp32: batch 8 29.8, 12 30.1, 16 29.4-31.1,
+32 25.8, 64 25.4 texts/s (the activations of a batch of 16 stay in cache)."""
 
 
 class TextClassifier:
@@ -35,7 +38,7 @@ class TextClassifier:
         *,
         max_length: int = 256,
         long_text: str = "truncate",
-        batch_size: int = 32,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         device: torch.device | None = None,
         config: dict[str, Any] | None = None,
     ) -> None:
@@ -61,7 +64,7 @@ class TextClassifier:
         path: str | Path,
         *,
         device: str = "auto",
-        batch_size: int = 32,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         trust_remote_code: bool = False,
     ) -> TextClassifier:
         """Load a run directory written by `medclf train` (or its model/ folder)."""

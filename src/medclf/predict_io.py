@@ -77,7 +77,7 @@ def predict_file(
     output: str | None = None,
     text_columns: list[str] | None = None,
     top_k: int | None = None,
-    batch_size: int = 32,
+    batch_size: int = 16,
     keep_text: bool = False,
     drop_empty: bool = False,
     classifier: TextClassifier | None = None,

@@ -43,6 +43,10 @@ def confusion_png(matrix: list[list[int]], labels: list[str], *, title: str) -> 
     return buffer.getvalue()
 
 
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def write_report(directory: Path, *, metrics: dict[str, Any], config: TrainConfig, run_info: dict[str, Any]) -> None:
     test = metrics["test"]
     atomic_write_bytes(
@@ -59,7 +63,11 @@ def write_report(directory: Path, *, metrics: dict[str, Any], config: TrainConfi
                   f"({metrics['validation']['macro_f1']:.4f})")
     else:
         options = (f"- Options: epochs {config.epochs}, batch {config.batch_size}, lr {config.lr}, "
-                   f"max length {config.max_length}, seed {config.seed}, class weights {config.class_weights}")
+                   f"max length {config.max_length} ({config.long_text}), head init {config.head_init}, "
+                   f"frozen embeddings {'yes' if config.freeze_embeddings else 'no'}, attention dropout "
+                   f"{'model default' if config.attention_dropout is None else config.attention_dropout}, "
+                   f"epoch averaging {'on' if config.average_epochs else 'off'}, patience {config.patience or 'off'}, "
+                   f"seed {config.seed}, class weights {config.class_weights}")
         chosen = (f"- Kept by validation macro-F1: {metrics.get('selected') or 'epoch ' + str(metrics['best_epoch'])} "
                   f"(validation macro-F1 {metrics['validation']['macro_f1']:.4f})")
     lines = [
@@ -93,7 +101,7 @@ def write_report(directory: Path, *, metrics: dict[str, Any], config: TrainConfi
     if embeddings:
         lines += ["| C | val loss | val accuracy | val macro-F1 |", "|---|---|---|---|"]
         lines += [
-            f"| {row['C']:g} | {row['val_loss']:.4f} | {row['val_accuracy']:.4f} | {row['val_macro_f1']:.4f} |"
+            f"| {row['C']:g} | {_num(row['val_loss'])} | {row['val_accuracy']:.4f} | {row['val_macro_f1']:.4f} |"
             for row in metrics["history"]
         ]
     else:
@@ -103,9 +111,9 @@ def write_report(directory: Path, *, metrics: dict[str, Any], config: TrainConfi
             "|---|---|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {row['epoch']} | {row['train_loss']:.4f} | {row['val_loss']:.4f} | {row['val_accuracy']:.4f} | "
+            f"| {row['epoch']} | {row['train_loss']:.4f} | {_num(row['val_loss'])} | {row['val_accuracy']:.4f} | "
             f"{row['val_macro_f1']:.4f} | "
-            + (f"{row['avg_val_loss']:.4f} / {row['avg_val_macro_f1']:.4f}" if "avg_val_loss" in row else "")
+            + (f"{_num(row['avg_val_loss'])} / {row['avg_val_macro_f1']:.4f}" if "avg_val_loss" in row else "")
             + f" | {row['seconds']:.1f} | {row['samples_per_second']:.1f} |"
             for row in metrics["history"]
         ]

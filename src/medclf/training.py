@@ -485,16 +485,16 @@ def _finetune(
                 candidates.append((f"average of epochs 1-{epoch}", averaged, average))
         history.append(row)
         chosen = ""
-        for name, metrics_, source in candidates:
+        for name, metrics_, averaged_from in candidates:
             if metrics_["macro_f1"] > best["macro_f1"]:
                 best = {"epoch": epoch, "weights": name, "macro_f1": metrics_["macro_f1"], "metrics": metrics_}
-                best_state = source.snapshot() if source is not None else _trainable_snapshot(model)
+                best_state = averaged_from.snapshot() if averaged_from is not None else _trainable_snapshot(model)
                 chosen = f"  best: {name}"
-        averaged_note = (f"  averaged weights: val loss {row['avg_val_loss']:.4f} macro-F1 {row['avg_val_macro_f1']:.4f}"
+        averaged_note = (f"  averaged weights: val loss {_num(row['avg_val_loss'])} macro-F1 {row['avg_val_macro_f1']:.4f}"
                          if "avg_val_loss" in row else "")
         runlog.info(
-            "epoch %d/%d  train loss %.4f  val loss %.4f  val acc %.4f  val macro-F1 %.4f  %.0fs (%.1f samples/s)%s%s",
-            epoch, epochs, train_loss, val["loss"], val["accuracy"], val["macro_f1"], epoch_train,
+            "epoch %d/%d  train loss %.4f  val loss %s  val acc %.4f  val macro-F1 %.4f  %.0fs (%.1f samples/s)%s%s",
+            epoch, epochs, train_loss, _num(val["loss"]), val["accuracy"], val["macro_f1"], epoch_train,
             row["samples_per_second"], averaged_note, chosen,
         )
         if step >= total_steps:
@@ -570,6 +570,11 @@ def _fit_embeddings(
             "optimizer_steps": 0,
         },
     )
+
+
+def _num(value: float | None) -> str:
+    """A loss for the log: 'n/a' when it was not finite (metrics store None then)."""
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def _validate(
