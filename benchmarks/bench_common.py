@@ -7,6 +7,20 @@ import resource
 from pathlib import Path
 from typing import Any
 
+DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "medical-abstracts" / "medical_tc_test.csv"
+"""The shared medical-abstracts corpus (see its README for source, license and the split protocol)."""
+
+
+def data_parser(doc: str | None) -> Any:
+    """An argument parser with the options every script on the abstracts shares: --data and its columns."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="labelled table (default: medical abstracts)")
+    parser.add_argument("--text-column", default="medical_abstract")
+    parser.add_argument("--label-column", default="condition_label")
+    return parser
+
 
 def read_split(path: str | Path) -> tuple[list[str], list[str]]:
     """(texts, labels) of a split file written by compare.py (CSV with columns text, label)."""

@@ -11,20 +11,14 @@ and the mean of the token vectors (what all-MiniLM-L6-v2 was trained to produce)
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "medical-abstracts" / "medical_tc_test.csv"
+from bench_common import data_parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(DEFAULT_DATA))
-    parser.add_argument("--text-column", default="medical_abstract")
-    parser.add_argument("--label-column", default="condition_label")
+    parser = data_parser(__doc__)
     parser.add_argument("--max-length", type=int, default=256)
     args = parser.parse_args(argv)
 

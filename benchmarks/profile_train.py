@@ -12,20 +12,15 @@ With --profile, also the 20 most expensive operators of the timed steps (self CP
 
 from __future__ import annotations
 
-import argparse
 import resource
 import sys
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "medical-abstracts" / "medical_tc_test.csv"
+from bench_common import data_parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(DEFAULT_DATA))
-    parser.add_argument("--text-column", default="medical_abstract")
+    parser = data_parser(__doc__)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=256)
