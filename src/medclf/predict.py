@@ -18,7 +18,7 @@ from medclf.modeling import choose_device, load_classifier, load_tokenizer
 log = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 16
 """Measured on 2 CPU cores, 578 abstracts of ~219 tokens, fp32: batch 8 29.8, 12 30.1, 16 29.4-31.1,
-32 25.8, 64 25.4 texts/s (the activations of a batch of 16 stay in cache)."""
+32 25.8, 64 25.4 texts/s (probably cache: a smaller batch's activations stay in it)."""
 
 
 class TextClassifier:
