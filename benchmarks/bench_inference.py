@@ -35,7 +35,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     import numpy as np
-    import torch
 
     texts, gold = read_split(args.test)
     model_dir = str(Path(args.run) / "model")
@@ -75,19 +74,11 @@ def main(argv: list[str] | None = None) -> None:
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
         pad_to = min(512, model.config.max_position_embeddings)
 
-        def run(part: list[str]) -> list[str]:
-            enc = tokenizer(part, padding="max_length", truncation=True, max_length=pad_to, return_tensors="pt")
-            out: list[str] = []
-            with torch.no_grad():
-                for i in range(0, len(part), batch):
-                    logits = model(input_ids=enc["input_ids"][i : i + batch],
-                                   attention_mask=enc["attention_mask"][i : i + batch]).logits
-                    out += [labels[j] for j in logits.argmax(dim=1).tolist()]
-            return out
+        from reference_tutorial import padded_predict
 
-        run(texts[:8])
+        padded_predict(model, tokenizer, texts[:8], labels, pad_to=pad_to, batch_size=batch)
         start = time.perf_counter()
-        predicted = run(texts)
+        predicted = padded_predict(model, tokenizer, texts, labels, pad_to=pad_to, batch_size=batch)
         seconds = time.perf_counter() - start
     result.update({
         "batch_size": batch,

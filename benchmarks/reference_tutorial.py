@@ -14,10 +14,26 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 from bench_common import model_source, peak_rss_gib, read_split, scores, write_result
 
 PAD_TO = 512
+
+
+def padded_predict(model: Any, tokenizer: Any, texts: list[str], labels: list[str], *, pad_to: int,
+                   batch_size: int) -> list[str]:
+    """The tutorial's eval loop: every text padded to `pad_to`, batches in input order, `torch.no_grad()`."""
+    import torch
+
+    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=pad_to, return_tensors="pt")
+    predicted: list[str] = []
+    with torch.no_grad():
+        for i in range(0, len(texts), batch_size):
+            logits = model(input_ids=enc["input_ids"][i : i + batch_size],
+                           attention_mask=enc["attention_mask"][i : i + batch_size]).logits
+            predicted += [labels[j] for j in logits.argmax(dim=1).tolist()]
+    return predicted
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -83,14 +99,7 @@ def main(argv: list[str] | None = None) -> None:
                 step(ids, mask, target)
         seconds = time.perf_counter() - start
         test_texts, test_labels = read_split(args.test)
-        test_enc = tokenizer(test_texts, padding="max_length", truncation=True, max_length=pad_to, return_tensors="pt")
-        model.eval()
-        predicted = []
-        with torch.no_grad():
-            for i in range(0, len(test_texts), 16):
-                logits = model(input_ids=test_enc["input_ids"][i : i + 16],
-                               attention_mask=test_enc["attention_mask"][i : i + 16]).logits
-                predicted += [labels[j] for j in logits.argmax(dim=1).tolist()]
+        predicted = padded_predict(model.eval(), tokenizer, test_texts, labels, pad_to=pad_to, batch_size=16)
         result.update({
             "mode": f"full, {args.epochs} epochs",
             **scores(test_labels, predicted),

@@ -133,7 +133,7 @@ def embed_texts(
 
 def fit_logistic(
     x: np.ndarray, y: np.ndarray, n_labels: int, *, c: float, class_weight: str | None, seed: int,
-    standardize: bool = True,
+    standardize: bool = True, max_iter: int = 3000,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Multinomial logistic regression; returns (weight n_labels x d, bias n_labels) acting on raw x.
 
@@ -141,17 +141,20 @@ def fit_logistic(
     scaling is folded back into the weights. Two classes come back as two rows (logits -z/2, z/2)."""
     from sklearn.linear_model import LogisticRegression
 
-    mean = x.mean(axis=0) if standardize else np.zeros(x.shape[1], dtype=x.dtype)
-    scale = x.std(axis=0) if standardize else np.ones(x.shape[1], dtype=x.dtype)
-    scale = np.where(scale > 1e-8, scale, 1.0)
-    probe = LogisticRegression(C=c, max_iter=3000, class_weight=class_weight, random_state=seed)
-    probe.fit((x - mean) / scale, y)
+    if standardize:
+        mean = x.mean(axis=0)
+        scale = x.std(axis=0)
+        scale = np.where(scale > 1e-8, scale, 1.0)
+        x = (x - mean) / scale
+    probe = LogisticRegression(C=c, max_iter=max_iter, class_weight=class_weight, random_state=seed)
+    probe.fit(x, y)
     coef, intercept = probe.coef_, probe.intercept_
-    if coef.shape[0] == 1:
+    if coef.shape[0] == 1:  # scikit-learn gives one row for two classes: logits (0, z) become (-z/2, z/2)
         coef = np.vstack([-coef / 2, coef / 2])
         intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
     if coef.shape[0] != n_labels:
         raise MedclfError("Every class needs training rows for the logistic-regression head; add rows.")
-    weight = coef / scale
-    bias = intercept - weight @ mean
-    return weight.astype(np.float32), bias.astype(np.float32)
+    if standardize:  # the same decision on raw x
+        coef = coef / scale
+        intercept = intercept - coef @ mean
+    return coef.astype(np.float32), intercept.astype(np.float32)

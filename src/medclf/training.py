@@ -191,7 +191,7 @@ def fit_head_on_frozen_features(
     frozen encoder's features (the classifier's input), and copy the solution into the head.
     `amp` gives the autocast context for the feature pass (training precision: the features only seed
     the head, and fine-tuning follows). Returns False (nothing changed) when the head is not a single linear layer."""
-    from sklearn.linear_model import LogisticRegression
+    from medclf.embeddings import fit_logistic
 
     head = getattr(model, "classifier", None)
     if not isinstance(head, torch.nn.Linear):
@@ -205,12 +205,8 @@ def fit_head_on_frozen_features(
                 features[batch] = captured.pop()
     finally:
         hook.remove()
-    probe = LogisticRegression(C=1.0, max_iter=2000, class_weight=class_weight, random_state=seed)
-    probe.fit(features.numpy(), y)
-    coef, intercept = probe.coef_, probe.intercept_
-    if coef.shape[0] == 1:  # scikit-learn gives one row for two classes: logits (0, z) become (-z/2, z/2)
-        coef = np.vstack([-coef / 2, coef / 2])
-        intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
+    coef, intercept = fit_logistic(features.numpy(), y, head.out_features, c=1.0, class_weight=class_weight,
+                                   seed=seed, standardize=False, max_iter=2000)
     head.weight.copy_(torch.as_tensor(coef, dtype=head.weight.dtype))
     head.bias.copy_(torch.as_tensor(intercept, dtype=head.bias.dtype))
     return True
