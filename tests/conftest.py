@@ -84,3 +84,19 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, small
     out = tmp_path_factory.mktemp("runs") / "run"
     train(TrainConfig(data=str(small_csv), model=tiny_model, output=str(out), epochs=8, lr=3e-3, batch_size=8), progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def embedding_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, small_csv: Path) -> Path:
+    """A `--method embeddings` run of the tiny model, trained through the CLI."""
+    from typer.testing import CliRunner
+
+    from medclf.cli import app
+
+    out = tmp_path_factory.mktemp("emb") / "run"
+    result = CliRunner().invoke(app, ["train", "--method", "embeddings", "--data", str(small_csv), "--model", tiny_model,
+                                      "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert SECRET not in result.output
+    assert "accuracy" in result.stdout
+    return out

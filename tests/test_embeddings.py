@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import SECRET
 from typer.testing import CliRunner
 
 from medclf.cli import app
@@ -13,17 +12,6 @@ from medclf.embeddings import C_GRID, fit_logistic
 from medclf.predict import TextClassifier
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def embedding_run(tmp_path_factory, tiny_model, small_csv):
-    out = tmp_path_factory.mktemp("emb") / "run"
-    result = runner.invoke(app, ["train", "--method", "embeddings", "--data", str(small_csv), "--model", tiny_model,
-                                 "--output", str(out)])
-    assert result.exit_code == 0, result.output
-    assert SECRET not in result.output
-    assert "accuracy" in result.stdout
-    return out
 
 
 def test_cli_trains_an_embedding_head_and_predict_serves_it(embedding_run, tmp_path):

@@ -85,18 +85,25 @@ def staging_dir(final: str | Path) -> Path:
 
 
 def publish(staging: Path, final: str | Path, *, overwrite: bool) -> Path:
-    """Move a complete staging directory to its final name; the old one is removed only after."""
+    """Move a complete run from its staging directory to its final name; the old run is removed only after."""
+    final = Path(final).resolve()
+    if final.exists():
+        check_output_dir(final, overwrite=overwrite)
+    return publish_dir(staging, final)
+
+
+def publish_dir(staging: Path, final: str | Path) -> Path:
+    """Rename a complete directory into place, replacing an existing one only once the new one is there."""
     final = Path(final).resolve()
     old: Path | None = None
     if final.exists():
-        check_output_dir(final, overwrite=overwrite)
         old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-        os.replace(final, old / "run")
+        os.replace(final, old / "previous")
     try:
         os.replace(staging, final)
     except BaseException:
         if old is not None:
-            os.replace(old / "run", final)
+            os.replace(old / "previous", final)
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

@@ -30,6 +30,10 @@ _state = {"debug": False, "quiet": False}
 T = TypeVar("T")
 D = TrainConfig()  # the CLI's defaults are the config's defaults
 INFER_BATCH = 16  # = medclf.predict.DEFAULT_BATCH_SIZE (not imported here: it would load torch for --help)
+BackendOpt = Annotated[
+    str,
+    typer.Option("--backend", help="auto | torch | onnx | onnx-int8. auto: the int8 ONNX model if `medclf export` wrote one, else the fp32 ONNX model, else PyTorch."),
+]
 
 
 def _configure_logging(quiet: bool, verbose: bool) -> None:
@@ -163,6 +167,7 @@ def evaluate(
     output: Annotated[str | None, typer.Option("--output", "-o", help="Write the metrics as JSON to this file.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Inference batch size.")] = INFER_BATCH,
     drop_empty: Annotated[bool, typer.Option("--drop-empty", help="Skip rows with an empty text or label.")] = False,
+    backend: BackendOpt = "auto",
 ) -> None:
     """Accuracy, macro/weighted F1, per-class figures, confusion matrix, loss and ROC-AUC on a labelled table."""
 
@@ -172,7 +177,7 @@ def evaluate(
 
         metrics = evaluate_fn(
             run_dir, data=data, text_columns=text_column, label_column=label_column,
-            drop_empty=drop_empty, batch_size=batch_size, output=output,
+            drop_empty=drop_empty, batch_size=batch_size, output=output, backend=backend,
         )
         typer.echo(format_table(metrics))
         typer.echo("confusion matrix (rows: true, columns: predicted; order as above):")
@@ -198,6 +203,7 @@ def predict(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Inference batch size.")] = INFER_BATCH,
     keep_text: Annotated[bool, typer.Option("--keep-text", help="Copy the text column(s) into the output (off: outputs carry no text).")] = False,
     drop_empty: Annotated[bool, typer.Option("--drop-empty", help="Skip empty texts instead of refusing the input.")] = False,
+    backend: BackendOpt = "auto",
 ) -> None:
     """Label new texts: the predicted label and the probability of every class, for each text."""
 
@@ -206,10 +212,43 @@ def predict(
 
         count = predict_file(
             run_dir, texts=texts, input=input, output=output, text_columns=text_column, top_k=top_k,
-            batch_size=batch_size, keep_text=keep_text, drop_empty=drop_empty,
+            batch_size=batch_size, keep_text=keep_text, drop_empty=drop_empty, backend=backend,
         )
         if output:
             log.info("Wrote %d predictions to %s", count, output)
+
+    _guard(run)
+
+
+# ---------------------------------------------------------------- export
+
+
+@app.command()
+def export(
+    run_dir: Annotated[str, typer.Argument(help="A run directory written by `medclf train`.")],
+    format: Annotated[str, typer.Option("--format", help="Export format; onnx is the one there is.")] = "onnx",
+    quantize: Annotated[str, typer.Option("--quantize", help="none | int8: also write model.int8.onnx (int8 weights), checked for top-label agreement.")] = "int8",
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Folder to write. Default: RUN_DIR/onnx (where --backend auto finds it).")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="Texts to check the export on (any table `predict --input` reads; a sample of 256). Default: the packaged demo notes.")] = None,
+    text_column: TextColOpt = None,
+) -> None:
+    """Export a run to ONNX for fast CPU inference; the export is checked against PyTorch before it is written."""
+
+    def run() -> None:
+        if format != "onnx":
+            raise MedclfError(f"--format must be onnx, not {format!r}.")
+        from medclf.onnx_export import PARITY_TOLERANCE, export_onnx
+
+        result = export_onnx(run_dir, quantize=quantize, output=output, data=data, text_columns=text_column)
+        typer.echo(f"fp32: {result.fp32_file}, max |probability difference| vs PyTorch {result.fp32_max_abs_diff:.1e} "
+                   f"on {result.n_check_texts} texts (limit {PARITY_TOLERANCE:.0e})")
+        for tried in result.int8_tried:
+            kept = "kept" if tried["recipe"] == result.int8_recipe else "rejected"
+            typer.echo(f"int8 ({tried['recipe']}): same top label as PyTorch on {100 * tried['agreement']:.1f}% of "
+                       f"{result.n_check_texts} texts, {kept}")
+        if quantize == "int8" and result.int8_file is None:
+            typer.echo("int8: no recipe reached 99% agreement; model.int8.onnx was not written", err=True)
+        typer.echo(f"Export written to {result.output_dir}")
 
     _guard(run)
 

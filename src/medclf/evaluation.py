@@ -23,13 +23,14 @@ def evaluate(
     drop_empty: bool = False,
     batch_size: int = 16,
     output: str | Path | None = None,
+    backend: str = "auto",
     classifier: TextClassifier | None = None,
 ) -> dict[str, Any]:
     """Accuracy, macro/weighted F1, per-class figures, confusion matrix, loss and ROC-AUC on `data`.
 
     Column names default to the ones the run was trained with.
     """
-    clf = classifier or TextClassifier.load(run_dir, batch_size=batch_size)
+    clf = classifier or TextClassifier.load(run_dir, batch_size=batch_size, backend=backend)
     run = clf.config.get("run", {})
     part = load_labeled(
         data,
@@ -50,6 +51,7 @@ def evaluate(
     probs = clf.predict_proba(part.texts, batch_size=batch_size)
     metrics = classification_metrics(y, probs, labels, loss=cross_entropy(probs, y))
     metrics["data_file"] = str(data)
+    metrics["backend"] = clf.backend
     if output is not None:
         atomic_write_json(output, metrics)
     return metrics

@@ -80,6 +80,7 @@ def predict_file(
     batch_size: int = 16,
     keep_text: bool = False,
     drop_empty: bool = False,
+    backend: str = "auto",
     classifier: TextClassifier | None = None,
 ) -> int:
     """Classify texts from arguments or a file; write CSV/JSONL to `output` (atomically) or JSONL to stdout."""
@@ -91,7 +92,7 @@ def predict_file(
         if suffix not in OUTPUT_FORMATS:
             raise MedclfError(f"Unknown output format '{suffix or '(none)'}': use .csv or .jsonl.")
         fmt = OUTPUT_FORMATS[suffix]
-    clf = classifier or TextClassifier.load(run_dir, batch_size=batch_size)
+    clf = classifier or TextClassifier.load(run_dir, batch_size=batch_size, backend=backend)
     frame, batch, columns = read_inputs(
         input, texts, text_columns=text_columns, default_columns=clf.config.get("run", {}).get("text_columns"),
         drop_empty=drop_empty,
