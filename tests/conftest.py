@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import os
 import random
+import socket
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -100,3 +103,26 @@ def embedding_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, sma
     assert SECRET not in result.output
     assert "accuracy" in result.stdout
     return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Poll /readyz of a `medclf serve` subprocess until it answers 200."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}: {proc.stderr.read()}")
+        try:
+            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("server did not become ready")

@@ -1,0 +1,478 @@
+"""`medclf serve`: a trained classifier behind a local HTTP API (FastAPI, uvicorn).
+
+- `create_app(settings)` builds the app; the model is loaded once, in the lifespan.
+- Requests are batched together on the server: each request's texts join a queue, and one worker
+  thread runs the model on up to `max_batch` queued texts at a time (waiting `max_wait_ms` for company
+  when the queue is short), so the event loop never runs the model and concurrent requests share
+  forward passes. The queue is bounded (`max_queue` texts): beyond it the answer is 503 with
+  Retry-After, never an unbounded backlog.
+- Bad input gets a 4xx that names the field and the limit; texts are never logged or echoed, not in
+  errors either (FastAPI's default 422 body repeats the input: it is replaced here).
+- Binds to 127.0.0.1 by default; an API key (read from the environment variable named by
+  `api_key_env`) guards /v1/*. /healthz, /readyz, /metrics and the page at / carry no text or result.
+"""
+
+import asyncio
+import collections
+import hmac
+import importlib.resources
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from medclf.errors import MedclfError
+
+log = logging.getLogger(__name__)
+SETTINGS_ENV = "MEDCLF_SERVE_SETTINGS"
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+# ---------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Everything `medclf serve` needs; validated on creation, JSON-serialisable (for --workers > 1)."""
+
+    run_dir: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    backend: str = "auto"
+    max_batch: int = 64
+    """Most texts in one request, and in one forward pass of the server's batcher."""
+    max_chars: int = 20_000
+    """Most characters in one text."""
+    max_queue: int = 1024
+    """Most texts waiting for the model; beyond it requests get 503 + Retry-After."""
+    max_wait_ms: float = 5.0
+    """How long the batcher waits for more requests when fewer than max_batch texts are queued."""
+    api_key_env: str | None = None
+    workers: int = 1
+    threads: int | None = None
+    """Inference threads per worker (default: the cores divided among the workers)."""
+    inference_batch: int = 16
+    graceful_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        from medclf.predict import BACKENDS
+
+        if self.backend not in BACKENDS:
+            raise MedclfError(f"--backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}.")
+        for name, low in (("port", 0), ("max_batch", 1), ("max_chars", 1), ("max_queue", 1), ("workers", 1),
+                          ("inference_batch", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise MedclfError(f"--{name.replace('_', '-')} must be an integer of at least {low}, not {value!r}.")
+        if self.port > 65535:
+            raise MedclfError(f"--port must be at most 65535, not {self.port}.")
+        if self.max_queue < self.max_batch:
+            raise MedclfError(f"--max-queue ({self.max_queue}) must be at least --max-batch ({self.max_batch}).")
+        if not 0 <= self.max_wait_ms <= 1000:
+            raise MedclfError(f"--max-wait-ms must be between 0 and 1000, not {self.max_wait_ms}.")
+        if self.threads is not None and self.threads < 1:
+            raise MedclfError(f"--threads must be at least 1, not {self.threads}.")
+        if self.api_key_env is not None and not self.api_key_env.strip():
+            raise MedclfError("--api-key-env must name an environment variable.")
+
+    def api_key(self) -> str | None:
+        """The key from the named environment variable; an option that names an unset variable is an error."""
+        if self.api_key_env is None:
+            return None
+        key = os.environ.get(self.api_key_env, "")
+        if not key:
+            raise MedclfError(f"--api-key-env names {self.api_key_env}, which is not set; export it or leave the option out.")
+        return key
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ServeSettings":
+        return cls(**json.loads(text))
+
+    def inference_threads(self) -> int:
+        return self.threads or max(1, (os.cpu_count() or 1) // self.workers)
+
+
+# ---------------------------------------------------------------- metrics
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class _Histogram:
+    def __init__(self, buckets: tuple) -> None:
+        self.buckets = buckets
+        self.counts = [0] * len(buckets)
+        self.total = 0
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.total += 1
+        self.sum += value
+        for i, bound in enumerate(self.buckets):
+            if value <= bound:
+                self.counts[i] += 1
+
+    def lines(self, name: str, labels: str = "") -> list[str]:
+        sep = "," if labels else ""
+        out = [f'{name}_bucket{{{labels}{sep}le="{bound:g}"}} {count}' for bound, count in zip(self.buckets, self.counts)]
+        out.append(f'{name}_bucket{{{labels}{sep}le="+Inf"}} {self.total}')
+        suffix = f"{{{labels}}}" if labels else ""
+        out += [f"{name}_sum{suffix} {self.sum:.6f}", f"{name}_count{suffix} {self.total}"]
+        return out
+
+
+@dataclass
+class Metrics:
+    """Prometheus counters and histograms, updated on the event loop (no locks needed)."""
+
+    requests: collections.Counter = field(default_factory=collections.Counter)
+    latency: dict[str, _Histogram] = field(default_factory=dict)
+    batch_texts: _Histogram = field(default_factory=lambda: _Histogram(BATCH_BUCKETS))
+    inference_seconds: _Histogram = field(default_factory=lambda: _Histogram(LATENCY_BUCKETS))
+    texts: int = 0
+    rejected_overload: int = 0
+    queued: Callable[[], int] = lambda: 0
+
+    def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        self.requests[(endpoint, method, status)] += 1
+        self.latency.setdefault(endpoint, _Histogram(LATENCY_BUCKETS)).observe(seconds)
+
+    def render(self) -> str:
+        lines = ["# HELP medclf_requests_total HTTP requests by endpoint, method and status.",
+                 "# TYPE medclf_requests_total counter"]
+        for (endpoint, method, status), count in sorted(self.requests.items()):
+            lines.append(f'medclf_requests_total{{endpoint="{endpoint}",method="{method}",status="{status}"}} {count}')
+        lines += ["# HELP medclf_request_duration_seconds Time from request to response.",
+                  "# TYPE medclf_request_duration_seconds histogram"]
+        for endpoint, hist in sorted(self.latency.items()):
+            lines += hist.lines("medclf_request_duration_seconds", f'endpoint="{endpoint}"')
+        lines += ["# HELP medclf_batch_texts Texts per forward pass of the server's batcher.",
+                  "# TYPE medclf_batch_texts histogram", *self.batch_texts.lines("medclf_batch_texts"),
+                  "# HELP medclf_inference_seconds Time per batch in the model (tokenization included).",
+                  "# TYPE medclf_inference_seconds histogram", *self.inference_seconds.lines("medclf_inference_seconds"),
+                  "# HELP medclf_texts_total Texts classified.", "# TYPE medclf_texts_total counter",
+                  f"medclf_texts_total {self.texts}",
+                  "# HELP medclf_rejected_overload_total Requests refused with 503 because the queue was full.",
+                  "# TYPE medclf_rejected_overload_total counter", f"medclf_rejected_overload_total {self.rejected_overload}",
+                  "# HELP medclf_queue_texts Texts waiting for the model.", "# TYPE medclf_queue_texts gauge",
+                  f"medclf_queue_texts {self.queued()}"]
+        return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- batching
+
+
+class Overloaded(Exception):
+    """The queue is full (or the server is shutting down)."""
+
+
+@dataclass
+class _Job:
+    texts: list[str]
+    future: asyncio.Future
+
+
+class MicroBatcher:
+    """Collects the texts of concurrent requests and runs them through the model together."""
+
+    def __init__(
+        self, infer: Callable[[list[str]], np.ndarray], *, max_batch: int, max_wait_s: float, max_queue: int,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.infer = infer
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self.metrics = metrics or Metrics()
+        self.metrics.queued = lambda: self.queued
+        self.queued = 0
+        self._pending: collections.deque[_Job] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medclf-infer")
+        self._task: asyncio.Task | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def submit(self, texts: list[str]) -> np.ndarray:
+        if self._closing or self.queued + len(texts) > self.max_queue:
+            self.metrics.rejected_overload += 1
+            raise Overloaded
+        job = _Job(texts, asyncio.get_running_loop().create_future())
+        self._pending.append(job)
+        self.queued += len(texts)
+        self._wakeup.set()
+        return await job.future
+
+    def _take(self) -> list[_Job]:
+        jobs: list[_Job] = []
+        n = 0
+        while self._pending and (not jobs or n + len(self._pending[0].texts) <= self.max_batch):
+            job = self._pending.popleft()
+            n += len(job.texts)
+            jobs.append(job)
+        self.queued -= n
+        return jobs
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self.queued < self.max_batch and self.max_wait_s > 0 and not self._closing:
+                await asyncio.sleep(self.max_wait_s)  # let concurrent requests join this batch
+            jobs = [job for job in self._take() if not job.future.done()]  # done: the client went away
+            if not jobs:
+                continue
+            texts = [text for job in jobs for text in job.texts]
+            started = time.perf_counter()
+            try:
+                probs = await loop.run_in_executor(self._executor, self.infer, texts)
+            except Exception as exc:  # noqa: BLE001 - every waiting request gets the failure, as a 500
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                continue
+            self.metrics.inference_seconds.observe(time.perf_counter() - started)
+            self.metrics.batch_texts.observe(len(texts))
+            self.metrics.texts += len(texts)
+            start = 0
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_result(probs[start : start + len(job.texts)])
+                start += len(job.texts)
+
+    async def close(self) -> None:
+        """Refuse new work, finish what is queued, stop the worker thread."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        self._executor.shutdown(wait=True)
+
+
+# ---------------------------------------------------------------- app
+
+
+def page_html() -> str:
+    return importlib.resources.files("medclf").joinpath("static/index.html").read_text(encoding="utf-8")
+
+
+def create_app(settings: ServeSettings) -> Any:
+    """The FastAPI app for one run directory; the model loads when the app starts (lifespan)."""
+    from medclf import __version__
+    from medclf.predict import TextClassifier
+    from medclf.predict_io import prediction_records
+
+    api_key = settings.api_key()
+    metrics = Metrics()
+    state: dict[str, Any] = {"ready": False}
+    page = page_html()
+    body_limit = settings.max_batch * settings.max_chars * 6 + 65_536  # JSON may escape a character as \\uXXXX
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        import torch
+
+        torch.set_num_threads(settings.inference_threads())
+        clf = TextClassifier.load(settings.run_dir, backend=settings.backend, device="cpu",
+                                  batch_size=settings.inference_batch, threads=settings.inference_threads())
+        clf.predict_proba(["warm-up"])  # first-call costs (allocations, kernel choice) before the first user
+        state["clf"] = clf
+        state["info"] = _model_info(clf, settings, __version__)
+        batcher = MicroBatcher(clf.predict_proba, max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000,
+                               max_queue=settings.max_queue, metrics=metrics)
+        batcher.start()
+        state["batcher"] = batcher
+        state["ready"] = True
+        log.info("Serving %s (%s backend, %d labels).", settings.run_dir, clf.backend, len(clf.labels))
+        try:
+            yield
+        finally:
+            state["ready"] = False
+            await batcher.close()
+
+    app = FastAPI(title="medclf", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.medclf = state  # the loaded classifier and batcher, for tests and embedding applications
+
+    def error(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+    def field_error(status: int, loc: list[Any], msg: str, kind: str) -> JSONResponse:
+        return error(status, [{"loc": ["body", *loc], "msg": msg, "type": kind}])
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Callable) -> Any:
+        started = time.perf_counter()
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > body_limit):
+            response = error(413, f"The request body is over {body_limit} bytes; send at most {settings.max_batch} texts "
+                                  f"of at most {settings.max_chars} characters each.")
+        else:
+            response = await call_next(request)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", "unmatched")
+        metrics.observe_request(endpoint, request.method, response.status_code, time.perf_counter() - started)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default body repeats the offending input (patient text): keep only where and what.
+        details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "invalid"), "type": e.get("type", "invalid")}
+                   for e in exc.errors()]
+        return error(422, details)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("Unexpected %s while answering %s %s.", type(exc).__name__, request.method, request.url.path)
+        return error(500, f"Internal error ({type(exc).__name__}); see the server log.")
+
+    def authorize(request: Request) -> None:
+        if api_key is None:
+            return
+        given = request.headers.get("x-api-key") or ""
+        auth = request.headers.get("authorization") or ""
+        if auth.lower().startswith("bearer "):
+            given = given or auth[7:].strip()
+        if not given or not hmac.compare_digest(given.encode(), api_key.encode()):
+            raise HTTPException(401, "Missing or wrong API key; send it as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'.",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    class PredictRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+        text: str | None = Field(None, description="One text; the answer is one prediction.")
+        texts: list[str] | None = Field(None, description="Several texts; the answer is a list of predictions in order.")
+        top_k: int | None = Field(None, ge=1, description="Give only the K most probable classes per text.")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page, headers={"Content-Security-Policy": (
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")})
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        if state["ready"]:
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "not ready"}, status_code=503)
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/model", dependencies=[Depends(authorize)])
+    async def model_info() -> dict[str, Any]:
+        return state["info"]
+
+    @app.post("/v1/predict", dependencies=[Depends(authorize)])
+    async def predict(body: PredictRequest) -> Any:
+        if (body.text is None) == (body.texts is None):
+            return field_error(422, [], "Send either 'text' (one string) or 'texts' (a list of strings).", "value_error")
+        single = body.text is not None
+        texts = [body.text] if single else list(body.texts or [])
+        field_name = "text" if single else "texts"
+        if not texts:
+            return field_error(422, ["texts"], f"'texts' is empty; send 1 to {settings.max_batch} texts.", "too_short")
+        if len(texts) > settings.max_batch:
+            return field_error(413, ["texts"], f"{len(texts)} texts in one request; the limit is {settings.max_batch}.",
+                               "too_long")
+        for i, text in enumerate(texts):
+            loc = [field_name] if single else ["texts", i]
+            if len(text) > settings.max_chars:
+                return field_error(413, loc, f"The text has {len(text)} characters; the limit is {settings.max_chars}.",
+                                   "too_long")
+            if not text.strip():
+                return field_error(422, loc, "The text is empty.", "value_error")
+        try:
+            probs = await state["batcher"].submit(texts)
+        except Overloaded:
+            return error(503, f"The server is at capacity ({settings.max_queue} texts queued); retry shortly.",
+                         headers={"Retry-After": "1"})
+        clf = state["clf"]
+        k = None if body.top_k is None else min(body.top_k, len(clf.labels))
+        records = prediction_records(clf.labels, probs, k)
+        return records[0] if single else {"predictions": records}
+
+    return app
+
+
+def _model_info(clf: Any, settings: ServeSettings, version: str) -> dict[str, Any]:
+    from medclf.artifacts import METRICS_FILE, read_json
+
+    run = Path(settings.run_dir)
+    config = clf.config.get("config", {})
+    info = clf.config.get("run", {})
+    test: dict[str, Any] = {}
+    if (run / METRICS_FILE).is_file():
+        metrics = read_json(run / METRICS_FILE)
+        test = {k: metrics.get("test", {}).get(k) for k in ("n", "accuracy", "macro_f1", "weighted_f1", "roc_auc_ovr_macro")}
+    return {
+        "model": config.get("model"),
+        "method": info.get("method"),
+        "labels": clf.labels,
+        "backend": clf.backend,
+        "max_length": clf.max_length,
+        "trained": info.get("created"),
+        "test_metrics": test,
+        "medclf_version": version,
+        "limits": {"max_batch": settings.max_batch, "max_chars": settings.max_chars},
+    }
+
+
+def app_from_env() -> Any:
+    """uvicorn's factory for --workers > 1: each worker process builds its app from the settings in the environment."""
+    return create_app(ServeSettings.from_json(os.environ[SETTINGS_ENV]))
+
+
+def check(settings: ServeSettings) -> None:
+    """Fail before binding a port: the run loads, the backend exists, the key is set."""
+    from medclf.artifacts import is_run_dir
+    from medclf.predict import _onnx_file
+
+    if not is_run_dir(settings.run_dir):
+        raise MedclfError(f"{settings.run_dir} is not a medclf run directory; pass the --output of `medclf train`.")
+    _onnx_file(Path(settings.run_dir), settings.backend, "cpu")
+    settings.api_key()
+
+
+def serve(settings: ServeSettings) -> None:
+    """Run the app under uvicorn until SIGINT/SIGTERM; requests in flight finish first."""
+    import uvicorn
+
+    check(settings)
+    if settings.host not in LOOPBACK and settings.api_key_env is None:
+        log.warning("Listening on %s without an API key: anyone who can reach this port can send texts. "
+                    "Set --api-key-env, or keep the default host 127.0.0.1.", settings.host)
+    common = {"host": settings.host, "port": settings.port, "timeout_graceful_shutdown": settings.graceful_timeout_s,
+              "server_header": False}
+    if settings.workers > 1:
+        os.environ[SETTINGS_ENV] = settings.to_json()
+        uvicorn.run("medclf.serve:app_from_env", factory=True, workers=settings.workers, **common)
+    else:
+        uvicorn.run(create_app(settings), **common)

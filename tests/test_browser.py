@@ -1,0 +1,80 @@
+"""The page at / in a real headless browser (Debian's chromium + chromedriver, driven by Selenium).
+
+Skips with the reason where no browser is installed; .ci/run installs Debian's `chromium` and
+`chromium-driver` first."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import httpx
+import pytest
+from conftest import SECRET, free_port, wait_ready
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium") if p and os.path.exists(p)), None)
+DRIVER = next((p for p in (shutil.which("chromedriver"), "/usr/bin/chromedriver") if p and os.path.exists(p)), None)
+NOTE = f"patient {SECRET} crushing chest pain troponin ecg"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+    if CHROMIUM is None or DRIVER is None:
+        pytest.skip("no chromium/chromedriver here; install Debian's chromium and chromium-driver packages")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1000,900"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=DRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def server(trained_run):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "medclf", "serve", str(trained_run), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_ready(base, proc)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_paste_text_and_see_the_label_and_one_bar_per_class(browser, server, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    expected = httpx.post(server + "/v1/predict", json={"text": NOTE}).json()
+    browser.get(server + "/")
+    WebDriverWait(browser, 20).until(lambda d: "3 classes" in d.find_element(By.ID, "model").text)
+    assert browser.find_element(By.ID, "result").is_displayed() is False
+    browser.find_element(By.ID, "text").send_keys(NOTE)
+    browser.find_element(By.ID, "classify").click()
+    WebDriverWait(browser, 20).until(ec.visibility_of_element_located((By.ID, "result")))
+    assert browser.find_element(By.ID, "label").text == expected["label"]
+    rows = browser.find_elements(By.CSS_SELECTOR, "#bars .row")
+    assert sorted(r.get_attribute("data-label") for r in rows) == sorted(expected["probabilities"])
+    shown = {r.get_attribute("data-label"): float(r.get_attribute("data-probability")) for r in rows}
+    assert all(abs(shown[k] - v) < 1e-6 for k, v in expected["probabilities"].items())
+    assert rows[0].get_attribute("data-label") == expected["label"] and "top" in rows[0].get_attribute("class")
+    widths = [r.find_element(By.CSS_SELECTOR, ".fill").value_of_css_property("width") for r in rows]
+    assert float(widths[0].removesuffix("px")) > 0
+    browser.save_screenshot(str(tmp_path / "page.png"))
+    assert (tmp_path / "page.png").stat().st_size > 1000
+
+
+def test_an_empty_text_is_refused_on_the_page(browser, server):
+    from selenium.webdriver.common.by import By
+
+    browser.get(server + "/")
+    browser.find_element(By.ID, "classify").click()
+    error = browser.find_element(By.ID, "error")
+    assert error.is_displayed() and "Paste a text" in error.text
