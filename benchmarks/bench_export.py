@@ -1,7 +1,7 @@
 """PyTorch fp32 vs ONNX Runtime fp32 vs ONNX int8 on the same texts, in one process, one after another.
 
 python benchmarks/bench_export.py --run RUN_DIR --check SPLIT/train.csv --test SPLIT/test.csv \
-    [--out bench-out/export] [--rounds 2]
+    [--out bench-out/export] [--rounds 2] [--int8-recipe auto|dynamic|blockwise-128|blockwise-32]
 
 Copies RUN_DIR to OUT/run, runs `medclf export` there (check texts: a 256-text sample of --check,
 not the test texts), then for each backend loads `TextClassifier.load(run, backend=...)`, warms up on
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test", required=True, help="labelled test split (CSV with text,label)")
     parser.add_argument("--out", default="bench-out/export")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--int8-recipe", default="auto", help="passed to `medclf export --int8-recipe`")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -45,7 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     shutil.copytree(args.run, run, ignore=shutil.ignore_patterns("onnx"))
     started = time.perf_counter()
-    export = subprocess.run([sys.executable, "-m", "medclf", "export", str(run), "--data", args.check],
+    export = subprocess.run([sys.executable, "-m", "medclf", "export", str(run), "--data", args.check,
+                             "--int8-recipe", args.int8_recipe],
                             capture_output=True, text=True)
     export_s = time.perf_counter() - started
     print(export.stdout, export.stderr, sep="\n")

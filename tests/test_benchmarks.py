@@ -60,3 +60,45 @@ def test_compare_quick_mode_writes_every_row_and_field(tmp_path, tiny_model_512)
     for path in out.rglob("*"):  # only the split files (the benchmark's input) may hold text
         if path.is_file() and "split" not in path.parts and path.suffix in (".json", ".md", ".log", ".csv", ".txt"):
             assert SECRET not in path.read_text(errors="ignore"), path
+
+
+def test_serve_load_sends_a_bounded_mixed_load_and_reports_it(tmp_path, trained_run, small_csv):
+    out = tmp_path / "load"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "serve_load.py"), "--run", str(trained_run), "--texts", str(small_csv),
+         "--requests", "80", "--clients", "4", "--malformed-share", "0.25", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "results.json").read_text())
+    assert result["requests_sent"] == 80 and result["wellformed"] + result["malformed"] == 80
+    assert result["malformed"] > 5 and result["malformed_not_4xx"] == 0
+    assert result["wellformed_not_answered_below_500"] == 0
+    assert sum(result["status_counts"].values()) == 80 and result["status_counts"]["200"] == result["wellformed"]
+    assert result["texts_per_s"] > 0 and result["offline"]["texts_per_s"] > 0
+    assert 0 < result["latency_s"]["p50"] <= result["latency_s"]["p95"] <= result["latency_s"]["p99"]
+    assert result["rss_mib"]["before"] > 0 and result["mean_texts_per_forward_batch"] >= 1
+    assert set(result["targets"]) == {"zero 5xx for well-formed requests", "every malformed request answered 4xx",
+                                      "server texts/s >= 80% of offline", "RSS after within 10% of before"}
+    assert "| texts/s |" in (out / "results.md").read_text()
+    assert SECRET not in (out / "server.log").read_text() + (out / "results.json").read_text()
+
+
+def test_bench_export_compares_backends_on_the_same_texts(tmp_path, trained_run, small_csv):
+    import pandas as pd
+
+    split = tmp_path / "test.csv"
+    pd.read_csv(small_csv).rename(columns={"label": "label"})[["text", "label"]].to_csv(split, index=False)
+    out = tmp_path / "export"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_export.py"), "--run", str(trained_run), "--check", str(small_csv),
+         "--test", str(split), "--rounds", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "results.json").read_text())
+    rows = result["backends"]
+    assert {"torch", "onnx"} <= set(rows) and rows["torch"]["speedup_vs_torch"] == 1.0
+    assert rows["onnx"]["max_abs_prob_diff"] < 1e-4 and rows["onnx"]["top_label_agreement"] == 1.0
+    assert all(r["texts_per_s"] > 0 and 0 <= r["macro_f1"] <= 1 for r in rows.values())
+    assert not (trained_run / "onnx").exists(), "the benchmark exports into a copy, never into the given run"

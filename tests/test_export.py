@@ -151,6 +151,7 @@ def test_an_interrupted_export_keeps_the_previous_one(exported_run, tmp_path, mo
 @pytest.mark.parametrize("args, fragment", [
     (["--quantize", "int4"], "--quantize must be none or int8"),
     (["--format", "tflite"], "--format must be onnx"),
+    (["--int8-recipe", "int4"], "--int8-recipe must be auto or one of dynamic, blockwise-128, blockwise-32"),
 ])
 def test_bad_export_options_are_user_errors(trained_run, args, fragment):
     result = export_cli(trained_run, *args)
@@ -160,3 +161,17 @@ def test_bad_export_options_are_user_errors(trained_run, args, fragment):
 def test_export_of_something_that_is_not_a_run(tmp_path):
     result = export_cli(tmp_path)
     assert result.exit_code == 2 and "not a medclf run directory" in result.stderr
+
+
+def test_a_named_int8_recipe_is_the_only_one_tried(trained_run, tmp_path, small_csv):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    result = export_cli(run, "--data", small_csv, "--int8-recipe", "blockwise-32")
+    assert result.exit_code == 0, result.output
+    tried = json.loads((run / "onnx" / "export.json").read_text())["check"]["int8_tried"]
+    assert [t["recipe"] for t in tried] == ["blockwise-32"] and "int8 (blockwise-32)" in result.output
+    if tried[0]["agreement"] >= 0.99:
+        import onnx
+
+        ops = {node.op_type for node in onnx.load(str(run / "onnx" / "model.int8.onnx")).graph.node}
+        assert "MatMulNBits" in ops and "MatMulInteger" not in ops

@@ -231,6 +231,7 @@ def export(
     output: Annotated[str | None, typer.Option("--output", "-o", help="Folder to write. Default: RUN_DIR/onnx (where --backend auto finds it).")] = None,
     data: Annotated[str | None, typer.Option("--data", help="Texts to check the export on (any table `predict --input` reads; a sample of 256). Default: the packaged demo notes.")] = None,
     text_column: TextColOpt = None,
+    int8_recipe: Annotated[str, typer.Option("--int8-recipe", help="auto (fastest recipe that passes the 99% check) | dynamic (fastest) | blockwise-128 | blockwise-32 (most accurate, slowest).")] = "auto",
 ) -> None:
     """Export a run to ONNX for fast CPU inference; the export is checked against PyTorch before it is written."""
 
@@ -239,7 +240,8 @@ def export(
             raise MedclfError(f"--format must be onnx, not {format!r}.")
         from medclf.onnx_export import PARITY_TOLERANCE, export_onnx
 
-        result = export_onnx(run_dir, quantize=quantize, output=output, data=data, text_columns=text_column)
+        result = export_onnx(run_dir, quantize=quantize, output=output, data=data, text_columns=text_column,
+                             int8_recipe=int8_recipe)
         typer.echo(f"fp32: {result.fp32_file}, max |probability difference| vs PyTorch {result.fp32_max_abs_diff:.1e} "
                    f"on {result.n_check_texts} texts (limit {PARITY_TOLERANCE:.0e})")
         for tried in result.int8_tried:
@@ -247,7 +249,7 @@ def export(
             typer.echo(f"int8 ({tried['recipe']}): same top label as PyTorch on {100 * tried['agreement']:.1f}% of "
                        f"{result.n_check_texts} texts, {kept}")
         if quantize == "int8" and result.int8_file is None:
-            typer.echo("int8: no recipe reached 99% agreement; model.int8.onnx was not written", err=True)
+            typer.echo("int8: no recipe tried reached 99% agreement; model.int8.onnx was not written", err=True)
         typer.echo(f"Export written to {result.output_dir}")
 
     _guard(run)

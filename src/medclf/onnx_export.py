@@ -51,6 +51,8 @@ MIN_AGREEMENT = 0.99
 OPSET = 17
 CHECK_BATCH = 8
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config.json")
+INT8_RECIPES = ("dynamic", "blockwise-128", "blockwise-32")
+"""int8 recipes, fastest first (see _recipes)."""
 FUSABLE_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "electra": "bert", "distilbert": "bert"}
 
 
@@ -128,6 +130,7 @@ def export_onnx(
     text_columns: list[str] | None = None,
     max_check_texts: int = 256,
     seed: int = 0,
+    int8_recipe: str = "auto",
 ) -> ExportResult:
     """Export a trained run to ONNX (and int8 with quantize='int8'), check it against PyTorch, write it.
 
@@ -135,9 +138,13 @@ def export_onnx(
     `max_check_texts`, sampled with `seed`), or from the packaged demo notes. Raises MedclfError when
     the fp32 graph differs from PyTorch by more than 1e-4; an int8 model that keeps the top label of
     fewer than 99% of the texts under every recipe is not written (the result says so).
+    int8_recipe: "auto" tries the recipes fastest first and keeps the first that passes; a recipe's
+    name (INT8_RECIPES) tries only that one.
     """
     if quantize not in ("none", "int8"):
         raise MedclfError(f"--quantize must be none or int8, not {quantize!r}.")
+    if int8_recipe not in ("auto", *INT8_RECIPES):
+        raise MedclfError(f"--int8-recipe must be auto or one of {', '.join(INT8_RECIPES)}, not {int8_recipe!r}.")
     run_dir = Path(run_dir)
     if not is_run_dir(run_dir):
         raise MedclfError(f"{run_dir} is not a medclf run directory (no {CONFIG_FILE} and {MODEL_DIR}/); pass the --output of `medclf train`.")
@@ -175,7 +182,7 @@ def export_onnx(
             fp32_max_abs_diff=diff, fp32_file=FP32_FILE, optimized=optimized,
         )
         if quantize == "int8":
-            _quantize_checked(fp32, staging / INT8_FILE, encoded, pad_id, reference, result)
+            _quantize_checked(fp32, staging / INT8_FILE, encoded, pad_id, reference, result, int8_recipe)
         _copy_model_files(run_dir / MODEL_DIR, staging)
         result.seconds = round(time.perf_counter() - started, 1)
         atomic_write_json(staging / EXPORT_INFO, _export_info(clf, result))
@@ -324,14 +331,18 @@ def _recipes() -> list[tuple[str, Callable[[Path, Path], None]]]:
 
         return run
 
-    return [("dynamic", dynamic), ("blockwise-128", blockwise(128)), ("blockwise-32", blockwise(32))]
+    recipes = {"dynamic": dynamic, "blockwise-128": blockwise(128), "blockwise-32": blockwise(32)}
+    return [(name, recipes[name]) for name in INT8_RECIPES]
 
 
 def _quantize_checked(
-    fp32: Path, dest: Path, encoded: list[list[int]], pad_id: int, reference: np.ndarray, result: ExportResult
+    fp32: Path, dest: Path, encoded: list[list[int]], pad_id: int, reference: np.ndarray, result: ExportResult,
+    only: str = "auto",
 ) -> None:
     top = reference.argmax(axis=1)
     for name, recipe in _recipes():
+        if only not in ("auto", name):
+            continue
         candidate = dest.with_name(f".{name}.onnx")
         with _quiet_onnxruntime():
             recipe(fp32, candidate)
@@ -347,7 +358,7 @@ def _quantize_checked(
             result.int8_agreement, result.int8_max_abs_diff = agreement, max_diff
             return
         candidate.unlink()
-    log.warning("No int8 recipe kept the top label of %.0f%% of the check texts; model.int8.onnx was not written.",
+    log.warning("No int8 recipe tried kept the top label of %.0f%% of the check texts; model.int8.onnx was not written.",
                 100 * MIN_AGREEMENT)
 
 
