@@ -304,3 +304,23 @@ def test_a_real_server_answers_and_finishes_in_flight_requests_on_sigterm(traine
     logs = proc.stdout.read() + proc.stderr.read()
     assert SECRET not in logs, "the server logged request text"
     assert "Finished server process" in logs
+
+
+def test_several_workers_each_load_the_model_and_answer(trained_run):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "medclf", "serve", str(trained_run), "--port", str(port), "--workers", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_ready(base, proc, timeout=90)
+        answers = [httpx.post(base + "/v1/predict", json={"text": NOTE}, timeout=30) for _ in range(4)]
+        assert all(a.status_code == 200 for a in answers)
+        assert len({a.json()["label"] for a in answers}) == 1
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    logs = proc.stdout.read() + proc.stderr.read()
+    assert logs.count("Serving ") == 2, logs[-2000:]  # one model per worker process
+    assert SECRET not in logs

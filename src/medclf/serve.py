@@ -469,7 +469,12 @@ def _model_info(clf: Any, settings: ServeSettings, version: str) -> dict[str, An
 
 
 def app_from_env() -> Any:
-    """uvicorn's factory for --workers > 1: each worker process builds its app from the settings in the environment."""
+    """uvicorn's factory for --workers > 1: each worker process builds its app from the settings in the environment.
+
+    Worker processes are started afresh by uvicorn, so the CLI's logging setup is repeated here."""
+    from medclf.cli import _configure_logging
+
+    _configure_logging(quiet=False, verbose=False)
     return create_app(ServeSettings.from_json(os.environ[SETTINGS_ENV]))
 
 
