@@ -311,7 +311,6 @@ def _recipes() -> list[tuple[str, Callable[[Path, Path], None]]]:
     dynamic 2.2x PyTorch fp32 but 97.9% top-label agreement; blockwise-128 1.36x, 99.3%; blockwise-32 1.22x, 99.7%."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     def dynamic(src: Path, dst: Path) -> None:
         # int8 weights per output channel, activations quantized per tensor at run time; only
@@ -325,6 +324,8 @@ def _recipes() -> list[tuple[str, Callable[[Path, Path], None]]]:
         # int8 weights in blocks of `block` input channels (MatMulNBits, bits=8); activations are
         # quantized per block too (accuracy_level 4), which follows outliers far better than one scale per tensor.
         def run(src: Path, dst: Path) -> None:
+            from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer  # needs onnx-ir
+
             quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=8, block_size=block, is_symmetric=True, accuracy_level=4)
             quantizer.process()
             quantizer.model.save_model_to_file(str(dst), False)
