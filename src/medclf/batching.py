@@ -11,65 +11,184 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 
 @dataclass
 class Encoded:
-    """Token ids per text (no padding), and how much truncation cost."""
+    """Token ids of the sequences to run (no padding), and how much cutting cost.
+
+    With long_text='chunk' a long text becomes several windows: `input_ids` holds every window and
+    `doc_of[i]` the index of the text window i belongs to (windows of a text are consecutive).
+    Otherwise `doc_of` is None and there is one sequence per text."""
 
     input_ids: list[list[int]]
     n_truncated: int
     tokens_total: int
     tokens_lost: int
+    doc_of: list[int] | None = None
+    n_docs: int = -1
+
+    def __post_init__(self) -> None:
+        if self.n_docs < 0:
+            self.n_docs = len(self.input_ids) if self.doc_of is None else (max(self.doc_of) + 1 if self.doc_of else 0)
 
     @property
     def lengths(self) -> list[int]:
         return [len(ids) for ids in self.input_ids]
 
+    def windows_of(self, docs: list[int]) -> list[int]:
+        """Indices into input_ids of the windows of these texts, in order."""
+        if self.doc_of is None:
+            return list(docs)
+        return [w for d in docs for w in self._windows[d]]
+
+    @property
+    def doc_lengths(self) -> list[int]:
+        """Tokens per text over all its windows (for grouping texts of similar cost)."""
+        if self.doc_of is None:
+            return self.lengths
+        return [sum(len(self.input_ids[w]) for w in ws) for ws in self._windows]
+
+    @property
+    def _windows(self) -> list[list[int]]:
+        cached = self.__dict__.get("_window_index")
+        if cached is None:
+            cached = [[] for _ in range(self.n_docs)]
+            for w, d in enumerate(self.doc_of or []):
+                cached[d].append(w)
+            self.__dict__["_window_index"] = cached
+        return cached
+
+
+def default_stride(max_length: int) -> int:
+    """Overlap between windows when --stride is not given: a quarter of the window's text budget."""
+    return max(0, (max_length - 2) // 4)
+
+
+def window_starts(n_body: int, budget: int, stride: int, max_chunks: int) -> list[int]:
+    """Where each window starts in a text's body tokens (specials excluded).
+
+    Windows hold `budget` tokens and advance by budget - stride; the last one ends at the last token.
+    More than max_chunks windows: max_chunks of them, spread evenly from the first to the last, so
+    the whole text is still sampled (evidence can sit anywhere)."""
+    if budget < 1:
+        raise ValueError("budget must be at least 1")
+    if not 0 <= stride < budget:
+        raise ValueError("stride must be at least 0 and smaller than the budget")
+    if n_body <= budget:
+        return [0]
+    step = budget - stride
+    starts = list(range(0, n_body - budget + 1, step))
+    if starts[-1] + budget < n_body:
+        starts.append(n_body - budget)
+    if len(starts) > max_chunks:
+        if max_chunks == 1:
+            return [starts[0]]
+        last = len(starts) - 1
+        starts = [starts[round(i * last / (max_chunks - 1))] for i in range(max_chunks)]
+    return starts
+
 
 def encode(
-    tokenizer: Any, texts: list[str], *, max_length: int, long_text: str = "truncate", chunk: int = 2048
+    tokenizer: Any, texts: list[str], *, max_length: int, long_text: str = "truncate", stride: int | None = None,
+    max_chunks: int = 8, tokenize_chunk: int = 2048,
 ) -> Encoded:
-    """Tokenize texts (in chunks, with the fast tokenizer's batch path) to at most max_length tokens.
+    """Tokenize texts (in chunks, with the fast tokenizer's batch path) into sequences of at most max_length.
 
     long_text='truncate' keeps the first tokens; 'head-tail' keeps the first quarter and the last
     three quarters of the token budget (Sun et al. 2019, "How to Fine-Tune BERT for Text
-    Classification?": head+tail beat head-only and tail-only on long documents). The special tokens
-    that open and close the sequence are always kept.
+    Classification?": head+tail beat head-only and tail-only on long documents); 'chunk' cuts a long
+    text into overlapping windows (window_starts), each with the opening and closing special tokens.
+    The special tokens that open and close the sequence are always kept.
     """
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     ids: list[list[int]] = []
+    doc_of: list[int] | None = [] if long_text == "chunk" else None
+    stride = default_stride(max_length) if stride is None else stride
     n_truncated = tokens_total = tokens_lost = 0
-    for start in range(0, len(texts), chunk):
-        part = texts[start : start + chunk]
+    for start in range(0, len(texts), tokenize_chunk):
+        part = texts[start : start + tokenize_chunk]
         full = tokenizer(part, add_special_tokens=True, truncation=False, return_attention_mask=False,
                          return_token_type_ids=False, verbose=False)["input_ids"]
-        for seq in full:
+        for offset, seq in enumerate(full):
             tokens_total += len(seq)
-            if len(seq) > max_length:
+            if len(seq) <= max_length:
+                ids.append(seq)
+                if doc_of is not None:
+                    doc_of.append(start + offset)
+                continue
+            if doc_of is None:
                 n_truncated += 1
                 tokens_lost += len(seq) - max_length
-                seq = _shorten(seq, max_length, special, long_text)
-            ids.append(seq)
-    return Encoded(ids, n_truncated, tokens_total, tokens_lost)
+                ids.append(_shorten(seq, max_length, special, long_text))
+                continue
+            lead, body, trail = _split_specials(seq, special)
+            budget = max_length - len(lead) - len(trail)
+            starts = window_starts(len(body), budget, min(stride, budget - 1), max_chunks)
+            covered = _covered(starts, budget, len(body))
+            if covered < len(body):
+                n_truncated += 1
+                tokens_lost += len(body) - covered
+            for s0 in starts:
+                ids.append(lead + body[s0 : s0 + budget] + trail)
+                doc_of.append(start + offset)
+    return Encoded(ids, n_truncated, tokens_total, tokens_lost, doc_of=doc_of, n_docs=len(texts))
 
 
-def _shorten(seq: list[int], max_length: int, special: set[int], long_text: str) -> list[int]:
+def _covered(starts: list[int], budget: int, n_body: int) -> int:
+    covered, reach = 0, 0
+    for s0 in starts:
+        end = min(n_body, s0 + budget)
+        covered += max(0, end - max(s0, reach))
+        reach = max(reach, end)
+    return covered
+
+
+def _split_specials(seq: list[int], special: set[int]) -> tuple[list[int], list[int], list[int]]:
     lead = 0
     while lead < len(seq) and seq[lead] in special:
         lead += 1
     trail = 0
     while trail < len(seq) - lead and seq[len(seq) - 1 - trail] in special:
         trail += 1
-    body = seq[lead : len(seq) - trail]
-    budget = max_length - lead - trail
+    return seq[:lead], seq[lead : len(seq) - trail], seq[len(seq) - trail :]
+
+
+def _shorten(seq: list[int], max_length: int, special: set[int], long_text: str) -> list[int]:
+    lead_ids, body, trail_ids = _split_specials(seq, special)
+    budget = max_length - len(lead_ids) - len(trail_ids)
     if long_text == "head-tail":
         head = budget // 4
         kept = body[:head] + body[len(body) - (budget - head) :]
     else:
         kept = body[:budget]
-    return seq[:lead] + kept + seq[len(seq) - trail :]
+    return lead_ids + kept + trail_ids
+
+
+def pool_logits(logits: np.ndarray, doc_of: list[int] | None, n_docs: int, mode: str = "mean") -> np.ndarray:
+    """One row per text from one row per window: the mean or the max of its windows' rows."""
+    if doc_of is None:
+        return logits
+    index = np.asarray(doc_of)
+    if mode == "max":
+        out = np.full((n_docs, logits.shape[1]), -np.inf, dtype=logits.dtype)
+        np.maximum.at(out, index, logits)
+        return out
+    out = np.zeros((n_docs, logits.shape[1]), dtype=logits.dtype)
+    np.add.at(out, index, logits)
+    return out / np.bincount(index, minlength=n_docs)[:, None].clip(min=1)
+
+
+def pool_logits_torch(logits: torch.Tensor, index: torch.Tensor, n_docs: int, mode: str = "mean") -> torch.Tensor:
+    """pool_logits for a training batch, differentiable: `index[i]` is window i's text within the batch."""
+    expanded = index.unsqueeze(1).expand_as(logits)
+    if mode == "max":
+        out = torch.full((n_docs, logits.shape[1]), float("-inf"), dtype=logits.dtype, device=logits.device)
+        return out.scatter_reduce(0, expanded, logits, reduce="amax", include_self=False)
+    out = torch.zeros((n_docs, logits.shape[1]), dtype=logits.dtype, device=logits.device)
+    return out.scatter_reduce(0, expanded, logits, reduce="mean", include_self=False)
 
 
 def length_grouped_batches(

@@ -18,7 +18,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CLASS_WEIGHTS = ("none", "balanced")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 HEAD_INITS = ("random", "linear-probe")
-LONG_TEXT = ("truncate", "head-tail")
+LONG_TEXT = ("truncate", "head-tail", "chunk")
+POOLS = ("mean", "max")
 METHODS = ("finetune", "embeddings")
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -50,7 +51,16 @@ class TrainConfig:
     lr: float = 1e-4
     max_length: int = 256
     long_text: str = "head-tail"
-    """How a text longer than max_length is cut: 'truncate' (keep the start) or 'head-tail'."""
+    """How a text longer than max_length is handled: 'truncate' (keep the start), 'head-tail' (keep the first
+    quarter and the last three quarters of the budget), or 'chunk' (overlapping windows of max_length, the
+    window logits pooled into one document prediction, trained end to end at the document level)."""
+    stride: int | None = None
+    """chunk: tokens shared by consecutive windows. None: a quarter of the window's text budget."""
+    max_chunks: int = 8
+    """chunk: most windows per document; a longer document gets this many windows spread evenly over it.
+    Memory per training step grows with batch_size x max_chunks windows."""
+    pool: str = "mean"
+    """chunk: how window logits become the document's: 'mean' or 'max'."""
     max_steps: int | None = None
     """Stop after this many optimizer steps in total (overrides epochs when smaller)."""
     seed: int = 42
@@ -122,6 +132,16 @@ class TrainConfig:
         _choice("device", self.device, DEVICES)
         _choice("head_init", self.head_init, HEAD_INITS)
         _choice("long_text", self.long_text, LONG_TEXT)
+        _choice("pool", self.pool, POOLS)
+        _positive_int("max_chunks", self.max_chunks)
+        if self.max_chunks > 256:
+            raise MedclfError(f"max_chunks must be at most 256 (memory grows with it), got {self.max_chunks}.")
+        if self.stride is not None:
+            if not isinstance(self.stride, int) or isinstance(self.stride, bool) or self.stride < 0:
+                raise MedclfError(f"stride must be a whole number of tokens >= 0, got {self.stride!r}.")
+            if self.stride >= self.max_length - 2:
+                raise MedclfError(f"stride ({self.stride}) must be smaller than max_length - 2 ({self.max_length - 2}) "
+                                  "so that windows advance.")
         _choice("method", self.method, METHODS)
         if not self.model or not isinstance(self.model, str):
             raise MedclfError("model must be 'default', a local model directory or a hub id.")

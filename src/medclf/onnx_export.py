@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from medclf.artifacts import CONFIG_FILE, MODEL_DIR, atomic_write_json, is_run_dir, publish_dir, staging_dir
-from medclf.batching import collate, encode, sorted_batches
+from medclf.batching import collate, sorted_batches
 from medclf.errors import MedclfError
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ def export_onnx(
         raise MedclfError(f"{final} holds files that are not a medclf ONNX export; choose another --output.")
     clf = TextClassifier.load(run_dir, backend="torch", device="cpu")
     texts, source = _check_texts(clf, data, text_columns, max_check_texts, seed)
-    encoded = encode(clf.tokenizer, texts, max_length=clf.max_length, long_text=clf.long_text).input_ids
+    encoded = clf.encode(texts).input_ids  # for long_text='chunk', windows: the check compares window by window
     pad_id = clf.pad_id
     reference = _softmax(_run_batches(lambda inputs: clf._run_batch(inputs), encoded, pad_id))
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from medclf.artifacts import CONFIG_FILE, MODEL_DIR, is_run_dir, read_json
-from medclf.batching import collate, encode, sorted_batches
+from medclf.batching import Encoded, collate, encode, pool_logits, sorted_batches
 from medclf.errors import MedclfError
 from medclf.modeling import choose_device, load_classifier, load_tokenizer
 
@@ -49,8 +49,14 @@ class TextClassifier:
         config: dict[str, Any] | None = None,
         labels: list[str] | None = None,
         backend: str = "torch",
+        stride: int | None = None,
+        max_chunks: int = 8,
+        pool: str = "mean",
     ) -> None:
         self.backend = backend
+        self.stride = stride
+        self.max_chunks = max_chunks
+        self.pool = pool
         if isinstance(model, torch.nn.Module):
             self.device = device or next(model.parameters()).device
             self.model: Any = model.to(self.device).eval()
@@ -111,7 +117,8 @@ class TextClassifier:
             )
         options = config.get("config", {})
         common = {"max_length": int(options.get("max_length", 256)), "long_text": options.get("long_text", "truncate"),
-                  "batch_size": batch_size, "config": config}
+                  "stride": options.get("stride"), "max_chunks": int(options.get("max_chunks", 8)),
+                  "pool": options.get("pool", "mean"), "batch_size": batch_size, "config": config}
         tokenizer = load_tokenizer(str(model_dir), trust_remote_code=trust_remote_code)
         onnx_file = _onnx_file(model_dir.parent, backend, device)
         if onnx_file is not None:
@@ -141,13 +148,18 @@ class TextClassifier:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise MedclfError(f"Text {i} is a {type(text).__name__}, not a string; pass strings.")
-        out = np.zeros((len(texts), len(self._labels)), dtype=np.float32)
         if not texts:
-            return out
-        encoded = encode(self.tokenizer, texts, max_length=self.max_length, long_text=self.long_text)
+            return np.zeros((0, len(self._labels)), dtype=np.float32)
+        encoded = self.encode(texts)
+        out = np.zeros((len(encoded.input_ids), len(self._labels)), dtype=np.float32)
         for batch in sorted_batches(encoded.lengths, batch_size or self.batch_size):
             out[batch] = self._run_batch(collate([encoded.input_ids[i] for i in batch], self.pad_id))
-        return out
+        return pool_logits(out, encoded.doc_of, encoded.n_docs, self.pool)
+
+    def encode(self, texts: list[str]) -> Encoded:
+        """Token ids as the run was trained: cut or windowed the same way."""
+        return encode(self.tokenizer, texts, max_length=self.max_length, long_text=self.long_text, stride=self.stride,
+                      max_chunks=self.max_chunks)
 
     @overload
     def predict_proba(self, texts: str, *, batch_size: int | None = None) -> np.ndarray: ...

@@ -32,7 +32,7 @@ from medclf.artifacts import (
     save_pretrained_atomic,
     staging_dir,
 )
-from medclf.batching import Encoded, collate, encode, length_grouped_batches
+from medclf.batching import Encoded, collate, encode, length_grouped_batches, pool_logits, pool_logits_torch
 from medclf.config import TrainConfig
 from medclf.data import LabeledData, check_classes, demo_data_path, load_labeled, stratified_split
 from medclf.errors import MedclfError
@@ -186,6 +186,7 @@ def fit_head_on_frozen_features(
     class_weight: str | None,
     seed: int,
     amp: Any = contextlib.nullcontext,
+    doc_of: list[int] | None = None,
 ) -> bool:
     """Linear probe, then fine-tune (LP-FT): fit the classifier head by logistic regression on the
     frozen encoder's features (the classifier's input), and copy the solution into the head.
@@ -205,6 +206,8 @@ def fit_head_on_frozen_features(
                 features[batch] = captured.pop()
     finally:
         hook.remove()
+    if doc_of is not None:  # windows of one text: the mean of their features stands for the text
+        features = torch.as_tensor(pool_logits(features.numpy(), doc_of, len(y), "mean"))
     coef, intercept = fit_logistic(features.numpy(), y, head.out_features, c=1.0, class_weight=class_weight,
                                    seed=seed, standardize=False, max_iter=2000)
     head.weight.copy_(torch.as_tensor(coef, dtype=head.weight.dtype))
@@ -260,11 +263,16 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     tokenizer = load_tokenizer(source, trust_remote_code=config.trust_remote_code)
     device = choose_device(config.device)
     enc = {
-        name: encode(tokenizer, part.texts, max_length=config.max_length, long_text=config.long_text)
+        name: encode(tokenizer, part.texts, max_length=config.max_length, long_text=config.long_text,
+                     stride=config.stride, max_chunks=config.max_chunks)
         for name, part in (("train", splits.train), ("val", splits.val), ("test", splits.test))
     }
     for name, e in enc.items():
-        if e.n_truncated:
+        if e.doc_of is not None:
+            runlog.info("%s: %d texts in %d windows of at most %d tokens (%d texts longer than %d windows cover: "
+                        "%.1f%% of tokens not seen).", name, e.n_docs, len(e.input_ids), config.max_length, e.n_truncated,
+                        config.max_chunks, 100.0 * e.tokens_lost / max(1, e.tokens_total))
+        elif e.n_truncated:
             runlog.info(
                 "%s: %d of %d texts cut at max_length %d (%.1f%% of tokens lost).",
                 name, e.n_truncated, len(e.input_ids), config.max_length, 100.0 * e.tokens_lost / max(1, e.tokens_total),
@@ -282,9 +290,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     model, y_test, pad_id = fitted.model, prep.y_test, prep.pad_id
 
     eval_start = time.perf_counter()
-    test_logits = batched_logits(
-        model, prep.enc["test"].input_ids, batch_size=config.eval_batch_size, pad_id=pad_id, device=prep.device
-    )
+    test_logits = document_logits(model, prep.enc["test"], config, pad_id=pad_id, device=prep.device)
     test_probs = softmax(test_logits)
     test_seconds = time.perf_counter() - eval_start
     test = classification_metrics(y_test, test_probs, labels, loss=cross_entropy(test_probs, y_test))
@@ -383,7 +389,7 @@ def _finetune(
     if config.head_init == "linear-probe":
         probe_start = time.perf_counter()
         done = fit_head_on_frozen_features(
-            model, enc["train"].input_ids, y_train.numpy(), pad_id=pad_id, device=device,
+            model, enc["train"].input_ids, y_train.numpy(), pad_id=pad_id, device=device, doc_of=enc["train"].doc_of,
             batch_size=config.eval_batch_size, class_weight="balanced" if config.class_weights == "balanced" else None,
             seed=config.seed, amp=lambda: autocast(device, precision),
         )
@@ -422,7 +428,8 @@ def _finetune(
     train_seconds = 0.0
     samples_seen = 0
     tokens_seen = 0
-    lengths = enc["train"].lengths
+    train_enc = enc["train"]
+    lengths = train_enc.doc_lengths
     for epoch in range(1, epochs + 1):
         model.train()
         batches = length_grouped_batches(lengths, config.batch_size, generator)
@@ -432,12 +439,17 @@ def _finetune(
         running = 0.0
         bar = _progress(batches, progress, f"epoch {epoch}/{epochs}")
         for i, batch in enumerate(bar, 1):
-            inputs = collate([enc["train"].input_ids[j] for j in batch], pad_id)
+            windows = train_enc.windows_of(batch)
+            inputs = collate([train_enc.input_ids[w] for w in windows], pad_id)
             inputs = {k: v.to(device) for k, v in inputs.items()}
             target = y_train[batch].to(device)
             with amp():
-                logits = model(**inputs).logits
-            loss = loss_fn(logits.float(), target)
+                logits = model(**inputs).logits.float()
+            if train_enc.doc_of is not None:  # chunk: pool the windows' logits into one per text, end to end
+                position = {d: i for i, d in enumerate(batch)}
+                index = torch.tensor([position[train_enc.doc_of[w]] for w in windows], device=device)
+                logits = pool_logits_torch(logits, index, len(batch), config.pool)
+            loss = loss_fn(logits, target)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -457,7 +469,7 @@ def _finetune(
         train_seconds += epoch_train
         train_loss = running / max(1, len(batches))
         # Evaluation runs in fp32, as TextClassifier does, so validation and test figures are what users get.
-        val = _validate(model, enc["val"].input_ids, y_val, labels, config, pad_id=pad_id, device=device)
+        val = _validate(model, enc["val"], y_val, labels, config, pad_id=pad_id, device=device)
         row = {
             "epoch": epoch,
             "step": step,
@@ -474,7 +486,7 @@ def _finetune(
             average.add(model)
             if average.count > 1:
                 current = average.swap_in(model)
-                averaged = _validate(model, enc["val"].input_ids, y_val, labels, config, pad_id=pad_id, device=device)
+                averaged = _validate(model, enc["val"], y_val, labels, config, pad_id=pad_id, device=device)
                 average.restore(model, current)
                 row.update(avg_val_loss=averaged["loss"], avg_val_accuracy=averaged["accuracy"],
                            avg_val_macro_f1=averaged["macro_f1"])
@@ -528,8 +540,10 @@ def _fit_embeddings(
     runlog.info("Model %s on %s; frozen mean-pooled embeddings in fp32 (as at inference) + logistic regression.",
                 config.model, device.type)
     start = time.perf_counter()
-    features = {
-        name: embed_texts(model, enc[name].input_ids, batch_size=config.eval_batch_size, pad_id=prep.pad_id, device=device)
+    features = {  # chunk: a text's windows are embedded one by one and their embeddings averaged
+        name: pool_logits(
+            embed_texts(model, enc[name].input_ids, batch_size=config.eval_batch_size, pad_id=prep.pad_id, device=device),
+            enc[name].doc_of, enc[name].n_docs, "mean")
         for name in ("train", "val")
     }
     embed_seconds = time.perf_counter() - start
@@ -573,11 +587,17 @@ def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def document_logits(model: torch.nn.Module, e: Encoded, config: TrainConfig, *, pad_id: int, device: torch.device) -> np.ndarray:
+    """One row of logits per text: per sequence, then (chunk) pooled over each text's windows."""
+    logits = batched_logits(model, e.input_ids, batch_size=config.eval_batch_size, pad_id=pad_id, device=device)
+    return pool_logits(logits, e.doc_of, e.n_docs, config.pool)
+
+
 def _validate(
-    model: torch.nn.Module, input_ids: list[list[int]], y: np.ndarray, labels: list[str], config: TrainConfig,
+    model: torch.nn.Module, e: Encoded, y: np.ndarray, labels: list[str], config: TrainConfig,
     *, pad_id: int, device: torch.device,
 ) -> dict[str, Any]:
-    probs = softmax(batched_logits(model, input_ids, batch_size=config.eval_batch_size, pad_id=pad_id, device=device))
+    probs = softmax(document_logits(model, e, config, pad_id=pad_id, device=device))
     release_memory()
     return classification_metrics(y, probs, labels, loss=cross_entropy(probs, y))
 
@@ -627,14 +647,17 @@ class WeightAverage:
 
 
 def _truncation(e: Encoded, max_length: int) -> dict[str, Any]:
-    return {
+    out = {
         "max_length": max_length,
         "texts_cut": e.n_truncated,
-        "share_texts_cut": e.n_truncated / max(1, len(e.input_ids)),
+        "share_texts_cut": e.n_truncated / max(1, e.n_docs),
         "share_tokens_lost": e.tokens_lost / max(1, e.tokens_total),
-        "mean_tokens": e.tokens_total / max(1, len(e.input_ids)),
-        "mean_tokens_kept": sum(e.lengths) / max(1, len(e.input_ids)),
+        "mean_tokens": e.tokens_total / max(1, e.n_docs),
+        "mean_tokens_kept": sum(e.lengths) / max(1, e.n_docs),
     }
+    if e.doc_of is not None:  # chunk: texts_cut = texts longer than max_chunks windows cover
+        out.update(windows=len(e.input_ids), mean_windows=len(e.input_ids) / max(1, e.n_docs))
+    return out
 
 
 def _predictions_csv(test: LabeledData, labels: list[str], y: np.ndarray, probs: np.ndarray) -> str:

@@ -1,0 +1,172 @@
+"""--long-text chunk: windowing arithmetic, pooling, and a tiny model overfitting long documents end to end."""
+
+import json
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import SECRET, write_csv
+from typer.testing import CliRunner
+
+from medclf.batching import encode, pool_logits, pool_logits_torch, window_starts
+from medclf.cli import app
+from medclf.predict import TextClassifier
+
+runner = CliRunner()
+KEYS = {"cardio": "chest pain troponin", "derm": "itchy rash plaques", "neuro": "seizure tremor stroke"}
+FILL = ("patient seen today history reviewed medications listed allergies none vitals stable plan discussed "
+        "follow up arranged").split()
+
+
+def long_rows(n_per_class, seed=1):
+    """Documents of ~40 neutral words with the class's key phrase at a random place past the start."""
+    rng = random.Random(seed)
+    rows = []
+    for label, key in KEYS.items():
+        for _ in range(n_per_class):
+            words = [rng.choice(FILL) for _ in range(40)]
+            pos = rng.randrange(8, 40)
+            words[pos:pos] = key.split()
+            rows.append({"text": f"{SECRET} " + " ".join(words), "label": label})
+    rng.shuffle(rows)
+    return rows
+
+
+# ---------------------------------------------------------------- windowing arithmetic
+
+
+@pytest.mark.parametrize("n, budget, stride, cap, starts", [
+    (5, 8, 2, 4, [0]),                      # fits in one window
+    (8, 8, 2, 4, [0]),                      # exactly one window
+    (10, 4, 1, 8, [0, 3, 6]),               # step 3, the last window ends at token 10
+    (11, 4, 0, 8, [0, 4, 7]),               # no overlap; the last window is pulled back to end at 11
+    (12, 4, 0, 8, [0, 4, 8]),               # exact multiple: no extra window
+    (100, 10, 0, 3, [0, 40, 90]),           # 10 windows capped at 3, spread from first to last
+    (100, 10, 5, 1, [0]),                   # a cap of 1 keeps the start
+])
+def test_window_starts(n, budget, stride, cap, starts):
+    got = window_starts(n, budget, stride, cap)
+    assert got == starts
+    assert all(0 <= s <= max(0, n - budget) for s in got) and got == sorted(got)
+
+
+def test_windows_cover_every_token_under_the_cap():
+    for n in range(1, 60):
+        for budget, stride in [(4, 0), (4, 3), (7, 2)]:
+            starts = window_starts(n, budget, stride, 1000)
+            covered = set()
+            for s in starts:
+                covered.update(range(s, min(n, s + budget)))
+            assert covered == set(range(n))
+            assert all(b - a == budget - stride for a, b in zip(starts, starts[1:-1]))
+
+
+def test_bad_window_arguments_are_refused():
+    with pytest.raises(ValueError):
+        window_starts(10, 4, 4, 8)
+    with pytest.raises(ValueError):
+        window_starts(10, 0, 0, 8)
+
+
+def test_encode_chunk_makes_framed_windows_and_maps_them_to_texts(tiny_model):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    texts = ["word " * 30, "short", "other " * 12]
+    enc = encode(tok, texts, max_length=10, long_text="chunk", stride=2, max_chunks=50)
+    full = tok(texts)["input_ids"]
+    assert enc.n_docs == 3 and enc.doc_of == sorted(enc.doc_of) and set(enc.doc_of) == {0, 1, 2}
+    for window, doc in zip(enc.input_ids, enc.doc_of):
+        assert len(window) <= 10 and window[0] == tok.cls_token_id and window[-1] == tok.sep_token_id
+    assert enc.input_ids[enc.doc_of.index(1)] == full[1]  # a short text is one untouched window
+    body = full[0][1:-1]
+    windows = [w[1:-1] for w, d in zip(enc.input_ids, enc.doc_of) if d == 0]
+    assert len(windows) == len(window_starts(len(body), 8, 2, 50))
+    assert windows[0] == body[:8] and windows[-1] == body[-8:]
+    assert enc.n_truncated == 0 and enc.tokens_lost == 0 and enc.windows_of([2, 1]) == [
+        *[i for i, d in enumerate(enc.doc_of) if d == 2], enc.doc_of.index(1)]
+    capped = encode(tok, texts, max_length=10, long_text="chunk", stride=2, max_chunks=2)
+    assert capped.doc_of.count(0) == 2 and capped.n_truncated == 1 and capped.tokens_lost > 0
+
+
+@pytest.mark.parametrize("mode", ["mean", "max"])
+def test_pooling_in_torch_matches_numpy_and_passes_gradients(mode):
+    logits = torch.randn(7, 3, requires_grad=True)
+    doc_of = [0, 0, 0, 1, 2, 2, 2]
+    pooled = pool_logits_torch(logits, torch.tensor(doc_of), 3, mode)
+    expected = pool_logits(logits.detach().numpy(), doc_of, 3, mode)
+    assert np.allclose(pooled.detach().numpy(), expected, atol=1e-6)
+    pooled.sum().backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+    assert pool_logits(expected, None, 3, mode) is expected  # one sequence per text: nothing to pool
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def chunk_run(tmp_path_factory, tiny_model):
+    root = tmp_path_factory.mktemp("chunk")
+    data = write_csv(root / "long.csv", long_rows(3))
+    out = root / "run"
+    result = runner.invoke(app, [
+        "train", "--data", str(data), "--test-data", str(data), "--val-data", str(data), "--model", tiny_model,
+        "--output", str(out), "--max-length", "16", "--long-text", "chunk", "--max-chunks", "16", "--pool", "max",
+        "--epochs", "40", "--lr", "1e-2", "--batch-size", "3", "--train-embeddings", "--no-average-epochs",
+        "--head-init", "random"])
+    assert result.exit_code == 0, result.output
+    assert SECRET not in result.output
+    return out, data
+
+
+def test_a_tiny_model_overfits_long_documents_in_chunk_mode(chunk_run):
+    out, _ = chunk_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] == 1.0
+    trunc = metrics["data"]["truncation"]["train"] if "truncation" in metrics["data"] else metrics["truncation"]["train"]
+    assert trunc["mean_windows"] > 2 and trunc["texts_cut"] == 0
+    options = json.loads((out / "train_config.json").read_text())["config"]
+    assert (options["long_text"], options["max_chunks"], options["pool"]) == ("chunk", 16, "max")
+    assert "windows of at most 16 tokens" in (out / "train.log").read_text()
+
+
+def test_chunk_predictions_survive_save_and_load(chunk_run):
+    out, data = chunk_run
+    texts = pd.read_csv(data)["text"].tolist()
+    clf = TextClassifier.load(out)
+    assert (clf.long_text, clf.max_chunks, clf.pool) == ("chunk", 16, "max")
+    saved = pd.read_csv(out / "predictions_test.csv")
+    probs = clf.predict_proba(texts)
+    assert np.allclose(probs, saved[[f"prob_{lab}" for lab in clf.labels]].to_numpy(), atol=1e-5)
+    assert clf.predict(texts) == pd.read_csv(data)["label"].tolist()
+    assert clf.predict(texts[0]) == clf.predict(texts[:1])[0]
+
+
+def test_chunk_runs_export_to_onnx_with_the_same_document_outputs(chunk_run, tmp_path):
+    import shutil
+
+    from medclf.onnx_export import export_onnx
+
+    out, data = chunk_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    result = export_onnx(run, quantize="none", data=str(data))
+    assert result.fp32_max_abs_diff <= 1e-4
+    texts = pd.read_csv(data)["text"].tolist()
+    a = TextClassifier.load(run, backend="torch").predict_proba(texts)
+    b = TextClassifier.load(run, backend="onnx").predict_proba(texts)
+    assert np.abs(a - b).max() < 1e-4
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--pool", "median"], "pool must be one of mean, max"),
+    (["--long-text", "chunk", "--max-length", "16", "--stride", "14"], "stride (14) must be smaller than max_length - 2"),
+    (["--max-chunks", "0"], "max_chunks must be"),
+    (["--long-text", "window"], "long_text must be one of truncate, head-tail, chunk"),
+])
+def test_bad_chunk_options_are_user_errors(tmp_path, small_csv, tiny_model, args, fragment):
+    result = runner.invoke(app, ["train", "--data", str(small_csv), "--model", tiny_model, "--output", str(tmp_path / "r"), *args])
+    assert result.exit_code == 2, result.output
+    assert fragment in result.stderr and "Traceback" not in result.output
