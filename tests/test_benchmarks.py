@@ -102,3 +102,23 @@ def test_bench_export_compares_backends_on_the_same_texts(tmp_path, trained_run,
     assert rows["onnx"]["max_abs_prob_diff"] < 1e-4 and rows["onnx"]["top_label_agreement"] == 1.0
     assert all(r["texts_per_s"] > 0 and 0 <= r["macro_f1"] <= 1 for r in rows.values())
     assert not (trained_run / "onnx").exists(), "the benchmark exports into a copy, never into the given run"
+
+
+def test_long_docs_builds_the_set_and_compares_the_modes(tmp_path, tiny_model):
+    out = tmp_path / "long"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "long_docs.py"), "--quick", "36", "--model", tiny_model, "--epochs", "1",
+         "--words", "120", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import pandas as pd
+
+    bare, long = pd.read_csv(out / "bare.csv"), pd.read_csv(out / "long.csv")
+    assert list(bare["specialty"]) == list(long["specialty"])
+    assert all(b in lo and len(lo.split()) >= 120 for b, lo in zip(bare["text"], long["text"]))
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert list(rows) == ["bare", "truncate", "head-tail", "chunk", "chunk-max"]
+    assert rows["chunk"]["mean_windows"] > 1 and rows["truncate"]["share_tokens_lost"] > 0.3
+    assert rows["bare"]["share_of_bare_macro_f1"] == 1.0
+    assert all(r["train_seconds"] > 0 and r["test_inference_seconds"] > 0 for r in rows.values())

@@ -170,3 +170,41 @@ def test_bad_chunk_options_are_user_errors(tmp_path, small_csv, tiny_model, args
     result = runner.invoke(app, ["train", "--data", str(small_csv), "--model", tiny_model, "--output", str(tmp_path / "r"), *args])
     assert result.exit_code == 2, result.output
     assert fragment in result.stderr and "Traceback" not in result.output
+
+
+def test_predict_points_at_the_deciding_window_by_character_offsets(chunk_run, tmp_path):
+    out, data = chunk_run
+    texts = pd.read_csv(data)["text"].tolist()
+    result = runner.invoke(app, ["predict", str(out), "--input", str(data), "--output", str(tmp_path / "p.jsonl")])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert SECRET not in (tmp_path / "p.jsonl").read_text()
+    for text, record in zip(texts, records):
+        start, end = record["window"]["start"], record["window"]["end"]
+        assert 0 <= start < end <= len(text)
+    # the window holding the key phrase is the one that decides, for most documents
+    hits = sum(KEYS[r["label"]].split()[0] in t[r["window"]["start"]:r["window"]["end"]] for t, r in zip(texts, records))
+    assert hits >= len(texts) // 2
+    csv = runner.invoke(app, ["predict", str(out), "--input", str(data), "--output", str(tmp_path / "p.csv")])
+    assert csv.exit_code == 0 and {"window_start", "window_end"} <= set(pd.read_csv(tmp_path / "p.csv").columns)
+
+
+def test_the_server_returns_the_window_too(chunk_run):
+    from fastapi.testclient import TestClient
+
+    from medclf.serve import ServeSettings, create_app
+
+    out, data = chunk_run
+    text = pd.read_csv(data)["text"].tolist()[0]
+    with TestClient(create_app(ServeSettings(run_dir=str(out)))) as client:
+        one = client.post("/v1/predict", json={"text": text}).json()
+        many = client.post("/v1/predict", json={"texts": [text, text[:30]]}).json()["predictions"]
+    assert 0 <= one["window"]["start"] < one["window"]["end"] <= len(text)
+    assert many[0]["window"] == one["window"] and many[1]["window"] == {"start": 0, "end": 30}
+
+
+def test_the_report_describes_the_windows(chunk_run):
+    out, _ = chunk_run
+    report = (out / "report.md").read_text()
+    assert "windows of 16 tokens, at most 16 per text, window logits pooled by max" in report
+    assert "windows per text" in report and SECRET not in report

@@ -29,6 +29,8 @@ class Encoded:
     tokens_lost: int
     doc_of: list[int] | None = None
     n_docs: int = -1
+    char_spans: list[tuple[int, int]] | None = None
+    """chunk: each window's (start, end) character offsets in its text, to point at it without copying text."""
 
     def __post_init__(self) -> None:
         if self.n_docs < 0:
@@ -106,18 +108,21 @@ def encode(
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     ids: list[list[int]] = []
     doc_of: list[int] | None = [] if long_text == "chunk" else None
+    spans: list[tuple[int, int]] | None = [] if long_text == "chunk" else None
     stride = default_stride(max_length) if stride is None else stride
     n_truncated = tokens_total = tokens_lost = 0
     for start in range(0, len(texts), tokenize_chunk):
         part = texts[start : start + tokenize_chunk]
-        full = tokenizer(part, add_special_tokens=True, truncation=False, return_attention_mask=False,
-                         return_token_type_ids=False, verbose=False)["input_ids"]
+        tokenized = tokenizer(part, add_special_tokens=True, truncation=False, return_attention_mask=False,
+                              return_token_type_ids=False, verbose=False, return_offsets_mapping=spans is not None)
+        full = tokenized["input_ids"]
         for offset, seq in enumerate(full):
             tokens_total += len(seq)
             if len(seq) <= max_length:
                 ids.append(seq)
-                if doc_of is not None:
+                if doc_of is not None and spans is not None:
                     doc_of.append(start + offset)
+                    spans.append((0, len(part[offset])))
                 continue
             if doc_of is None:
                 n_truncated += 1
@@ -131,10 +136,13 @@ def encode(
             if covered < len(body):
                 n_truncated += 1
                 tokens_lost += len(body) - covered
+            chars = tokenized["offset_mapping"][offset][len(lead) : len(seq) - len(trail)] if spans is not None else None
             for s0 in starts:
                 ids.append(lead + body[s0 : s0 + budget] + trail)
                 doc_of.append(start + offset)
-    return Encoded(ids, n_truncated, tokens_total, tokens_lost, doc_of=doc_of, n_docs=len(texts))
+                if spans is not None and chars is not None:
+                    spans.append((int(chars[s0][0]), int(chars[min(len(body), s0 + budget) - 1][1])))
+    return Encoded(ids, n_truncated, tokens_total, tokens_lost, doc_of=doc_of, n_docs=len(texts), char_spans=spans)
 
 
 def _covered(starts: list[int], budget: int, n_body: int) -> int:

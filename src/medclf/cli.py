@@ -123,7 +123,7 @@ def train(
     long_text: Annotated[str, typer.Option("--long-text", help="truncate | head-tail | chunk: how texts over --max-length are handled (saved with the run). chunk: overlapping windows whose logits are pooled into one prediction.")] = D.long_text,
     stride: Annotated[int | None, typer.Option("--stride", help="chunk: tokens shared by consecutive windows. Default: a quarter of the window.")] = None,
     max_chunks: Annotated[int, typer.Option("--max-chunks", help="chunk: most windows per text (spread evenly over a longer one); bounds memory.")] = D.max_chunks,
-    pool: Annotated[str, typer.Option("--pool", help="chunk: mean | max of the window logits.")] = D.pool,
+    pool: Annotated[str, typer.Option("--pool", help="chunk: max | mean of the window logits (max: the most telling window decides; measured better on long notes).")] = D.pool,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after this many optimizer steps.")] = None,
     average_epochs: Annotated[bool, typer.Option("--average-epochs/--no-average-epochs", help="Also try the running average of the epoch-end weights; keep whichever of epochs and averages is best on validation.")] = D.average_epochs,
     patience: Annotated[int | None, typer.Option("--patience", help="Stop when validation macro-F1 has not improved for this many epochs. Default: run all epochs.")] = None,

@@ -118,7 +118,7 @@ class TextClassifier:
         options = config.get("config", {})
         common = {"max_length": int(options.get("max_length", 256)), "long_text": options.get("long_text", "truncate"),
                   "stride": options.get("stride"), "max_chunks": int(options.get("max_chunks", 8)),
-                  "pool": options.get("pool", "mean"), "batch_size": batch_size, "config": config}
+                  "pool": options.get("pool", "max"), "batch_size": batch_size, "config": config}
         tokenizer = load_tokenizer(str(model_dir), trust_remote_code=trust_remote_code)
         onnx_file = _onnx_file(model_dir.parent, backend, device)
         if onnx_file is not None:
@@ -148,13 +148,38 @@ class TextClassifier:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise MedclfError(f"Text {i} is a {type(text).__name__}, not a string; pass strings.")
-        if not texts:
-            return np.zeros((0, len(self._labels)), dtype=np.float32)
-        encoded = self.encode(texts)
+        window_logits, encoded = self._window_logits(texts, batch_size)
+        return pool_logits(window_logits, encoded.doc_of, encoded.n_docs, self.pool)
+
+    def _window_logits(self, texts: list[str], batch_size: int | None = None) -> tuple[np.ndarray, Encoded]:
+        """Logits per sequence (per window with long_text='chunk'), and the encoding they came from."""
+        encoded = self.encode(texts) if texts else Encoded([], 0, 0, 0)
         out = np.zeros((len(encoded.input_ids), len(self._labels)), dtype=np.float32)
         for batch in sorted_batches(encoded.lengths, batch_size or self.batch_size):
             out[batch] = self._run_batch(collate([encoded.input_ids[i] for i in batch], self.pad_id))
-        return pool_logits(out, encoded.doc_of, encoded.n_docs, self.pool)
+        return out, encoded
+
+    def predict_with_windows(
+        self, texts: list[str], *, batch_size: int | None = None
+    ) -> tuple[np.ndarray, list[tuple[int, int] | None]]:
+        """Probabilities, and for each text the character span (start, end) of the window whose logit for
+        the predicted label is highest (long_text='chunk'; None per text otherwise). Spans, never text."""
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise MedclfError(f"Text {i} is a {type(text).__name__}, not a string; pass strings.")
+        window_logits, encoded = self._window_logits(list(texts), batch_size)
+        probs = softmax(pool_logits(window_logits, encoded.doc_of, encoded.n_docs, self.pool)) if texts else \
+            np.zeros((0, len(self._labels)), dtype=np.float32)
+        if encoded.doc_of is None or encoded.char_spans is None:
+            return probs, [None] * len(texts)
+        best: list[tuple[int, int] | None] = [None] * len(texts)
+        score = np.full(len(texts), -np.inf)
+        winner = probs.argmax(axis=1)
+        for w, doc in enumerate(encoded.doc_of):
+            value = window_logits[w, winner[doc]]
+            if value > score[doc]:
+                score[doc], best[doc] = value, encoded.char_spans[w]
+        return probs, best
 
     def encode(self, texts: list[str]) -> Encoded:
         """Token ids as the run was trained: cut or windowed the same way."""

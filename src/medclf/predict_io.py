@@ -56,15 +56,21 @@ def read_inputs(
     return frame, [t for t in joined if t is not None], columns
 
 
-def prediction_records(labels: list[str], probs: np.ndarray, top_k: int | None) -> list[dict[str, Any]]:
+def prediction_records(
+    labels: list[str], probs: np.ndarray, top_k: int | None, windows: list[tuple[int, int] | None] | None = None,
+) -> list[dict[str, Any]]:
+    """One JSON-ready record per text: label, score, every probability (or the top k); with `windows`
+    (long_text='chunk'), the character span of the window that weighed most for the label."""
     records = []
-    for row in probs:
+    for n, row in enumerate(probs):
         order = np.argsort(-row, kind="stable")
         record: dict[str, Any] = {"label": labels[order[0]], "score": float(row[order[0]])}
         if top_k is None:
             record["probabilities"] = {labels[i]: float(row[i]) for i in range(len(labels))}
         else:
             record["top_k"] = [{"label": labels[i], "probability": float(row[i])} for i in order[:top_k]]
+        if windows is not None and windows[n] is not None:
+            record["window"] = {"start": windows[n][0], "end": windows[n][1]}
         records.append(record)
     return records
 
@@ -99,8 +105,8 @@ def predict_file(
     )
     labels = clf.labels
     k = None if top_k is None else min(top_k, len(labels))
-    probs = clf.predict_proba(batch, batch_size=batch_size)
-    records = prediction_records(labels, probs, k)
+    probs, windows = clf.predict_with_windows(batch, batch_size=batch_size)
+    records = prediction_records(labels, probs, k, windows if clf.long_text == "chunk" else None)
     kept = frame if keep_text else frame.drop(columns=[c for c in columns if c in frame.columns])
     kept_records = kept.to_dict(orient="records")
     if fmt == "jsonl":
@@ -110,6 +116,9 @@ def predict_file(
         table = kept.copy()
         table["label"] = [r["label"] for r in records]
         table["score"] = [r["score"] for r in records]
+        if clf.long_text == "chunk":
+            table["window_start"] = [r.get("window", {}).get("start") for r in records]
+            table["window_end"] = [r.get("window", {}).get("end") for r in records]
         if k is None:
             for i, lab in enumerate(labels):
                 table[f"prob_{lab}"] = probs[:, i]

@@ -124,11 +124,20 @@ def write_report(directory: Path, *, metrics: dict[str, Any], config: TrainConfi
             f"| {label} | {counts['train'].get(label, 0)} | {counts['validation'].get(label, 0)} | "
             f"{counts['test'].get(label, 0)} |"
         )
-    lines += ["", "| part | mean tokens | texts cut at max length | tokens lost |", "|---|---|---|---|"]
-    for name, t in data["truncation"].items():
-        lines.append(
-            f"| {name} | {t['mean_tokens']:.0f} | {t['texts_cut']} ({t['share_texts_cut']:.1%}) | {t['share_tokens_lost']:.1%} |"
-        )
+    if config.long_text == "chunk":
+        lines += ["", f"Long texts: windows of {config.max_length} tokens, at most {config.max_chunks} per text, "
+                      f"window logits pooled by {config.pool}.", "",
+                  "| part | mean tokens | windows per text | texts longer than the windows cover | tokens no window saw |",
+                  "|---|---|---|---|---|"]
+        for name, t in data["truncation"].items():
+            lines.append(f"| {name} | {t['mean_tokens']:.0f} | {t.get('mean_windows', 1.0):.1f} | "
+                         f"{t['texts_cut']} ({t['share_texts_cut']:.1%}) | {t['share_tokens_lost']:.1%} |")
+    else:
+        lines += ["", "| part | mean tokens | texts cut at max length | tokens lost |", "|---|---|---|---|"]
+        for name, t in data["truncation"].items():
+            lines.append(
+                f"| {name} | {t['mean_tokens']:.0f} | {t['texts_cut']} ({t['share_texts_cut']:.1%}) | {t['share_tokens_lost']:.1%} |"
+            )
     versions = run_info["versions"]
     lines += ["", "## Environment", "", ", ".join(f"{k} {v}" for k, v in versions.items()), ""]
     atomic_write_text(directory / REPORT_FILE, "\n".join(lines))

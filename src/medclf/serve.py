@@ -177,6 +177,13 @@ class Metrics:
 # ---------------------------------------------------------------- batching
 
 
+def _rows(result: Any, start: int, end: int) -> Any:
+    """Rows start:end of the model's answer: an array, or a tuple of per-text sequences."""
+    if isinstance(result, tuple):
+        return tuple(part[start:end] for part in result)
+    return result[start:end]
+
+
 class Overloaded(Exception):
     """The queue is full (or the server is shutting down)."""
 
@@ -259,7 +266,7 @@ class MicroBatcher:
             start = 0
             for job in jobs:
                 if not job.future.done():
-                    job.future.set_result(probs[start : start + len(job.texts)])
+                    job.future.set_result(_rows(probs, start, start + len(job.texts)))
                 start += len(job.texts)
 
     async def close(self) -> None:
@@ -300,7 +307,8 @@ def create_app(settings: ServeSettings) -> Any:
         clf.predict_proba(["warm-up"])  # first-call costs (allocations, kernel choice) before the first user
         state["clf"] = clf
         state["info"] = _model_info(clf, settings, __version__)
-        batcher = MicroBatcher(_trimming(clf.predict_proba), max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000,
+        infer = clf.predict_with_windows if clf.long_text == "chunk" else clf.predict_proba
+        batcher = MicroBatcher(_trimming(infer), max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000,
                                max_queue=settings.max_queue, metrics=metrics)
         batcher.start()
         state["batcher"] = batcher
@@ -416,7 +424,10 @@ def create_app(settings: ServeSettings) -> Any:
                          headers={"Retry-After": "1"})
         clf = state["clf"]
         k = None if body.top_k is None else min(body.top_k, len(clf.labels))
-        records = prediction_records(clf.labels, probs, k)
+        windows = None
+        if isinstance(probs, tuple):  # chunk: (probabilities, the deciding window's character span per text)
+            probs, windows = probs
+        records = prediction_records(clf.labels, probs, k, windows)
         return records[0] if single else {"predictions": records}
 
     return app
