@@ -9,6 +9,7 @@ rest.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -53,15 +54,12 @@ class Encoded:
             return self.lengths
         return [sum(len(self.input_ids[w]) for w in ws) for ws in self._windows]
 
-    @property
+    @cached_property
     def _windows(self) -> list[list[int]]:
-        cached = self.__dict__.get("_window_index")
-        if cached is None:
-            cached = [[] for _ in range(self.n_docs)]
-            for w, d in enumerate(self.doc_of or []):
-                cached[d].append(w)
-            self.__dict__["_window_index"] = cached
-        return cached
+        windows: list[list[int]] = [[] for _ in range(self.n_docs)]
+        for w, d in enumerate(self.doc_of or []):
+            windows[d].append(w)
+        return windows
 
 
 def default_stride(max_length: int) -> int:

@@ -37,6 +37,7 @@ import torch
 from medclf.artifacts import CONFIG_FILE, MODEL_DIR, atomic_write_json, is_run_dir, publish_dir, staging_dir
 from medclf.batching import collate, sorted_batches
 from medclf.errors import MedclfError
+from medclf.predict import softmax
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ def export_onnx(
     texts, source = _check_texts(clf, data, text_columns, max_check_texts, seed)
     encoded = clf.encode(texts).input_ids  # for long_text='chunk', windows: the check compares window by window
     pad_id = clf.pad_id
-    reference = _softmax(_run_batches(lambda inputs: clf._run_batch(inputs), encoded, pad_id))
+    reference = softmax(_run_batches(lambda inputs: clf._run_batch(inputs), encoded, pad_id))
 
     staging = staging_dir(final)
     try:
@@ -169,7 +170,7 @@ def export_onnx(
         fp32 = staging / FP32_FILE
         optimized = _optimize(raw, fp32, clf.model.config)
         raw.unlink()
-        fp32_probs = _softmax(_run_batches(OnnxRunner(fp32), encoded, pad_id))
+        fp32_probs = softmax(_run_batches(OnnxRunner(fp32), encoded, pad_id))
         diff = float(np.abs(fp32_probs - reference).max())
         log.info("fp32 ONNX vs PyTorch on %d check texts: max |p difference| %.2e (limit %.0e).", len(texts), diff, PARITY_TOLERANCE)
         if not diff <= PARITY_TOLERANCE:
@@ -224,12 +225,6 @@ def _run_batches(run: Callable[[dict[str, torch.Tensor]], np.ndarray], input_ids
     return out
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    from medclf.predict import softmax
-
-    return softmax(logits)
-
-
 class _LogitsOnly(torch.nn.Module):
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
@@ -242,17 +237,15 @@ class _LogitsOnly(torch.nn.Module):
 @contextlib.contextmanager
 def _eager_attention(model: torch.nn.Module) -> Iterator[None]:
     """The eager attention graph (matmul + softmax) is the one ONNX Runtime's optimizer fuses."""
-    targets = [m for m in model.modules() if hasattr(m, "set_attn_implementation") and hasattr(m, "config")]
-    targets = targets[:1]  # the outermost transformers model sets its submodules
-    before = [getattr(m.config, "_attn_implementation", None) for m in targets]
+    # the outermost transformers model (the encoder of an EmbeddingClassifier) sets its submodules
+    target = next(m for m in model.modules() if hasattr(m, "set_attn_implementation"))
+    before = getattr(target.config, "_attn_implementation", None)
+    target.set_attn_implementation("eager")
     try:
-        for m in targets:
-            m.set_attn_implementation("eager")
         yield
     finally:
-        for m, impl in zip(targets, before):
-            if impl:
-                m.set_attn_implementation(impl)
+        if before:
+            target.set_attn_implementation(before)
 
 
 def _torch_export(model: torch.nn.Module, path: Path, max_length: int) -> None:
@@ -347,7 +340,7 @@ def _quantize_checked(
         candidate = dest.with_name(f".{name}.onnx")
         with _quiet_onnxruntime():
             recipe(fp32, candidate)
-        probs = _softmax(_run_batches(OnnxRunner(candidate), encoded, pad_id))
+        probs = softmax(_run_batches(OnnxRunner(candidate), encoded, pad_id))
         agreement = float((probs.argmax(axis=1) == top).mean())
         max_diff = float(np.abs(probs - reference).max())
         result.int8_tried.append({"recipe": name, "agreement": agreement, "max_abs_diff": max_diff})

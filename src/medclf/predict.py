@@ -145,14 +145,14 @@ class TextClassifier:
         return self.model(inputs)
 
     def _logits(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise MedclfError(f"Text {i} is a {type(text).__name__}, not a string; pass strings.")
         window_logits, encoded = self._window_logits(texts, batch_size)
         return pool_logits(window_logits, encoded.doc_of, encoded.n_docs, self.pool)
 
     def _window_logits(self, texts: list[str], batch_size: int | None = None) -> tuple[np.ndarray, Encoded]:
         """Logits per sequence (per window with long_text='chunk'), and the encoding they came from."""
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise MedclfError(f"Text {i} is a {type(text).__name__}, not a string; pass strings.")
         encoded = self.encode(texts) if texts else Encoded([], 0, 0, 0)
         out = np.zeros((len(encoded.input_ids), len(self._labels)), dtype=np.float32)
         for batch in sorted_batches(encoded.lengths, batch_size or self.batch_size):
@@ -164,12 +164,8 @@ class TextClassifier:
     ) -> tuple[np.ndarray, list[tuple[int, int] | None]]:
         """Probabilities, and for each text the character span (start, end) of the window whose logit for
         the predicted label is highest (long_text='chunk'; None per text otherwise). Spans, never text."""
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise MedclfError(f"Text {i} is a {type(text).__name__}, not a string; pass strings.")
         window_logits, encoded = self._window_logits(list(texts), batch_size)
-        probs = softmax(pool_logits(window_logits, encoded.doc_of, encoded.n_docs, self.pool)) if texts else \
-            np.zeros((0, len(self._labels)), dtype=np.float32)
+        probs = softmax(pool_logits(window_logits, encoded.doc_of, encoded.n_docs, self.pool))
         if encoded.doc_of is None or encoded.char_spans is None:
             return probs, [None] * len(texts)
         best: list[tuple[int, int] | None] = [None] * len(texts)

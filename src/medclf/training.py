@@ -547,7 +547,8 @@ def _fit_embeddings(
         for name in ("train", "val")
     }
     embed_seconds = time.perf_counter() - start
-    runlog.info("Embedded %d texts in %.0f s.", len(enc["train"].input_ids) + len(enc["val"].input_ids), embed_seconds)
+    runlog.info("Embedded %d texts (%d sequences) in %.0f s.", enc["train"].n_docs + enc["val"].n_docs,
+                len(enc["train"].input_ids) + len(enc["val"].input_ids), embed_seconds)
     class_weight = "balanced" if config.class_weights == "balanced" else None
     y_train = prep.y_train.numpy()
     history: list[dict[str, Any]] = []
