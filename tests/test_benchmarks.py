@@ -122,3 +122,25 @@ def test_long_docs_builds_the_set_and_compares_the_modes(tmp_path, tiny_model):
     assert rows["chunk"]["mean_windows"] > 1 and rows["truncate"]["share_tokens_lost"] > 0.3
     assert rows["bare"]["share_of_bare_macro_f1"] == 1.0
     assert all(r["train_seconds"] > 0 and r["test_inference_seconds"] > 0 for r in rows.values())
+
+
+def test_multilabel_benchmark_builds_the_set_and_reports_both_thresholds(tmp_path, tiny_model):
+    out = tmp_path / "ml"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "multilabel.py"), "--quick", "60", "--model", tiny_model, "--epochs", "1",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import pandas as pd
+
+    frame = pd.read_csv(out / "multilabel.csv")
+    labels = [set(cell.split("|")) for cell in frame["labels"]]
+    assert all(1 <= len(s) <= 2 for s in labels) and any("urgent" in s for s in labels)
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert list(rows) == ["finetune", "embeddings"]
+    for row in rows.values():
+        assert "urgent" in row["labels"] and set(row["thresholds"]) == set(row["labels"])
+        for figures in (row["tuned"], row["fixed_0.5"]):
+            assert all(0 <= figures[k] <= 1 for k in ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy"))
+    assert "| 0.5 for every label |" in (out / "results.md").read_text()

@@ -102,7 +102,8 @@ TextColOpt = Annotated[
     typer.Option("--text-column", help="Text column; repeat to join several (title + abstract). Default: 'text' or the only text column."),
 ]
 LabelColOpt = Annotated[
-    str | None, typer.Option("--label-column", help="Label column (strings or integers). Default: 'label' or the only label-like column.")
+    list[str] | None,
+    typer.Option("--label-column", help="Label column (strings or integers). Default: 'label' or the only label-like column. With --multi-label: one column of delimited labels, or repeat it for several 0/1 columns, one per label."),
 ]
 
 
@@ -111,6 +112,8 @@ def train(
     data: DataOpt = None,
     text_column: TextColOpt = None,
     label_column: LabelColOpt = None,
+    multi_label: Annotated[bool, typer.Option("--multi-label", help="Several labels per text (or none): sigmoid outputs, BCE loss, one threshold per label tuned on validation for that label's F1.")] = D.multi_label,
+    label_sep: Annotated[str, typer.Option("--label-sep", help="--multi-label with one label column: the separator between a row's labels.")] = D.label_sep,
     test_data: Annotated[str | None, typer.Option("--test-data", help="Separate test table. Default: a stratified 20% split of --data.")] = None,
     val_data: Annotated[str | None, typer.Option("--val-data", help="Separate validation table. Default: a stratified 10% slice of the training part.")] = None,
     model: Annotated[str, typer.Option("--model", help="'default' (packaged MiniLM), a local Hugging Face model directory, or a hub id.")] = "default",
@@ -131,7 +134,7 @@ def train(
     freeze_embeddings: Annotated[bool, typer.Option("--freeze-embeddings/--train-embeddings", help="Keep the embedding block fixed while fine-tuning (faster, less memory).")] = D.freeze_embeddings,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the split, initialisation and batch order.")] = D.seed,
     precision: Annotated[str, typer.Option("--precision", help="auto | fp32 | bf16 | fp16. auto: bf16 only where the hardware runs it fast.")] = D.precision,
-    class_weights: Annotated[str, typer.Option("--class-weights", help="none | balanced (weight the loss by inverse class frequency).")] = D.class_weights,
+    class_weights: Annotated[str, typer.Option("--class-weights", help="none | balanced (weight the loss by inverse class frequency; --multi-label: pos_weight = negatives/positives per label).")] = D.class_weights,
     head_init: Annotated[str, typer.Option("--head-init", help="random | linear-probe (fit the head on frozen features before fine-tuning).")] = D.head_init,
     drop_empty: Annotated[bool, typer.Option("--drop-empty", help="Skip rows with an empty text or label instead of refusing the file.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run at --output.")] = False,
@@ -145,7 +148,8 @@ def train(
         from medclf.training import train as train_fn
 
         config = TrainConfig(
-            data=data, text_columns=text_column, label_column=label_column, test_data=test_data, val_data=val_data,
+            data=data, text_columns=text_column, label_column=label_column, multi_label=multi_label, label_sep=label_sep,
+            test_data=test_data, val_data=val_data,
             model=model, output=output, method=method, epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length, long_text=long_text,
             stride=stride, max_chunks=max_chunks, pool=pool,
             max_steps=max_steps, average_epochs=average_epochs, patience=patience, attention_dropout=attention_dropout,
@@ -173,7 +177,8 @@ def evaluate(
     drop_empty: Annotated[bool, typer.Option("--drop-empty", help="Skip rows with an empty text or label.")] = False,
     backend: BackendOpt = "auto",
 ) -> None:
-    """Accuracy, macro/weighted F1, per-class figures, confusion matrix, loss and ROC-AUC on a labelled table."""
+    """Accuracy, macro/weighted F1, per-class figures, confusion matrix, loss and ROC-AUC on a labelled table
+    (multi-label runs: micro/macro/samples F1, subset accuracy, Hamming loss, per-label figures)."""
 
     def run() -> None:
         from medclf.evaluation import evaluate as evaluate_fn
@@ -184,9 +189,10 @@ def evaluate(
             drop_empty=drop_empty, batch_size=batch_size, output=output, backend=backend,
         )
         typer.echo(format_table(metrics))
-        typer.echo("confusion matrix (rows: true, columns: predicted; order as above):")
-        for row in metrics["confusion_matrix"]:
-            typer.echo("  " + " ".join(f"{v:5d}" for v in row))
+        if "confusion_matrix" in metrics:
+            typer.echo("confusion matrix (rows: true, columns: predicted; order as above):")
+            for row in metrics["confusion_matrix"]:
+                typer.echo("  " + " ".join(f"{v:5d}" for v in row))
         if output:
             typer.echo(f"Metrics written to {output}")
 
@@ -250,7 +256,7 @@ def export(
                    f"on {result.n_check_texts} texts (limit {PARITY_TOLERANCE:.0e})")
         for tried in result.int8_tried:
             kept = "kept" if tried["recipe"] == result.int8_recipe else "rejected"
-            typer.echo(f"int8 ({tried['recipe']}): same top label as PyTorch on {100 * tried['agreement']:.1f}% of "
+            typer.echo(f"int8 ({tried['recipe']}): same prediction as PyTorch on {100 * tried['agreement']:.1f}% of "
                        f"{result.n_check_texts} texts, {kept}")
         if quantize == "int8" and result.int8_file is None:
             typer.echo("int8: no recipe tried reached 99% agreement; model.int8.onnx was not written", err=True)

@@ -22,6 +22,10 @@ LONG_TEXT = ("truncate", "head-tail", "chunk")
 POOLS = ("mean", "max")
 METHODS = ("finetune", "embeddings")
 
+MAX_WINDOW_TOKENS_PER_STEP = 65_536
+"""chunk: most tokens one training step may hold (batch_size x max_chunks x max_length). The default step
+(16 x 256 tokens, no chunking) peaked at 2.7 GiB on MiniLM; activations grow with tokens per step."""
+
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
@@ -33,8 +37,14 @@ class TrainConfig:
     """Training table (CSV, TSV, JSONL or Parquet; '-' reads CSV from stdin). None: the embedded demo."""
     text_columns: list[str] | None = None
     """Column(s) holding the text; several are joined with a newline. None: 'text' or the only text column."""
-    label_column: str | None = None
-    """Column holding the label (strings or integers). None: 'label' or the only label-like column."""
+    label_column: str | list[str] | None = None
+    """Column holding the label (strings or integers). None: 'label' or the only label-like column.
+    multi_label: one column of delimited labels ('a|b'), or a list of several 0/1 columns, one per label."""
+    multi_label: bool = False
+    """Several labels per text (or none): sigmoid outputs, binary cross-entropy, one decision threshold per
+    label tuned on the validation slice to maximise that label's F1 (saved with the run)."""
+    label_sep: str = "|"
+    """multi_label with one label column: what separates the labels of a row ('cardiology|urgent')."""
     test_data: str | None = None
     """Separate test table. None: a stratified split of `data` (test_size)."""
     val_data: str | None = None
@@ -143,9 +153,45 @@ class TrainConfig:
             if self.stride >= self.max_length - 2:
                 raise MedclfError(f"stride ({self.stride}) must be smaller than max_length - 2 ({self.max_length - 2}) "
                                   "so that windows advance.")
+        if self.long_text == "chunk":
+            per_step = self.batch_size * self.max_chunks * self.max_length
+            if per_step > MAX_WINDOW_TOKENS_PER_STEP:
+                raise MedclfError(
+                    f"chunk would put up to {per_step:,} tokens in one training step (batch_size {self.batch_size} x "
+                    f"max_chunks {self.max_chunks} x max_length {self.max_length}), over the "
+                    f"{MAX_WINDOW_TOKENS_PER_STEP:,} that fit in memory; lower --batch-size, --max-chunks or --max-length.")
         _choice("method", self.method, METHODS)
+        self._check_labels()
         if not self.model or not isinstance(self.model, str):
             raise MedclfError("model must be 'default', a local model directory or a hub id.")
+
+    def _check_labels(self) -> None:
+        if not isinstance(self.multi_label, bool):
+            raise MedclfError(f"multi_label must be true or false, got {self.multi_label!r}.")
+        if not isinstance(self.label_sep, str) or not self.label_sep.strip():
+            raise MedclfError(f"label_sep must be a non-blank string such as '|', got {self.label_sep!r}.")
+        if isinstance(self.label_column, (list, tuple)):
+            columns = list(self.label_column)
+            if not columns or not all(isinstance(c, str) and c for c in columns):
+                raise MedclfError("label_column must be a column name or a list of column names.")
+            if len(columns) == 1:
+                self.label_column = columns[0]
+            elif not self.multi_label:
+                raise MedclfError(f"{len(columns)} label columns were given; several 0/1 label columns need "
+                                  "--multi-label (or pass one --label-column).")
+            elif len(set(columns)) != len(columns):
+                raise MedclfError("A label column is named twice; pass each --label-column once.")
+            else:
+                self.label_column = columns
+        elif self.label_column is not None and (not isinstance(self.label_column, str) or not self.label_column):
+            raise MedclfError(f"label_column must be a column name, got {self.label_column!r}.")
+
+    @property
+    def label_columns(self) -> list[str] | None:
+        """The label column(s) as a list (None: to be guessed from the data)."""
+        if self.label_column is None:
+            return None
+        return [self.label_column] if isinstance(self.label_column, str) else list(self.label_column)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -111,13 +112,14 @@ def read_table(path: str, *, allow_txt: bool = False) -> pd.DataFrame:
 
 @dataclass
 class LabeledData:
-    """Texts and string labels read from one table."""
+    """Texts and their labels read from one table: a string per text, or (multi-label) a tuple of
+    strings per text, possibly empty."""
 
     texts: list[str]
-    labels: list[str]
+    labels: list[Any]
     source: str
     text_columns: list[str]
-    label_column: str
+    label_column: str | list[str]
     rows: list[int]
     """0-based data-row index of each kept row in the source table."""
     n_dropped: int = 0
@@ -137,14 +139,18 @@ class LabeledData:
 
 
 def resolve_columns(
-    frame: pd.DataFrame, text_columns: list[str] | None, label_column: str | None, *, source: str, need_label: bool
-) -> tuple[list[str], str | None]:
-    """Find the text and label columns, guessing only when there is exactly one candidate."""
+    frame: pd.DataFrame, text_columns: list[str] | None, label_column: str | list[str] | None, *, source: str,
+    need_label: bool,
+) -> tuple[list[str], Any]:
+    """Find the text and label columns, guessing only when there is exactly one candidate.
+    label_column may be a list (several 0/1 label columns); the text is never guessed among them."""
     columns = list(frame.columns)
     listing = ", ".join(columns)
+    label_set = set(label_column) if isinstance(label_column, list) else {label_column}
     if label_column is not None:
-        if label_column not in columns:
-            raise MedclfError(f"Label column '{label_column}' is not in {source}; its columns are: {listing}.")
+        for name in sorted(label_set):
+            if name not in columns:
+                raise MedclfError(f"Label column '{name}' is not in {source}; its columns are: {listing}.")
     elif need_label:
         if "label" in columns:
             label_column = "label"
@@ -164,7 +170,7 @@ def resolve_columns(
     elif "text" in columns:
         text_columns = ["text"]
     else:
-        rest = [c for c in columns if c != label_column and _is_texty(frame[c])]
+        rest = [c for c in columns if c not in label_set and _is_texty(frame[c])]
         if len(rest) != 1:
             raise MedclfError(
                 f"Cannot tell which column of {source} holds the text; pass --text-column (columns: {listing})."
@@ -207,23 +213,98 @@ def join_texts(frame: pd.DataFrame, text_columns: list[str]) -> list[str | None]
     return joined
 
 
+def _rows(indices: list[int]) -> str:
+    return ", ".join(str(i + 1) for i in indices[:5]) + (", ..." if len(indices) > 5 else "")
+
+
+def split_labels(values: list[object], *, sep: str, source: str, column: str) -> list[tuple[str, ...]]:
+    """Delimited label cells ('cardiology|urgent') as label tuples; an empty cell is a text with no label."""
+    out: list[tuple[str, ...]] = []
+    broken: list[int] = []
+    for i, value in enumerate(values):
+        cell = _as_label(value)
+        if cell is None:
+            out.append(())
+            continue
+        parts = [p.strip() for p in cell.split(sep)]
+        if any(not p for p in parts):
+            broken.append(i)
+        out.append(tuple(dict.fromkeys(p for p in parts if p)))
+    if broken:
+        raise MedclfError(
+            f"{source} has {len(broken)} label cell(s) in '{column}' with an empty label between or around the "
+            f"separator {sep!r} (data rows {_rows(broken)}, counting from 1); remove the stray separators."
+        )
+    return out
+
+
+TRUE_VALUES = {"1", "true", "yes", "y", "t"}
+FALSE_VALUES = {"0", "false", "no", "n", "f"}
+
+
+def indicator_labels(frame: pd.DataFrame, columns: list[str], *, source: str) -> tuple[list[tuple[str, ...]], list[int]]:
+    """Several 0/1 columns, one per label, as label tuples; and the rows with an empty cell."""
+    flags: list[list[bool | None]] = []
+    for column in columns:
+        parsed: list[bool | None] = []
+        bad: list[int] = []
+        for i, value in enumerate(frame[column].tolist()):
+            cell = _as_label(value)
+            if cell is None:
+                parsed.append(None)
+            elif cell.lower() in TRUE_VALUES:
+                parsed.append(True)
+            elif cell.lower() in FALSE_VALUES:
+                parsed.append(False)
+            else:
+                parsed.append(None)
+                bad.append(i)
+        if bad:
+            raise MedclfError(
+                f"Label column '{column}' of {source} must hold 0 or 1 (or true/false, yes/no), but {len(bad)} "
+                f"cell(s) do not (data rows {_rows(bad)}, counting from 1); fix them."
+            )
+        flags.append(parsed)
+    labels: list[tuple[str, ...]] = []
+    empty: list[int] = []
+    for i, row in enumerate(zip(*flags)):
+        if any(v is None for v in row):
+            empty.append(i)
+        labels.append(tuple(c for c, v in zip(columns, row) if v))
+    return labels, empty
+
+
 def load_labeled(
     path: str | None,
     *,
     text_columns: list[str] | None,
-    label_column: str | None,
+    label_column: str | list[str] | None,
     drop_empty: bool,
     role: str = "data",
+    multi_label: bool = False,
+    label_sep: str = "|",
 ) -> LabeledData:
-    """Read a labelled table and validate every row. None reads the embedded demo."""
+    """Read a labelled table and validate every row. None reads the embedded demo.
+
+    multi_label: each row's labels come back as a tuple, from one column of delimited labels
+    (`label_sep`; an empty cell is a text with no label) or from several 0/1 columns (a list)."""
     source = DEMO_NAME if path is None else path
     frame = read_table(str(demo_data_path()) if path is None else path)
+    if isinstance(label_column, list) and len(label_column) == 1:
+        label_column = label_column[0]
     text_columns, label_column = resolve_columns(frame, text_columns, label_column, source=source, need_label=True)
     assert label_column is not None
     texts = join_texts(frame, text_columns)
-    labels = [_as_label(v) for v in frame[label_column].tolist()]
+    labels: list[Any]
+    if isinstance(label_column, list):
+        labels, empty_label = indicator_labels(frame, label_column, source=source)
+    elif multi_label:
+        labels, empty_label = split_labels(frame[label_column].tolist(), sep=label_sep, source=source,
+                                           column=label_column), []
+    else:
+        labels = [_as_label(v) for v in frame[label_column].tolist()]
+        empty_label = [i for i, lab in enumerate(labels) if lab is None]
     empty_text = [i for i, t in enumerate(texts) if t is None]
-    empty_label = [i for i, lab in enumerate(labels) if lab is None]
     bad = sorted(set(empty_text) | set(empty_label))
     if bad and not drop_empty:
         what = []
@@ -231,9 +312,8 @@ def load_labeled(
             what.append(f"{len(empty_text)} empty or missing text(s)")
         if empty_label:
             what.append(f"{len(empty_label)} empty or missing label(s)")
-        rows = ", ".join(str(i + 1) for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
         raise MedclfError(
-            f"{source} ({role}) has {' and '.join(what)} (data rows {rows}, counting from 1); fix them or pass --drop-empty to skip them."
+            f"{source} ({role}) has {' and '.join(what)} (data rows {_rows(bad)}, counting from 1); fix them or pass --drop-empty to skip them."
         )
     keep = list(range(len(texts)))
     if bad:
@@ -245,7 +325,7 @@ def load_labeled(
         raise MedclfError(f"{source} ({role}) has no usable rows after skipping empty ones.")
     return LabeledData(
         texts=[t for t in texts if t is not None],
-        labels=[lab for lab in labels if lab is not None],
+        labels=labels,
         source=source,
         text_columns=text_columns,
         label_column=label_column,
@@ -265,6 +345,37 @@ def check_classes(labels: list[str], *, source: str) -> list[str]:
     return sorted(counts, key=_label_sort_key)
 
 
+LIKELY_SEPARATORS = ("|", ";", ",", "/", "+")
+
+
+def check_label_sets(
+    label_sets: list[tuple[str, ...]], *, source: str, declared: list[str] | None = None, sep: str | None = None
+) -> list[str]:
+    """The label names of a multi-label table (the 0/1 columns' order, else sorted), checked so that each
+    label can be learned: at least two labels, each on some rows but not on every row, and (delimited
+    labels) a separator that splits at least one row."""
+    counts = Counter(lab for present in label_sets for lab in present)
+    names = list(declared) if declared is not None else sorted(counts, key=_label_sort_key)
+    never = [name for name in names if counts[name] == 0]
+    if never:
+        raise MedclfError(f"Label(s) {', '.join(map(repr, never))} never occur in {source}; remove the column(s) "
+                          "or add rows that carry them.")
+    always = [name for name in names if counts[name] == len(label_sets)]
+    if always:
+        raise MedclfError(f"Label(s) {', '.join(map(repr, always))} are on every row of {source}, so there is nothing "
+                          "to learn about them; remove them from the labels.")
+    if sep is not None and label_sets and max(len(present) for present in label_sets) <= 1:
+        other = [s for s in LIKELY_SEPARATORS if s != sep and any(s in name for name in names)]
+        hint = (f"labels such as {next(n for n in names if other[0] in n)!r} contain {other[0]!r}: pass --label-sep "
+                f"'{other[0]}'" if other else "pass the separator the file uses with --label-sep, or train without "
+                "--multi-label")
+        raise MedclfError(f"No row of {source} has more than one label when split on {sep!r}; {hint}.")
+    if len(names) < 2:
+        raise MedclfError(f"{source} has only one label ({names[0]!r}); multi-label needs at least 2 labels "
+                          "(for one yes/no label, train without --multi-label on a yes/no column).")
+    return names
+
+
 def _label_sort_key(label: str) -> tuple[int, float | str]:
     try:
         return (0, float(label))
@@ -273,11 +384,14 @@ def _label_sort_key(label: str) -> tuple[int, float | str]:
 
 
 def stratified_split(
-    labels: list[str], *, fraction: float, seed: int, source: str, part: str, option: str
+    labels: list[Any], *, fraction: float, seed: int, source: str, part: str, option: str
 ) -> tuple[list[int], list[int]]:
-    """Indices (keep, held_out) of a stratified split; clear errors when a class is too small."""
+    """Indices (keep, held_out) of a stratified split; clear errors when a class is too small.
+    Label tuples (multi-label) are split by iterative stratification."""
     from sklearn.model_selection import train_test_split
 
+    if labels and isinstance(labels[0], tuple):
+        return _multilabel_split(labels, fraction=fraction, seed=seed, source=source, part=part, option=option)
     counts = Counter(labels)
     smallest, n_smallest = min(counts.items(), key=lambda kv: (kv[1], kv[0]))
     if n_smallest < 2:
@@ -301,3 +415,25 @@ def stratified_split(
             f"add rows or pass {option}."
         ) from None
     return list(keep), list(held)
+
+
+def _multilabel_split(
+    labels: list[tuple[str, ...]], *, fraction: float, seed: int, source: str, part: str, option: str
+) -> tuple[list[int], list[int]]:
+    """Iterative stratification (Sechidis et al. 2011; Szymanski & Kajdanowicz 2017): every label keeps about
+    its share of rows in both parts, rare labels first, where a plain random split can leave one side without them."""
+    import numpy as np
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+    names = sorted({lab for present in labels for lab in present})
+    n_held = int(-(-fraction * len(labels) // 1))
+    if n_held < 1 or len(labels) - n_held < 2:
+        raise MedclfError(f"{source} has {len(labels)} rows, too few for a {fraction:.0%} {part} split; add rows or "
+                          f"pass {option}.")
+    index = {lab: j for j, lab in enumerate(names)}
+    y = np.zeros((len(labels), len(names)), dtype=int)
+    for row, present in enumerate(labels):
+        y[row, [index[lab] for lab in present]] = 1
+    splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=n_held, random_state=seed)
+    keep, held = next(splitter.split(np.zeros(len(labels)), y))
+    return sorted(int(i) for i in keep), sorted(int(i) for i in held)

@@ -137,6 +137,8 @@ def fit_logistic(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Multinomial logistic regression; returns (weight n_labels x d, bias n_labels) acting on raw x.
 
+    `y` holds class ids, or (multi-label) a 0/1 matrix n x n_labels: then one binary logistic regression
+    per label, whose logit is that label's row (sigmoid of it is the label's probability).
     With `standardize`, features are scaled to zero mean and unit variance for the fit and the
     scaling is folded back into the weights. Two classes come back as two rows (logits -z/2, z/2)."""
     from sklearn.linear_model import LogisticRegression
@@ -146,9 +148,15 @@ def fit_logistic(
         scale = x.std(axis=0)
         scale = np.where(scale > 1e-8, scale, 1.0)
         x = (x - mean) / scale
-    probe = LogisticRegression(C=c, max_iter=max_iter, class_weight=class_weight, random_state=seed)
-    probe.fit(x, y)
-    coef, intercept = probe.coef_, probe.intercept_
+    if y.ndim == 2:  # multi-label: one-vs-rest, each label's positive-class logit
+        rows = [LogisticRegression(C=c, max_iter=max_iter, class_weight=class_weight, random_state=seed).fit(x, y[:, j])
+                for j in range(y.shape[1])]
+        coef = np.vstack([r.coef_[0] for r in rows])
+        intercept = np.array([r.intercept_[0] for r in rows])
+    else:
+        probe = LogisticRegression(C=c, max_iter=max_iter, class_weight=class_weight, random_state=seed)
+        probe.fit(x, y)
+        coef, intercept = probe.coef_, probe.intercept_
     if coef.shape[0] == 1:  # scikit-learn gives one row for two classes: logits (0, z) become (-z/2, z/2)
         coef = np.vstack([-coef / 2, coef / 2])
         intercept = np.array([-intercept[0] / 2, intercept[0] / 2])

@@ -43,6 +43,7 @@ def classification_metrics(
             if 0 < positives.sum() < len(y_true):
                 aucs[labels[i]] = float(roc_auc_score(positives.astype(int), probs[:, i]))
     result: dict[str, Any] = {
+        "task": "single-label",
         "n": len(y_true),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         # Macro over the classes present in this set, so a class absent here does not count as F1 = 0.
@@ -67,8 +68,71 @@ def cross_entropy(probs: np.ndarray, y_true: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(picked, 1e-12, 1.0))))
 
 
+def multilabel_metrics(
+    y_true: np.ndarray, probs: np.ndarray, labels: list[str], *, thresholds: np.ndarray, loss: float | None = None
+) -> dict[str, Any]:
+    """Micro/macro/samples F1, subset accuracy, Hamming loss, per-label P/R/F1/support/ROC-AUC at `thresholds`."""
+    from sklearn.metrics import accuracy_score, f1_score, hamming_loss, precision_recall_fscore_support, roc_auc_score
+
+    y_true = np.asarray(y_true).astype(int)
+    y_pred = (probs >= np.asarray(thresholds)).astype(int)
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, average=None, zero_division=0)
+    present = [i for i in range(len(labels)) if support[i] > 0]
+    aucs = {
+        labels[j]: float(roc_auc_score(y_true[:, j], probs[:, j]))
+        for j in range(len(labels)) if 0 < y_true[:, j].sum() < len(y_true)
+    }
+    per_class = {
+        labels[j]: {"precision": float(precision[j]), "recall": float(recall[j]), "f1": float(f1[j]),
+                    "support": int(support[j]), "threshold": float(thresholds[j]), "roc_auc": aucs.get(labels[j])}
+        for j in range(len(labels))
+    }
+    result: dict[str, Any] = {
+        "task": "multi-label",
+        "n": len(y_true),
+        "micro_f1": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
+        # Macro over the labels present in this set, as for single-label runs.
+        "macro_f1": float(np.mean([f1[j] for j in present])) if present else 0.0,
+        # Per text; a text with no true and no predicted label counts as right (F1 = 1).
+        "samples_f1": float(f1_score(y_true, y_pred, average="samples", zero_division=1.0)),
+        "subset_accuracy": float(accuracy_score(y_true, y_pred)),
+        "hamming_loss": float(hamming_loss(y_true, y_pred)),
+        "macro_precision": float(np.mean([precision[j] for j in present])) if present else 0.0,
+        "macro_recall": float(np.mean([recall[j] for j in present])) if present else 0.0,
+        "roc_auc_macro": float(np.mean(list(aucs.values()))) if aucs else None,
+        "roc_auc": aucs,
+        "labels_per_text": float(y_true.sum(axis=1).mean()) if len(y_true) else 0.0,
+        "predicted_labels_per_text": float(y_pred.sum(axis=1).mean()) if len(y_pred) else 0.0,
+        "texts_without_label": int((y_true.sum(axis=1) == 0).sum()),
+        "thresholds": {labels[j]: float(thresholds[j]) for j in range(len(labels))},
+        "per_class": per_class,
+        "labels": list(labels),
+    }
+    if loss is not None:
+        result["loss"] = float(loss) if math.isfinite(loss) else None
+    return result
+
+
+def binary_cross_entropy(probs: np.ndarray, y_true: np.ndarray) -> float:
+    """Mean binary cross-entropy over texts and labels."""
+    p = np.clip(probs.astype(np.float64), 1e-12, 1 - 1e-12)
+    y = np.asarray(y_true, dtype=np.float64)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def headline(metrics: dict[str, Any]) -> str:
+    """The one-line summary of a metrics dict, for logs and tables."""
+    if metrics.get("task") == "multi-label":
+        return (f"micro-F1 {metrics['micro_f1']:.4f}   macro-F1 {metrics['macro_f1']:.4f}   samples-F1 "
+                f"{metrics['samples_f1']:.4f}   subset accuracy {metrics['subset_accuracy']:.4f}   Hamming loss "
+                f"{metrics['hamming_loss']:.4f}")
+    return f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}"
+
+
 def format_table(metrics: dict[str, Any]) -> str:
     """A plain-text table: the headline figures, then one row per class."""
+    if metrics.get("task") == "multi-label":
+        return _format_multilabel(metrics)
     lines = [
         f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}   "
         f"weighted-F1 {metrics['weighted_f1']:.4f}"
@@ -83,4 +147,21 @@ def format_table(metrics: dict[str, Any]) -> str:
         lines.append(
             f"{label:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1']:5.3f}  {row['support']:7d}"
         )
+    return "\n".join(lines)
+
+
+def _format_multilabel(metrics: dict[str, Any]) -> str:
+    lines = [
+        headline(metrics)
+        + (f"   loss {metrics['loss']:.4f}" if metrics.get("loss") is not None else "")
+        + (f"   ROC-AUC {metrics['roc_auc_macro']:.4f}" if metrics.get("roc_auc_macro") is not None else "")
+        + f"   (n={metrics['n']})",
+    ]
+    width = max(10, *(len(label) for label in metrics["labels"]))
+    lines.append(f"{'label':<{width}}  threshold  precision  recall     f1  support  ROC-AUC")
+    for label in metrics["labels"]:
+        row = metrics["per_class"][label]
+        auc = "    n/a" if row.get("roc_auc") is None else f"{row['roc_auc']:7.3f}"
+        lines.append(f"{label:<{width}}  {row['threshold']:9.3f}  {row['precision']:9.3f}  {row['recall']:6.3f}  "
+                     f"{row['f1']:5.3f}  {row['support']:7d}  {auc}")
     return "\n".join(lines)

@@ -37,7 +37,6 @@ import torch
 from medclf.artifacts import CONFIG_FILE, MODEL_DIR, atomic_write_json, is_run_dir, publish_dir, staging_dir
 from medclf.batching import collate, sorted_batches
 from medclf.errors import MedclfError
-from medclf.predict import softmax
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +160,8 @@ def export_onnx(
     texts, source = _check_texts(clf, data, text_columns, max_check_texts, seed)
     encoded = clf.encode(texts).input_ids  # for long_text='chunk', windows: the check compares window by window
     pad_id = clf.pad_id
-    reference = softmax(_run_batches(lambda inputs: clf._run_batch(inputs), encoded, pad_id))
+    probabilities = clf.task.probabilities  # softmax, or sigmoid for a multi-label run
+    reference = probabilities(_run_batches(lambda inputs: clf._run_batch(inputs), encoded, pad_id))
 
     staging = staging_dir(final)
     try:
@@ -170,7 +170,7 @@ def export_onnx(
         fp32 = staging / FP32_FILE
         optimized = _optimize(raw, fp32, clf.model.config)
         raw.unlink()
-        fp32_probs = softmax(_run_batches(OnnxRunner(fp32), encoded, pad_id))
+        fp32_probs = probabilities(_run_batches(OnnxRunner(fp32), encoded, pad_id))
         diff = float(np.abs(fp32_probs - reference).max())
         log.info("fp32 ONNX vs PyTorch on %d check texts: max |p difference| %.2e (limit %.0e).", len(texts), diff, PARITY_TOLERANCE)
         if not diff <= PARITY_TOLERANCE:
@@ -183,7 +183,7 @@ def export_onnx(
             fp32_max_abs_diff=diff, fp32_file=FP32_FILE, optimized=optimized,
         )
         if quantize == "int8":
-            _quantize_checked(fp32, staging / INT8_FILE, encoded, pad_id, reference, result, int8_recipe)
+            _quantize_checked(fp32, staging / INT8_FILE, encoded, pad_id, reference, result, clf, int8_recipe)
         _copy_model_files(run_dir / MODEL_DIR, staging)
         result.seconds = round(time.perf_counter() - started, 1)
         atomic_write_json(staging / EXPORT_INFO, _export_info(clf, result))
@@ -331,20 +331,21 @@ def _recipes() -> list[tuple[str, Callable[[Path, Path], None]]]:
 
 def _quantize_checked(
     fp32: Path, dest: Path, encoded: list[list[int]], pad_id: int, reference: np.ndarray, result: ExportResult,
-    only: str = "auto",
+    clf: Any, only: str = "auto",
 ) -> None:
-    top = reference.argmax(axis=1)
+    """Agreement: the same decision as PyTorch (top label; multi-label: the same label set at the run's thresholds)."""
+    expected = clf.decide(reference)
     for name, recipe in _recipes():
         if only not in ("auto", name):
             continue
         candidate = dest.with_name(f".{name}.onnx")
         with _quiet_onnxruntime():
             recipe(fp32, candidate)
-        probs = softmax(_run_batches(OnnxRunner(candidate), encoded, pad_id))
-        agreement = float((probs.argmax(axis=1) == top).mean())
+        probs = clf.task.probabilities(_run_batches(OnnxRunner(candidate), encoded, pad_id))
+        agreement = float(np.mean([a == b for a, b in zip(clf.decide(probs), expected)])) if expected else 1.0
         max_diff = float(np.abs(probs - reference).max())
         result.int8_tried.append({"recipe": name, "agreement": agreement, "max_abs_diff": max_diff})
-        log.info("int8 (%s): top label as PyTorch on %.1f%% of %d check texts (need %.0f%%); max |p difference| %.3f.",
+        log.info("int8 (%s): same prediction as PyTorch on %.1f%% of %d check texts (need %.0f%%); max |p difference| %.3f.",
                  name, 100 * agreement, len(encoded), 100 * MIN_AGREEMENT, max_diff)
         if agreement >= MIN_AGREEMENT:
             candidate.rename(dest)
@@ -352,7 +353,7 @@ def _quantize_checked(
             result.int8_agreement, result.int8_max_abs_diff = agreement, max_diff
             return
         candidate.unlink()
-    log.warning("No int8 recipe tried kept the top label of %.0f%% of the check texts; model.int8.onnx was not written.",
+    log.warning("No int8 recipe tried kept the prediction of %.0f%% of the check texts; model.int8.onnx was not written.",
                 100 * MIN_AGREEMENT)
 
 
@@ -374,8 +375,12 @@ def _export_info(clf: Any, result: ExportResult) -> dict[str, Any]:
         "onnxruntime": onnxruntime.__version__,
         "medclf": medclf.__version__,
         "inputs": {"input_ids": "int64 [batch, sequence]", "attention_mask": "int64 [batch, sequence]"},
-        "outputs": {"logits": "float32 [batch, n_labels]; probabilities = softmax(logits)"},
+        "outputs": {"logits": "float32 [batch, n_labels]; probabilities = sigmoid(logits), a label is predicted where "
+                               "its probability >= its threshold" if clf.multi_label else
+                               "float32 [batch, n_labels]; probabilities = softmax(logits)"},
         "labels": clf.labels,
+        "multi_label": clf.multi_label,
+        "thresholds": clf.thresholds,
         "max_length": clf.max_length,
         "long_text": clf.long_text,
         "check": {"parity_tolerance": PARITY_TOLERANCE, "min_int8_agreement": MIN_AGREEMENT, **result.to_dict()},

@@ -14,6 +14,7 @@ from medclf.artifacts import CONFIG_FILE, MODEL_DIR, is_run_dir, read_json
 from medclf.batching import Encoded, collate, encode, pool_logits, sorted_batches
 from medclf.errors import MedclfError
 from medclf.modeling import choose_device, load_classifier, load_tokenizer
+from medclf.tasks import softmax, task_for
 
 log = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 16
@@ -35,6 +36,10 @@ class TextClassifier:
 
     The model runs in PyTorch (`backend="torch"`) or in ONNX Runtime from a `medclf export`
     (`"onnx"`: fp32, within 1e-4 of PyTorch; `"onnx-int8"`: int8 weights). Same API, same outputs.
+
+    A multi-label run (`multi_label` is True) gives each label's own probability (sigmoid; a row does
+    not sum to 1), and `predict` gives the labels at or above their thresholds (tuned on validation,
+    saved with the run): a list of labels for a string, a list of such lists for a list.
     """
 
     def __init__(
@@ -52,8 +57,12 @@ class TextClassifier:
         stride: int | None = None,
         max_chunks: int = 8,
         pool: str = "mean",
+        multi_label: bool = False,
+        thresholds: list[float] | np.ndarray | None = None,
     ) -> None:
         self.backend = backend
+        self.multi_label = multi_label
+        self.task = task_for(multi_label)
         self.stride = stride
         self.max_chunks = max_chunks
         self.pool = pool
@@ -68,6 +77,11 @@ class TextClassifier:
             if not labels:
                 raise MedclfError("A classifier that is not a PyTorch model needs its labels.")
         self._labels = list(labels)
+        self._thresholds = None
+        if multi_label:
+            self._thresholds = np.full(len(self._labels), 0.5) if thresholds is None else np.asarray(thresholds, float)
+            if self._thresholds.shape != (len(self._labels),):
+                raise MedclfError(f"{len(self._thresholds)} thresholds for {len(self._labels)} labels; retrain the run.")
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.long_text = long_text
@@ -79,6 +93,11 @@ class TextClassifier:
     def labels(self) -> list[str]:
         """Class names, in the order of predict_proba's columns."""
         return list(self._labels)
+
+    @property
+    def thresholds(self) -> dict[str, float] | None:
+        """Multi-label: each label's decision threshold (None for a single-label run)."""
+        return None if self._thresholds is None else {lab: float(t) for lab, t in zip(self._labels, self._thresholds)}
 
     @classmethod
     def load(
@@ -116,9 +135,12 @@ class TextClassifier:
                 "pass the --output of a `medclf train` run."
             )
         options = config.get("config", {})
+        saved = config.get("run", {}).get("thresholds")
         common = {"max_length": int(options.get("max_length", 256)), "long_text": options.get("long_text", "truncate"),
                   "stride": options.get("stride"), "max_chunks": int(options.get("max_chunks", 8)),
-                  "pool": options.get("pool", "max"), "batch_size": batch_size, "config": config}
+                  "pool": options.get("pool", "max"), "batch_size": batch_size, "config": config,
+                  "multi_label": bool(options.get("multi_label", False)),
+                  "thresholds": None if saved is None else [saved[lab] for lab in _config_labels(model_dir)]}
         tokenizer = load_tokenizer(str(model_dir), trust_remote_code=trust_remote_code)
         onnx_file = _onnx_file(model_dir.parent, backend, device)
         if onnx_file is not None:
@@ -163,9 +185,10 @@ class TextClassifier:
         self, texts: list[str], *, batch_size: int | None = None
     ) -> tuple[np.ndarray, list[tuple[int, int] | None]]:
         """Probabilities, and for each text the character span (start, end) of the window whose logit for
-        the predicted label is highest (long_text='chunk'; None per text otherwise). Spans, never text."""
+        the predicted label (multi-label: the most probable label) is highest (long_text='chunk'; None per
+        text otherwise). Spans, never text."""
         window_logits, encoded = self._window_logits(list(texts), batch_size)
-        probs = softmax(pool_logits(window_logits, encoded.doc_of, encoded.n_docs, self.pool))
+        probs = self.task.probabilities(pool_logits(window_logits, encoded.doc_of, encoded.n_docs, self.pool))
         if encoded.doc_of is None or encoded.char_spans is None:
             return probs, [None] * len(texts)
         best: list[tuple[int, int] | None] = [None] * len(texts)
@@ -188,24 +211,28 @@ class TextClassifier:
     def predict_proba(self, texts: list[str], *, batch_size: int | None = None) -> np.ndarray: ...
 
     def predict_proba(self, texts: str | list[str], *, batch_size: int | None = None) -> np.ndarray:
-        """Class probabilities: shape (n_labels,) for a string, (n_texts, n_labels) for a list."""
+        """Class probabilities: shape (n_labels,) for a string, (n_texts, n_labels) for a list.
+        Multi-label: each label's own probability (rows need not sum to 1)."""
         single = isinstance(texts, str)
         batch = [texts] if single else list(texts)
-        logits = self._logits(batch, batch_size)
-        probs = softmax(logits)
+        probs = self.task.probabilities(self._logits(batch, batch_size))
         return probs[0] if single else probs
 
     @overload
-    def predict(self, texts: str, *, batch_size: int | None = None) -> str: ...
+    def predict(self, texts: str, *, batch_size: int | None = None) -> Any: ...
     @overload
-    def predict(self, texts: list[str], *, batch_size: int | None = None) -> list[str]: ...
+    def predict(self, texts: list[str], *, batch_size: int | None = None) -> list[Any]: ...
 
-    def predict(self, texts: str | list[str], *, batch_size: int | None = None) -> str | list[str]:
-        """The most probable label: a string for a string, a list for a list."""
+    def predict(self, texts: str | list[str], *, batch_size: int | None = None) -> Any:
+        """The most probable label: a string for a string, a list for a list.
+        Multi-label: the labels at or above their thresholds, a list for a string, a list of lists for a list."""
         probs = self.predict_proba(texts, batch_size=batch_size)
-        if probs.ndim == 1:
-            return self._labels[int(probs.argmax())]
-        return [self._labels[int(i)] for i in probs.argmax(axis=1)]
+        decided = self.decide(np.atleast_2d(probs))
+        return decided[0] if probs.ndim == 1 else decided
+
+    def decide(self, probs: np.ndarray) -> list[Any]:
+        """predict_proba's rows turned into predictions: a label each, or (multi-label) a list of labels each."""
+        return [self.task.names(row, self._labels) for row in self.task.decide(probs, self._thresholds)]
 
 
 def _onnx_file(run_dir: Path, backend: str, device: str) -> Path | None:
@@ -262,7 +289,4 @@ def batched_logits(
     return out
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
+__all__ = ["BACKENDS", "DEFAULT_BATCH_SIZE", "TextClassifier", "batched_logits", "forward_batches", "softmax"]

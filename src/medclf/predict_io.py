@@ -58,13 +58,19 @@ def read_inputs(
 
 def prediction_records(
     labels: list[str], probs: np.ndarray, top_k: int | None, windows: list[tuple[int, int] | None] | None = None,
+    *, predicted: list[list[str]] | None = None,
 ) -> list[dict[str, Any]]:
     """One JSON-ready record per text: label, score, every probability (or the top k); with `windows`
-    (long_text='chunk'), the character span of the window that weighed most for the label."""
+    (long_text='chunk'), the character span of the window that weighed most for the label.
+    Multi-label (`predicted`: each text's labels at or above their thresholds): `labels` instead of label
+    and score."""
     records = []
     for n, row in enumerate(probs):
         order = np.argsort(-row, kind="stable")
-        record: dict[str, Any] = {"label": labels[order[0]], "score": float(row[order[0]])}
+        record: dict[str, Any] = (
+            {"labels": list(predicted[n])} if predicted is not None
+            else {"label": labels[order[0]], "score": float(row[order[0]])}
+        )
         if top_k is None:
             record["probabilities"] = {labels[i]: float(row[i]) for i in range(len(labels))}
         else:
@@ -106,7 +112,8 @@ def predict_file(
     labels = clf.labels
     k = None if top_k is None else min(top_k, len(labels))
     probs, windows = clf.predict_with_windows(batch, batch_size=batch_size)
-    records = prediction_records(labels, probs, k, windows if clf.long_text == "chunk" else None)
+    records = prediction_records(labels, probs, k, windows if clf.long_text == "chunk" else None,
+                                 predicted=clf.decide(probs) if clf.multi_label else None)
     kept = frame if keep_text else frame.drop(columns=[c for c in columns if c in frame.columns])
     kept_records = kept.to_dict(orient="records")
     if fmt == "jsonl":
@@ -114,8 +121,11 @@ def predict_file(
         text = "\n".join(lines) + ("\n" if lines else "")
     else:
         table = kept.copy()
-        table["label"] = [r["label"] for r in records]
-        table["score"] = [r["score"] for r in records]
+        if clf.multi_label:  # the labels of a text joined with the run's separator ('' for none)
+            table["labels"] = [clf.config.get("config", {}).get("label_sep", "|").join(r["labels"]) for r in records]
+        else:
+            table["label"] = [r["label"] for r in records]
+            table["score"] = [r["score"] for r in records]
         if clf.long_text == "chunk":
             table["window_start"] = [r.get("window", {}).get("start") for r in records]
             table["window_end"] = [r.get("window", {}).get("end") for r in records]

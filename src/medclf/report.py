@@ -47,12 +47,35 @@ def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def _multilabel_notes(test: dict[str, Any], config: TrainConfig) -> list[str]:
+    fixed = test.get("at_threshold_0.5", {})
+    lines = [
+        f"Multi-label: {len(test['labels'])} labels, {test['labels_per_text']:.2f} per test text on average "
+        f"({test['texts_without_label']} texts with none); a label is predicted where its probability reaches its "
+        "threshold, tuned on the validation part to maximise that label's F1.",
+        "",
+        "| thresholds | micro-F1 | macro-F1 | samples-F1 | subset accuracy | Hamming loss |",
+        "|---|---|---|---|---|---|",
+        f"| tuned (used) | {test['micro_f1']:.4f} | {test['macro_f1']:.4f} | {test['samples_f1']:.4f} | "
+        f"{test['subset_accuracy']:.4f} | {test['hamming_loss']:.4f} |",
+    ]
+    if fixed:
+        lines.append(f"| 0.5 for every label | {fixed['micro_f1']:.4f} | {fixed['macro_f1']:.4f} | {fixed['samples_f1']:.4f} | "
+                     f"{fixed['subset_accuracy']:.4f} | {fixed['hamming_loss']:.4f} |")
+    lines += ["", "Micro-F1 pools every (text, label) decision, so frequent labels dominate it; macro-F1 weighs every "
+              "label equally; samples-F1 averages per text; subset accuracy counts texts whose label set is exactly "
+              "right; Hamming loss is the share of wrong (text, label) decisions."]
+    return lines
+
+
 def write_report(directory: Path, *, metrics: dict[str, Any], config: TrainConfig, run_info: dict[str, Any]) -> None:
     test = metrics["test"]
-    atomic_write_bytes(
-        directory / CONFUSION_FILE,
-        confusion_png(test["confusion_matrix"], test["labels"], title=f"Test confusion matrix (n={test['n']})"),
-    )
+    multi = test.get("task") == "multi-label"
+    if not multi:  # a multi-label run has no single confusion matrix: its per-label table says the same
+        atomic_write_bytes(
+            directory / CONFUSION_FILE,
+            confusion_png(test["confusion_matrix"], test["labels"], title=f"Test confusion matrix (n={test['n']})"),
+        )
     timing = metrics["timing"]
     data = metrics["data"]
     embeddings = metrics.get("method") == "embeddings"
@@ -90,10 +113,12 @@ def write_report(directory: Path, *, metrics: dict[str, Any], config: TrainConfi
         format_table(test),
         "```",
         "",
-        "Macro-F1 weighs every class equally, so a small class the model misses shows here even when "
-        "accuracy looks good.",
-        "",
-        f"![confusion matrix]({CONFUSION_FILE})",
+        *(_multilabel_notes(test, config) if multi else [
+            "Macro-F1 weighs every class equally, so a small class the model misses shows here even when "
+            "accuracy looks good.",
+            "",
+            f"![confusion matrix]({CONFUSION_FILE})",
+        ]),
         "",
         "## Training history",
         "",
@@ -117,7 +142,7 @@ def write_report(directory: Path, *, metrics: dict[str, Any], config: TrainConfi
             + f" | {row['seconds']:.1f} | {row['samples_per_second']:.1f} |"
             for row in metrics["history"]
         ]
-    lines += ["", "## Data", "", "| class | train | validation | test |", "|---|---|---|---|"]
+    lines += ["", "## Data", "", f"| {'label' if multi else 'class'} | train | validation | test |", "|---|---|---|---|"]
     counts = data["class_counts"]
     for label in test["labels"]:
         lines.append(

@@ -427,7 +427,7 @@ def create_app(settings: ServeSettings) -> Any:
         windows = None
         if isinstance(probs, tuple):  # chunk: (probabilities, the deciding window's character span per text)
             probs, windows = probs
-        records = prediction_records(clf.labels, probs, k, windows)
+        records = prediction_records(clf.labels, probs, k, windows, predicted=clf.decide(probs) if clf.multi_label else None)
         return records[0] if single else {"predictions": records}
 
     return app
@@ -465,11 +465,15 @@ def _model_info(clf: Any, settings: ServeSettings, version: str) -> dict[str, An
     test: dict[str, Any] = {}
     if (run / METRICS_FILE).is_file():
         metrics = read_json(run / METRICS_FILE)
-        test = {k: metrics.get("test", {}).get(k) for k in ("n", "accuracy", "macro_f1", "weighted_f1", "roc_auc_ovr_macro")}
+        keys = (("n", "micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss", "roc_auc_macro")
+                if clf.multi_label else ("n", "accuracy", "macro_f1", "weighted_f1", "roc_auc_ovr_macro"))
+        test = {k: metrics.get("test", {}).get(k) for k in keys}
     return {
         "model": config.get("model"),
         "method": info.get("method"),
         "labels": clf.labels,
+        "multi_label": clf.multi_label,
+        "thresholds": clf.thresholds,
         "backend": clf.backend,
         "max_length": clf.max_length,
         "trained": info.get("created"),

@@ -9,7 +9,6 @@ import math
 import platform
 import random
 import time
-from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,9 +33,9 @@ from medclf.artifacts import (
 )
 from medclf.batching import Encoded, collate, encode, length_grouped_batches, pool_logits, pool_logits_torch
 from medclf.config import TrainConfig
-from medclf.data import LabeledData, check_classes, demo_data_path, load_labeled, stratified_split
+from medclf.data import LabeledData, check_classes, check_label_sets, demo_data_path, load_labeled, stratified_split
 from medclf.errors import MedclfError
-from medclf.metrics import classification_metrics, cross_entropy
+from medclf.metrics import headline
 from medclf.modeling import (
     autocast,
     choose_device,
@@ -47,7 +46,8 @@ from medclf.modeling import (
     load_tokenizer,
     resolve_model,
 )
-from medclf.predict import batched_logits, forward_batches, softmax
+from medclf.predict import batched_logits, forward_batches
+from medclf.tasks import Task, task_for
 
 log = logging.getLogger(__name__)
 TRIM_EVERY = 8
@@ -110,12 +110,17 @@ def file_sha256(path: str | Path | None) -> str | None:
 
 def prepare_splits(config: TrainConfig) -> Splits:
     """Read and validate the data, then split it: stratified test and validation parts unless given."""
-    data = load_labeled(
-        config.data, text_columns=config.text_columns, label_column=config.label_column,
-        drop_empty=config.drop_empty, role="training data",
-    )
-    labels = check_classes(data.labels, source=data.source)
-    columns = {"text_columns": data.text_columns, "label_column": data.label_column, "drop_empty": config.drop_empty}
+    columns: dict[str, Any] = {"text_columns": config.text_columns, "label_column": config.label_column,
+                               "drop_empty": config.drop_empty, "multi_label": config.multi_label,
+                               "label_sep": config.label_sep}
+    data = load_labeled(config.data, role="training data", **columns)
+    if config.multi_label:
+        declared = data.label_column if isinstance(data.label_column, list) else None
+        labels = check_label_sets(data.labels, source=data.source, declared=declared,
+                                  sep=None if declared else config.label_sep)
+    else:
+        labels = check_classes(data.labels, source=data.source)
+    columns.update(text_columns=data.text_columns, label_column=data.label_column)
     how = []
 
     def part(path: str | None, pool: LabeledData, fraction: float, name: str) -> tuple[LabeledData, LabeledData]:
@@ -134,14 +139,21 @@ def prepare_splits(config: TrainConfig) -> Splits:
 
     train, test = part(config.test_data, data, config.test_size, "test")
     train, val = part(config.val_data, train, config.val_size, "validation")
-    missing = sorted(set(labels) - set(train.labels))
+    missing = sorted(set(labels) - set(_label_names(train.labels)))
     if missing:
         raise MedclfError(f"Class(es) {', '.join(map(repr, missing))} have no training rows after splitting; add rows.")
     return Splits(train=train, val=val, test=test, labels=labels, how="; ".join(how))
 
 
+def _label_names(values: list[Any]) -> set[str]:
+    """Every label that occurs in a part (label tuples too)."""
+    if values and isinstance(values[0], tuple):
+        return {lab for present in values for lab in present}
+    return set(values)
+
+
 def _check_known(part: LabeledData, labels: list[str], name: str) -> None:
-    unseen = sorted(set(part.labels) - set(labels))
+    unseen = sorted(_label_names(part.labels) - set(labels))
     if unseen:
         shown = ", ".join(repr(u) for u in unseen[:10]) + (" ..." if len(unseen) > 10 else "")
         raise MedclfError(
@@ -166,14 +178,6 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optim
         return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
 
 
-def _class_weights(train: LabeledData, labels: list[str], mode: str) -> torch.Tensor | None:
-    if mode == "none":
-        return None
-    counts = Counter(train.labels)
-    n = len(train.labels)
-    return torch.tensor([n / (len(labels) * counts[lab]) for lab in labels], dtype=torch.float32)
-
-
 @torch.inference_mode()
 def fit_head_on_frozen_features(
     model: torch.nn.Module,
@@ -189,7 +193,8 @@ def fit_head_on_frozen_features(
     doc_of: list[int] | None = None,
 ) -> bool:
     """Linear probe, then fine-tune (LP-FT): fit the classifier head by logistic regression on the
-    frozen encoder's features (the classifier's input), and copy the solution into the head.
+    frozen encoder's features (the classifier's input), and copy the solution into the head. `y` holds
+    class ids, or (multi-label) a 0/1 matrix: then one logistic regression per label.
     `amp` gives the autocast context for the feature pass (training precision: the features only seed
     the head, and fine-tuning follows). Returns False (nothing changed) when the head is not a single linear layer."""
     from medclf.embeddings import fit_logistic
@@ -235,11 +240,13 @@ class Prepared:
     """The tokenized parts and label ids every fitting method starts from."""
 
     enc: dict[str, Encoded]
-    y_train: torch.Tensor
+    y_train: np.ndarray
+    """Class ids (n,), or (multi-label) a 0/1 float matrix (n, n_labels); likewise y_val and y_test."""
     y_val: np.ndarray
     y_test: np.ndarray
     pad_id: int
     device: torch.device
+    task: Task
 
 
 def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
@@ -252,10 +259,11 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     runlog = RunLog()
     splits = prepare_splits(config)
     labels = splits.labels
-    label_id = {lab: i for i, lab in enumerate(labels)}
+    task = task_for(config.multi_label)
     runlog.info(
-        "Data: %d train / %d validation / %d test rows, %d classes (%s).",
-        len(splits.train), len(splits.val), len(splits.test), len(labels), splits.how,
+        "Data: %d train / %d validation / %d test rows, %d %s (%s).",
+        len(splits.train), len(splits.val), len(splits.test), len(labels),
+        "labels, several per text allowed" if task.multi_label else "classes", splits.how,
     )
 
     set_seed(config.seed)
@@ -279,11 +287,12 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
             )
     prep = Prepared(
         enc=enc,
-        y_train=torch.tensor([label_id[lab] for lab in splits.train.labels]),
-        y_val=np.array([label_id[lab] for lab in splits.val.labels]),
-        y_test=np.array([label_id[lab] for lab in splits.test.labels]),
+        y_train=task.targets(splits.train.labels, labels),
+        y_val=task.targets(splits.val.labels, labels),
+        y_test=task.targets(splits.test.labels, labels),
         pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
         device=device,
+        task=task,
     )
     fit = _fit_embeddings if config.method == "embeddings" else _finetune
     fitted = fit(config, source=source, labels=labels, splits=splits, prep=prep, runlog=runlog, progress=progress)
@@ -291,12 +300,19 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
 
     eval_start = time.perf_counter()
     test_logits = document_logits(model, prep.enc["test"], config, pad_id=pad_id, device=prep.device)
-    test_probs = softmax(test_logits)
+    test_probs = task.probabilities(test_logits)
     test_seconds = time.perf_counter() - eval_start
-    test = classification_metrics(y_test, test_probs, labels, loss=cross_entropy(test_probs, y_test))
+    # multi-label: the thresholds tuned on validation for the kept weights decide; 0.5 is reported beside them.
+    thresholds = np.array([fitted.validation["thresholds"][lab] for lab in labels]) if task.multi_label else None
+    test = task.metrics(y_test, test_probs, labels, thresholds)
+    if task.multi_label:
+        fixed = task.metrics(y_test, test_probs, labels)
+        test["at_threshold_0.5"] = {key: fixed[key] for key in
+                                    ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss")}
 
     metrics: dict[str, Any] = {
         "test": test,
+        "task": task.name,
         "method": config.method,
         "validation": fitted.validation,
         "best_epoch": fitted.best_epoch,
@@ -308,7 +324,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
             "n_val": len(splits.val),
             "n_test": len(splits.test),
             "class_counts": {
-                name: dict(Counter(part.labels)) for name, part in
+                name: task.counts(part.labels) for name, part in
                 (("train", splits.train), ("validation", splits.val), ("test", splits.test))
             },
             "n_dropped_empty": splits.train.n_dropped,
@@ -325,6 +341,8 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         "medclf_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "labels": labels,
+        "task": task.name,
+        "thresholds": None if thresholds is None else {lab: float(t) for lab, t in zip(labels, thresholds)},
         "text_columns": splits.train.text_columns,
         "label_column": splits.train.label_column,
         "model_source": source,
@@ -346,12 +364,13 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         save_pretrained_atomic(model.cpu(), tokenizer, stage / MODEL_DIR)
         atomic_write_json(stage / CONFIG_FILE, {"config": config.to_dict(), "run": run_info})
         runlog.info(
-            "Test: accuracy %.4f, macro-F1 %.4f on %d rows; training %.1f s (%.1f samples/s).",
-            test["accuracy"], test["macro_f1"], test["n"], metrics["timing"]["train_seconds"],
+            "Test: %s on %d rows; training %.1f s (%.1f samples/s).",
+            headline(test).replace("   ", ", "), test["n"], metrics["timing"]["train_seconds"],
             metrics["timing"]["train_samples_per_second"] or 0.0,
         )
         atomic_write_text(stage / LOG_FILE, runlog.text())
-        atomic_write_text(stage / PREDICTIONS_FILE, _predictions_csv(splits.test, labels, y_test, test_probs))
+        atomic_write_text(stage / PREDICTIONS_FILE, _predictions_csv(splits.test, labels, task, test_probs, thresholds,
+                                                                     config.label_sep))
         from medclf.report import write_report
 
         metrics["timing"]["total_seconds"] = time.perf_counter() - started
@@ -376,7 +395,8 @@ def _finetune(
     model = load_classifier(
         source, labels=labels, attention_dropout=config.attention_dropout, trust_remote_code=config.trust_remote_code
     )
-    model.config.problem_type = "single_label_classification"
+    task = prep.task
+    model.config.problem_type = "multi_label_classification" if task.multi_label else "single_label_classification"
     precision = choose_precision(config.precision, device)
     model.to(device)
     runlog.info("Model %s on %s; precision %s (%s).", config.model, device.type, precision.name, precision.reason)
@@ -389,7 +409,7 @@ def _finetune(
     if config.head_init == "linear-probe":
         probe_start = time.perf_counter()
         done = fit_head_on_frozen_features(
-            model, enc["train"].input_ids, y_train.numpy(), pad_id=pad_id, device=device, doc_of=enc["train"].doc_of,
+            model, enc["train"].input_ids, y_train, pad_id=pad_id, device=device, doc_of=enc["train"].doc_of,
             batch_size=config.eval_batch_size, class_weight="balanced" if config.class_weights == "balanced" else None,
             seed=config.seed, amp=lambda: autocast(device, precision),
         )
@@ -414,8 +434,8 @@ def _finetune(
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    weights = _class_weights(splits.train, labels, config.class_weights)
-    loss_fn = torch.nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
+    loss_fn = task.loss(y_train, len(labels), config.class_weights).to(device)
+    y_train_t = torch.as_tensor(y_train)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.name == "fp16")
     generator = torch.Generator().manual_seed(config.seed)
     amp = lambda: autocast(device, precision)
@@ -442,7 +462,7 @@ def _finetune(
             windows = train_enc.windows_of(batch)
             inputs = collate([train_enc.input_ids[w] for w in windows], pad_id)
             inputs = {k: v.to(device) for k, v in inputs.items()}
-            target = y_train[batch].to(device)
+            target = y_train_t[batch].to(device)
             with amp():
                 logits = model(**inputs).logits.float()
             if train_enc.doc_of is not None:  # chunk: pool the windows' logits into one per text, end to end
@@ -469,13 +489,13 @@ def _finetune(
         train_seconds += epoch_train
         train_loss = running / max(1, len(batches))
         # Evaluation runs in fp32, as TextClassifier does, so validation and test figures are what users get.
-        val = _validate(model, enc["val"], y_val, labels, config, pad_id=pad_id, device=device)
+        val = _validate(model, enc["val"], y_val, labels, config, task, pad_id=pad_id, device=device)
         row = {
             "epoch": epoch,
             "step": step,
             "train_loss": train_loss,
             "val_loss": val["loss"],
-            "val_accuracy": val["accuracy"],
+            "val_accuracy": _accuracy(val),
             "val_macro_f1": val["macro_f1"],
             "lr": scheduler.get_last_lr()[0],
             "seconds": epoch_train,
@@ -486,9 +506,9 @@ def _finetune(
             average.add(model)
             if average.count > 1:
                 current = average.swap_in(model)
-                averaged = _validate(model, enc["val"], y_val, labels, config, pad_id=pad_id, device=device)
+                averaged = _validate(model, enc["val"], y_val, labels, config, task, pad_id=pad_id, device=device)
                 average.restore(model, current)
-                row.update(avg_val_loss=averaged["loss"], avg_val_accuracy=averaged["accuracy"],
+                row.update(avg_val_loss=averaged["loss"], avg_val_accuracy=_accuracy(averaged),
                            avg_val_macro_f1=averaged["macro_f1"])
                 candidates.append((f"average of epochs 1-{epoch}", averaged, average))
         history.append(row)
@@ -501,8 +521,8 @@ def _finetune(
         averaged_note = (f"  averaged weights: val loss {_num(row['avg_val_loss'])} macro-F1 {row['avg_val_macro_f1']:.4f}"
                          if "avg_val_loss" in row else "")
         runlog.info(
-            "epoch %d/%d  train loss %.4f  val loss %s  val acc %.4f  val macro-F1 %.4f  %.0fs (%.1f samples/s)%s%s",
-            epoch, epochs, train_loss, _num(val["loss"]), val["accuracy"], val["macro_f1"], epoch_train,
+            "epoch %d/%d  train loss %.4f  val loss %s  val %s %.4f  val macro-F1 %.4f  %.0fs (%.1f samples/s)%s%s",
+            epoch, epochs, train_loss, _num(val["loss"]), _accuracy_name(task), _accuracy(val), val["macro_f1"], epoch_train,
             row["samples_per_second"], averaged_note, chosen,
         )
         if step >= total_steps:
@@ -550,18 +570,18 @@ def _fit_embeddings(
     runlog.info("Embedded %d texts (%d sequences) in %.0f s.", enc["train"].n_docs + enc["val"].n_docs,
                 len(enc["train"].input_ids) + len(enc["val"].input_ids), embed_seconds)
     class_weight = "balanced" if config.class_weights == "balanced" else None
-    y_train = prep.y_train.numpy()
+    y_train, task = prep.y_train, prep.task
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"macro_f1": -1.0}
     for i, c in enumerate(C_GRID, 1):
         weight, bias = fit_logistic(features["train"], y_train, len(labels), c=c, class_weight=class_weight, seed=config.seed)
-        probs = softmax(features["val"] @ weight.T + bias)
-        val = classification_metrics(prep.y_val, probs, labels, loss=cross_entropy(probs, prep.y_val))
-        history.append({"epoch": i, "C": c, "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+        probs = task.probabilities(features["val"] @ weight.T + bias)
+        val = task.selection_metrics(prep.y_val, probs, labels)
+        history.append({"epoch": i, "C": c, "val_loss": val["loss"], "val_accuracy": _accuracy(val),
                         "val_macro_f1": val["macro_f1"]})
         improved = val["macro_f1"] > best["macro_f1"]
-        runlog.info("C=%g  val loss %.4f  val acc %.4f  val macro-F1 %.4f%s", c, val["loss"], val["accuracy"],
-                    val["macro_f1"], "  best" if improved else "")
+        runlog.info("C=%g  val loss %s  val %s %.4f  val macro-F1 %.4f%s", c, _num(val["loss"]), _accuracy_name(task),
+                    _accuracy(val), val["macro_f1"], "  best" if improved else "")
         if improved:
             best = {"epoch": i, "macro_f1": val["macro_f1"], "metrics": val, "head": (weight, bias), "C": c}
     model.set_head(*best["head"])
@@ -583,6 +603,15 @@ def _fit_embeddings(
     )
 
 
+def _accuracy(metrics: dict[str, Any]) -> float:
+    """Accuracy, or (multi-label) subset accuracy: the share of texts whose label set is exactly right."""
+    return metrics["subset_accuracy"] if metrics.get("task") == "multi-label" else metrics["accuracy"]
+
+
+def _accuracy_name(task: Task) -> str:
+    return "subset acc" if task.multi_label else "acc"
+
+
 def _num(value: float | None) -> str:
     """A loss for the log: 'n/a' when it was not finite (metrics store None then)."""
     return "n/a" if value is None else f"{value:.4f}"
@@ -595,12 +624,13 @@ def document_logits(model: torch.nn.Module, e: Encoded, config: TrainConfig, *, 
 
 
 def _validate(
-    model: torch.nn.Module, e: Encoded, y: np.ndarray, labels: list[str], config: TrainConfig,
+    model: torch.nn.Module, e: Encoded, y: np.ndarray, labels: list[str], config: TrainConfig, task: Task,
     *, pad_id: int, device: torch.device,
 ) -> dict[str, Any]:
-    probs = softmax(document_logits(model, e, config, pad_id=pad_id, device=device))
+    """Validation figures that decide which weights are kept (multi-label: at thresholds tuned on them)."""
+    probs = task.probabilities(document_logits(model, e, config, pad_id=pad_id, device=device))
     release_memory()
-    return classification_metrics(y, probs, labels, loss=cross_entropy(probs, y))
+    return task.selection_metrics(y, probs, labels)
 
 
 def _trainable_snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -661,14 +691,21 @@ def _truncation(e: Encoded, max_length: int) -> dict[str, Any]:
     return out
 
 
-def _predictions_csv(test: LabeledData, labels: list[str], y: np.ndarray, probs: np.ndarray) -> str:
-    """Test predictions by source row index; the texts are left out (they may hold patient data)."""
+def _predictions_csv(
+    test: LabeledData, labels: list[str], task: Task, probs: np.ndarray, thresholds: np.ndarray | None, sep: str
+) -> str:
+    """Test predictions by source row index; the texts are left out (they may hold patient data).
+    Multi-label: the true and predicted label sets joined with the run's label separator."""
     import pandas as pd
 
-    frame = pd.DataFrame({"row": test.rows, "label": [labels[i] for i in y]})
-    pred = probs.argmax(axis=1)
-    frame["predicted"] = [labels[i] for i in pred]
-    frame["score"] = probs[np.arange(len(pred)), pred]
+    decided = task.decide(probs, thresholds)
+    if task.multi_label:
+        frame = pd.DataFrame({"row": test.rows, "labels": [sep.join(present) for present in test.labels],
+                              "predicted": [sep.join(task.names(d, labels)) for d in decided]})
+    else:
+        frame = pd.DataFrame({"row": test.rows, "label": test.labels})
+        frame["predicted"] = [labels[i] for i in decided]
+        frame["score"] = probs[np.arange(len(decided)), decided]
     for i, lab in enumerate(labels):
         frame[f"prob_{lab}"] = probs[:, i]
     return frame.to_csv(index=False, float_format="%.6f")

@@ -1,0 +1,180 @@
+"""Single-label and multi-label classification: what differs between the two, in one place.
+
+Training, evaluation, inference, export and serving ask the run's task how to turn logits into
+probabilities (softmax or sigmoid), labels into targets, targets into a loss, and probabilities
+into decisions (the most probable class, or every label at or above its own threshold).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+DEFAULT_THRESHOLD = 0.5
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    out = np.empty_like(logits, dtype=np.float64)
+    positive = logits >= 0
+    out[positive] = 1.0 / (1.0 + np.exp(-logits[positive]))
+    exp = np.exp(logits[~positive])
+    out[~positive] = exp / (1.0 + exp)
+    return out.astype(logits.dtype if np.issubdtype(logits.dtype, np.floating) else np.float64)
+
+
+def tune_thresholds(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """One threshold per label that maximises that label's F1 on (y, probs).
+
+    Candidates are the midpoints between consecutive distinct probabilities (predict the top k texts
+    positive, for every k); ties go to the threshold nearest 0.5. A label with no positive text keeps
+    0.5: there is nothing to tune it on."""
+    y = np.asarray(y, dtype=bool)
+    thresholds = np.full(y.shape[1], DEFAULT_THRESHOLD)
+    for j in range(y.shape[1]):
+        n_pos = int(y[:, j].sum())
+        if n_pos == 0:
+            continue
+        order = np.argsort(-probs[:, j], kind="stable")
+        p = probs[order, j].astype(np.float64)
+        tp = np.cumsum(y[order, j])
+        k = np.arange(1, len(p) + 1)
+        nxt = np.append(p[1:], 0.0)
+        distinct = p > nxt  # a cut between k and k+1 texts only exists where the probabilities differ
+        distinct[-1] = True
+        f1 = 2 * tp / (k + n_pos)
+        cut = (p + nxt) / 2
+        candidates = np.flatnonzero(distinct)
+        best = f1[candidates].max()
+        tied = candidates[np.isclose(f1[candidates], best)]
+        thresholds[j] = cut[tied[np.argmin(np.abs(cut[tied] - DEFAULT_THRESHOLD))]]
+    return thresholds
+
+
+class SingleLabel:
+    """One class per text: softmax, cross-entropy, the most probable class."""
+
+    multi_label = False
+    name = "single-label"
+
+    @staticmethod
+    def probabilities(logits: np.ndarray) -> np.ndarray:
+        return softmax(logits)
+
+    @staticmethod
+    def targets(values: list[Any], labels: list[str]) -> np.ndarray:
+        index = {lab: i for i, lab in enumerate(labels)}
+        return np.array([index[v] for v in values], dtype=np.int64)
+
+    @staticmethod
+    def decide(probs: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarray:
+        """Predicted label ids: shape (n,)."""
+        return probs.argmax(axis=1)
+
+    @staticmethod
+    def names(decided: Any, labels: list[str]) -> str:
+        return labels[int(decided)]
+
+    @staticmethod
+    def agreement(a: np.ndarray, b: np.ndarray, thresholds: np.ndarray | None = None) -> float:
+        """Share of texts with the same top label."""
+        return float((a.argmax(axis=1) == b.argmax(axis=1)).mean()) if len(a) else 1.0
+
+    @staticmethod
+    def counts(values: list[Any]) -> dict[str, int]:
+        return dict(Counter(values))
+
+    @staticmethod
+    def metrics(y: np.ndarray, probs: np.ndarray, labels: list[str], thresholds: np.ndarray | None = None) -> dict[str, Any]:
+        from medclf.metrics import classification_metrics, cross_entropy
+
+        return classification_metrics(y, probs, labels, loss=cross_entropy(probs, y))
+
+    def selection_metrics(self, y: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict[str, Any]:
+        """Validation figures that pick the kept weights (macro_f1 decides)."""
+        return self.metrics(y, probs, labels)
+
+    @staticmethod
+    def loss(y_train: np.ndarray, n_labels: int, class_weights: str) -> Any:
+        import torch
+
+        weight = None
+        if class_weights == "balanced":
+            counts = np.bincount(y_train, minlength=n_labels)
+            weight = torch.tensor(len(y_train) / (n_labels * np.maximum(counts, 1)), dtype=torch.float32)
+        return torch.nn.CrossEntropyLoss(weight=weight)
+
+
+class MultiLabel:
+    """Any number of labels per text (none included): sigmoid, binary cross-entropy, a threshold per label."""
+
+    multi_label = True
+    name = "multi-label"
+
+    @staticmethod
+    def probabilities(logits: np.ndarray) -> np.ndarray:
+        return sigmoid(logits)
+
+    @staticmethod
+    def targets(values: list[Any], labels: list[str]) -> np.ndarray:
+        index = {lab: i for i, lab in enumerate(labels)}
+        y = np.zeros((len(values), len(labels)), dtype=np.float32)
+        for row, present in enumerate(values):
+            y[row, [index[lab] for lab in present]] = 1.0
+        return y
+
+    @staticmethod
+    def decide(probs: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarray:
+        """Predicted label indicators: shape (n, n_labels), True where a probability reaches its threshold."""
+        return probs >= (DEFAULT_THRESHOLD if thresholds is None else np.asarray(thresholds))
+
+    @staticmethod
+    def names(decided: Any, labels: list[str]) -> list[str]:
+        return [labels[i] for i in np.flatnonzero(decided)]
+
+    def agreement(self, a: np.ndarray, b: np.ndarray, thresholds: np.ndarray | None = None) -> float:
+        """Share of texts given exactly the same label set."""
+        return float((self.decide(a, thresholds) == self.decide(b, thresholds)).all(axis=1).mean()) if len(a) else 1.0
+
+    @staticmethod
+    def counts(values: list[Any]) -> dict[str, int]:
+        counts = Counter(lab for present in values for lab in present)
+        return dict(counts)
+
+    @staticmethod
+    def metrics(y: np.ndarray, probs: np.ndarray, labels: list[str], thresholds: np.ndarray | None = None) -> dict[str, Any]:
+        from medclf.metrics import binary_cross_entropy, multilabel_metrics
+
+        t = np.full(len(labels), DEFAULT_THRESHOLD) if thresholds is None else np.asarray(thresholds)
+        return multilabel_metrics(y, probs, labels, thresholds=t, loss=binary_cross_entropy(probs, y))
+
+    def selection_metrics(self, y: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict[str, Any]:
+        """Validation figures at thresholds tuned on this same validation part (as the kept model will use)."""
+        return self.metrics(y, probs, labels, tune_thresholds(y, probs))
+
+    @staticmethod
+    def loss(y_train: np.ndarray, n_labels: int, class_weights: str) -> Any:
+        """BCE on logits; with class_weights 'balanced', pos_weight = negatives / positives per label."""
+        import torch
+
+        pos_weight = None
+        if class_weights == "balanced":
+            positives = y_train.sum(axis=0)
+            pos_weight = torch.tensor((len(y_train) - positives) / np.maximum(positives, 1), dtype=torch.float32)
+        return torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+
+
+SINGLE_LABEL = SingleLabel()
+MULTI_LABEL = MultiLabel()
+Task = SingleLabel | MultiLabel
+
+
+def task_for(multi_label: bool) -> Task:
+    return MULTI_LABEL if multi_label else SINGLE_LABEL
