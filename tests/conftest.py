@@ -44,7 +44,7 @@ def write_csv(path: Path, rows: list[dict[str, str]], *, delimiter: str = ",") -
     return path
 
 
-def build_tiny_bert(path: Path, *, max_positions: int = 128) -> str:
+def build_tiny_bert(path: Path, *, max_positions: int = 512) -> str:
     """A 2-layer, 32-wide BERT with random weights and the packaged MiniLM's tokenizer."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel

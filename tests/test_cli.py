@@ -123,13 +123,14 @@ def bad_files(tmp_path):
         ("garbled", "could not be parsed as PARQUET"),
         ("bad_csv", "could not be parsed as CSV"),
         ("bad_option", "precision must be one of"),
+        ("too_long", "--max-length 600 is more than this model reads (512 tokens)"),
     ],
 )
 def test_bad_training_input_gives_one_sentence_and_exit_2(tmp_path, tiny_model, small_csv, bad_files, case, fragment):
     args = ["train", "--model", tiny_model, "--output", tmp_path / "out", "--max-steps", "1"]
     data = {
         "missing": tmp_path / "nope.csv", "unknown_format": tmp_path / "x.xlsx", "missing_column": small_csv,
-        "unseen": small_csv, "bad_option": small_csv,
+        "unseen": small_csv, "bad_option": small_csv, "too_long": small_csv,
     }.get(case, bad_files.get(case))
     if case == "unknown_format":
         data.write_text("x")
@@ -140,6 +141,8 @@ def test_bad_training_input_gives_one_sentence_and_exit_2(tmp_path, tiny_model, 
         args += ["--test-data", bad_files["unseen"]]
     if case == "bad_option":
         args += ["--precision", "fp64"]
+    if case == "too_long":
+        args += ["--max-length", "600"]
     result = invoke(*args)
     assert_user_error(result, fragment)
     assert not (tmp_path / "out").exists()

@@ -208,3 +208,34 @@ def test_the_report_describes_the_windows(chunk_run):
     report = (out / "report.md").read_text()
     assert "windows of 16 tokens, at most 16 per text, window logits pooled by max" in report
     assert "windows per text" in report and SECRET not in report
+
+
+def test_a_run_trained_on_short_texts_reads_long_ones_in_windows_when_asked(tiny_model, small_csv, tmp_path):
+    """--long-text at inference overrides the run's choice: the same model, the text read window by window."""
+    from medclf import TrainConfig, train
+
+    trained_run = train(TrainConfig(data=str(small_csv), model=tiny_model, output=str(tmp_path / "run"), epochs=1,
+                                    max_length=32), progress=False).run_dir
+    long_text = " ".join(["patient seen today history reviewed"] * 40) + " chest pain troponin"
+    clf = TextClassifier.load(trained_run, backend="torch", long_text="chunk")
+    assert clf.long_text == "chunk" and TextClassifier.load(trained_run, backend="torch").long_text == "head-tail"
+    probs, spans = clf.predict_with_windows([long_text])
+    assert np.isclose(probs.sum(), 1.0) and spans[0] is not None and spans[0][1] <= len(long_text)
+    result = runner.invoke(app, ["predict", str(trained_run), long_text, "--long-text", "chunk", "--backend", "torch"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["window"]["end"] <= len(long_text) and "patient seen" not in result.stdout
+    out = tmp_path / "eval.json"
+    result = runner.invoke(app, ["evaluate", str(trained_run), "--data", str(small_csv), "--long-text", "chunk",
+                                 "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["long_text"] == "chunk"
+
+
+def test_an_unknown_long_text_at_inference_exits_2(trained_run):
+    from medclf.serve import ServeSettings
+
+    result = runner.invoke(app, ["predict", str(trained_run), "some text", "--long-text", "windows"])
+    assert result.exit_code == 2 and "long_text must be one of truncate, head-tail, chunk" in result.output
+    with pytest.raises(Exception, match="--long-text must be one of"):
+        ServeSettings(run_dir=str(trained_run), long_text="windows")

@@ -30,6 +30,10 @@ _state = {"debug": False, "quiet": False}
 T = TypeVar("T")
 D = TrainConfig()  # the CLI's defaults are the config's defaults
 INFER_BATCH = 16  # = medclf.predict.DEFAULT_BATCH_SIZE (not imported here: it would load torch for --help)
+LongTextOpt = Annotated[
+    str | None,
+    typer.Option("--long-text", help="truncate | head-tail | chunk for texts over the run's --max-length. Default: as the run was trained (chunk reads a long text in windows and pools them, even with a run trained on short texts)."),
+]
 BackendOpt = Annotated[
     str,
     typer.Option("--backend", help="auto | torch | onnx | onnx-int8. auto: the int8 ONNX model if `medclf export` wrote one, else the fp32 ONNX model, else PyTorch."),
@@ -176,6 +180,7 @@ def evaluate(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Inference batch size.")] = INFER_BATCH,
     drop_empty: Annotated[bool, typer.Option("--drop-empty", help="Skip rows with an empty text or label.")] = False,
     backend: BackendOpt = "auto",
+    long_text: LongTextOpt = None,
 ) -> None:
     """Accuracy, macro/weighted F1, per-class figures, confusion matrix, loss and ROC-AUC on a labelled table
     (multi-label runs: micro/macro/samples F1, subset accuracy, Hamming loss, per-label figures)."""
@@ -186,7 +191,7 @@ def evaluate(
 
         metrics = evaluate_fn(
             run_dir, data=data, text_columns=text_column, label_column=label_column,
-            drop_empty=drop_empty, batch_size=batch_size, output=output, backend=backend,
+            drop_empty=drop_empty, batch_size=batch_size, output=output, backend=backend, long_text=long_text,
         )
         typer.echo(format_table(metrics))
         if "confusion_matrix" in metrics:
@@ -214,6 +219,7 @@ def predict(
     keep_text: Annotated[bool, typer.Option("--keep-text", help="Copy the text column(s) into the output (off: outputs carry no text).")] = False,
     drop_empty: Annotated[bool, typer.Option("--drop-empty", help="Skip empty texts instead of refusing the input.")] = False,
     backend: BackendOpt = "auto",
+    long_text: LongTextOpt = None,
 ) -> None:
     """Label new texts: the predicted label and the probability of every class, for each text."""
 
@@ -222,7 +228,7 @@ def predict(
 
         count = predict_file(
             run_dir, texts=texts, input=input, output=output, text_columns=text_column, top_k=top_k,
-            batch_size=batch_size, keep_text=keep_text, drop_empty=drop_empty, backend=backend,
+            batch_size=batch_size, keep_text=keep_text, drop_empty=drop_empty, backend=backend, long_text=long_text,
         )
         if output:
             log.info("Wrote %d predictions to %s", count, output)
@@ -281,6 +287,7 @@ def serve(
     api_key_env: Annotated[str | None, typer.Option("--api-key-env", help="Name of an environment variable holding the API key; /v1/* then needs 'Authorization: Bearer KEY'.")] = None,
     workers: Annotated[int, typer.Option("--workers", help="Server processes, each with its own copy of the model.")] = 1,
     threads: Annotated[int | None, typer.Option("--threads", help="Inference threads per worker. Default: the cores divided among the workers.")] = None,
+    long_text: LongTextOpt = None,
 ) -> None:
     """Serve a run over HTTP: POST /v1/predict, GET /v1/model, /healthz, /readyz, /metrics, and a page at /."""
 
@@ -291,6 +298,7 @@ def serve(
         settings = ServeSettings(
             run_dir=run_dir, host=host, port=port, backend=backend, max_batch=max_batch, max_chars=max_chars,
             max_queue=max_queue, max_wait_ms=max_wait_ms, api_key_env=api_key_env, workers=workers, threads=threads,
+            long_text=long_text,
         )
         serve_fn(settings)
 

@@ -24,14 +24,16 @@ def evaluate(
     output: str | Path | None = None,
     backend: str = "auto",
     classifier: TextClassifier | None = None,
+    long_text: str | None = None,
 ) -> dict[str, Any]:
     """Accuracy, macro/weighted F1, per-class figures, confusion matrix, loss and ROC-AUC on `data`;
     for a multi-label run, micro/macro/samples F1, subset accuracy, Hamming loss and per-label figures
     at the run's thresholds.
 
-    Column names (and the label separator) default to the ones the run was trained with.
+    Column names (and the label separator) default to the ones the run was trained with; long_text
+    overrides how the run cuts or windows long texts (default: as trained).
     """
-    clf = classifier or TextClassifier.load(run_dir, batch_size=batch_size, backend=backend)
+    clf = classifier or TextClassifier.load(run_dir, batch_size=batch_size, backend=backend, long_text=long_text)
     run = clf.config.get("run", {})
     options = clf.config.get("config", {})
     part = load_labeled(
@@ -58,6 +60,7 @@ def evaluate(
     metrics = clf.task.metrics(y, probs, labels, thresholds)
     metrics["data_file"] = str(data)
     metrics["backend"] = clf.backend
+    metrics["long_text"] = clf.long_text
     if output is not None:
         atomic_write_json(output, metrics)
     return metrics

@@ -158,6 +158,26 @@ def load_classifier(
     return from_pretrained(AutoModelForSequenceClassification, source, **kwargs)
 
 
+POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2, "longformer": 2}
+"""Models whose position table starts after the padding index: they read max_position_embeddings - 2 tokens."""
+
+
+def check_max_length(source: str, max_length: int, *, trust_remote_code: bool = False) -> None:
+    """Refuse a --max-length the model has no positions for (the forward pass would fail mid-run)."""
+    from transformers import AutoConfig
+
+    config = from_pretrained(AutoConfig, source, trust_remote_code=trust_remote_code)
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int):
+        return
+    limit = positions - POSITION_OFFSET.get(getattr(config, "model_type", ""), 0)
+    if max_length > limit:
+        raise MedclfError(
+            f"--max-length {max_length} is more than this model reads ({limit} tokens); pass --max-length {limit} or "
+            "less (with --long-text chunk, longer texts are still read in windows of that size)."
+        )
+
+
 def load_encoder(source: str, *, trust_remote_code: bool = False) -> torch.nn.Module:
     """The bare encoder (no head), for embeddings."""
     from transformers import AutoModel

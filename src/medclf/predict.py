@@ -109,14 +109,21 @@ class TextClassifier:
         batch_size: int = DEFAULT_BATCH_SIZE,
         threads: int | None = None,
         trust_remote_code: bool = False,
+        long_text: str | None = None,
     ) -> TextClassifier:
         """Load a run directory written by `medclf train` (or its model/ folder).
 
         backend: "torch"; "onnx" or "onnx-int8" (the files `medclf export` wrote into RUN/onnx/);
         "auto": onnx-int8 if exported, else onnx if exported, else torch (ONNX only with onnxruntime
         installed and the device left on auto or cpu). threads: ONNX Runtime's intra-op threads
-        (default: one per core).
+        (default: one per core). long_text: how texts over the window are handled at inference,
+        'truncate' | 'head-tail' | 'chunk' (default: as the run was trained). A run trained on short
+        texts can read long ones in windows (chunk, with the run's --pool or max) without retraining.
         """
+        from medclf.config import LONG_TEXT
+
+        if long_text is not None and long_text not in LONG_TEXT:
+            raise MedclfError(f"long_text must be one of {', '.join(LONG_TEXT)}, not {long_text!r}.")
         if backend not in BACKENDS:
             raise MedclfError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}.")
         path = Path(path)
@@ -136,7 +143,10 @@ class TextClassifier:
             )
         options = config.get("config", {})
         saved = config.get("run", {}).get("thresholds")
-        common = {"max_length": int(options.get("max_length", 256)), "long_text": options.get("long_text", "truncate"),
+        trained_long_text = options.get("long_text", "truncate")
+        if long_text is not None and long_text != trained_long_text:
+            log.info("Long texts: %s at inference (the run was trained with %s).", long_text, trained_long_text)
+        common = {"max_length": int(options.get("max_length", 256)), "long_text": long_text or trained_long_text,
                   "stride": options.get("stride"), "max_chunks": int(options.get("max_chunks", 8)),
                   "pool": options.get("pool", "max"), "batch_size": batch_size, "config": config,
                   "multi_label": bool(options.get("multi_label", False)),

@@ -94,6 +94,7 @@ def predict_file(
     drop_empty: bool = False,
     backend: str = "auto",
     classifier: TextClassifier | None = None,
+    long_text: str | None = None,
 ) -> int:
     """Classify texts from arguments or a file; write CSV/JSONL to `output` (atomically) or JSONL to stdout."""
     if top_k is not None and top_k < 1:
@@ -104,7 +105,7 @@ def predict_file(
         if suffix not in OUTPUT_FORMATS:
             raise MedclfError(f"Unknown output format '{suffix or '(none)'}': use .csv or .jsonl.")
         fmt = OUTPUT_FORMATS[suffix]
-    clf = classifier or TextClassifier.load(run_dir, batch_size=batch_size, backend=backend)
+    clf = classifier or TextClassifier.load(run_dir, batch_size=batch_size, backend=backend, long_text=long_text)
     frame, batch, columns = read_inputs(
         input, texts, text_columns=text_columns, default_columns=clf.config.get("run", {}).get("text_columns"),
         drop_empty=drop_empty,

@@ -65,6 +65,8 @@ class ServeSettings:
     """Inference threads per worker (default: the cores divided among the workers)."""
     inference_batch: int = 16
     graceful_timeout_s: float = 30.0
+    long_text: str | None = None
+    """truncate | head-tail | chunk at inference; None: as the run was trained."""
 
     def __post_init__(self) -> None:
         from medclf.predict import BACKENDS
@@ -84,6 +86,10 @@ class ServeSettings:
             raise MedclfError(f"--max-wait-ms must be between 0 and 1000, not {self.max_wait_ms}.")
         if self.threads is not None and self.threads < 1:
             raise MedclfError(f"--threads must be at least 1, not {self.threads}.")
+        from medclf.config import LONG_TEXT
+
+        if self.long_text is not None and self.long_text not in LONG_TEXT:
+            raise MedclfError(f"--long-text must be one of {', '.join(LONG_TEXT)}, not {self.long_text!r}.")
         if self.api_key_env is not None and not self.api_key_env.strip():
             raise MedclfError("--api-key-env must name an environment variable.")
 
@@ -303,7 +309,8 @@ def create_app(settings: ServeSettings) -> Any:
 
         torch.set_num_threads(settings.inference_threads())
         clf = TextClassifier.load(settings.run_dir, backend=settings.backend, device="cpu",
-                                  batch_size=settings.inference_batch, threads=settings.inference_threads())
+                                  batch_size=settings.inference_batch, threads=settings.inference_threads(),
+                                  long_text=settings.long_text)
         clf.predict_proba(["warm-up"])  # first-call costs (allocations, kernel choice) before the first user
         state["clf"] = clf
         state["info"] = _model_info(clf, settings, __version__)

@@ -38,6 +38,7 @@ from medclf.errors import MedclfError
 from medclf.metrics import headline
 from medclf.modeling import (
     autocast,
+    check_max_length,
     choose_device,
     choose_precision,
     freeze_embeddings,
@@ -260,6 +261,8 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     splits = prepare_splits(config)
     labels = splits.labels
     task = task_for(config.multi_label)
+    source = resolve_model(config.model)
+    check_max_length(source, config.max_length, trust_remote_code=config.trust_remote_code)
     runlog.info(
         "Data: %d train / %d validation / %d test rows, %d %s (%s).",
         len(splits.train), len(splits.val), len(splits.test), len(labels),
@@ -267,7 +270,6 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     )
 
     set_seed(config.seed)
-    source = resolve_model(config.model)
     tokenizer = load_tokenizer(source, trust_remote_code=config.trust_remote_code)
     device = choose_device(config.device)
     enc = {
