@@ -22,6 +22,7 @@ CONFIG_FILE = "train_config.json"
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
 CONFUSION_FILE = "confusion_matrix.png"
+CALIBRATION_FILE = "calibration.png"
 PREDICTIONS_FILE = "predictions_test.csv"
 LOG_FILE = "train.log"
 

@@ -140,6 +140,7 @@ def train(
     precision: Annotated[str, typer.Option("--precision", help="auto | fp32 | bf16 | fp16. auto: bf16 only where the hardware runs it fast.")] = D.precision,
     class_weights: Annotated[str, typer.Option("--class-weights", help="none | balanced (weight the loss by inverse class frequency; --multi-label: pos_weight = negatives/positives per label).")] = D.class_weights,
     head_init: Annotated[str, typer.Option("--head-init", help="random | linear-probe (fit the head on frozen features before fine-tuning).")] = D.head_init,
+    calibrate: Annotated[bool, typer.Option("--calibrate/--no-calibrate", help="Fit temperature scaling on the validation part so that probabilities match observed frequencies (changes no predicted label).")] = D.calibrate,
     drop_empty: Annotated[bool, typer.Option("--drop-empty", help="Skip rows with an empty text or label instead of refusing the file.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run at --output.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | mps.")] = "auto",
@@ -157,7 +158,8 @@ def train(
             model=model, output=output, method=method, epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length, long_text=long_text,
             stride=stride, max_chunks=max_chunks, pool=pool,
             max_steps=max_steps, average_epochs=average_epochs, patience=patience, attention_dropout=attention_dropout,
-            freeze_embeddings=freeze_embeddings, seed=seed, precision=precision, class_weights=class_weights, head_init=head_init, drop_empty=drop_empty,
+            freeze_embeddings=freeze_embeddings, seed=seed, precision=precision, class_weights=class_weights, head_init=head_init,
+            calibrate=calibrate, drop_empty=drop_empty,
             overwrite=overwrite, device=device, trust_remote_code=trust_remote_code,
         )
         result = train_fn(config, progress=_progress())

@@ -89,6 +89,9 @@ class TrainConfig:
     (single epoch or average) with the best validation macro-F1 is kept."""
     patience: int | None = None
     """Stop when validation macro-F1 has not improved for this many epochs. None: run all epochs."""
+    calibrate: bool = True
+    """Fit temperature scaling on the validation part after training (one scalar, saved with the run and
+    applied by every inference path); changes no prediction, only how far the probabilities can be trusted."""
     drop_empty: bool = False
     """Skip rows with an empty text or label instead of refusing the file."""
     overwrite: bool = False

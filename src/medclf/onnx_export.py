@@ -381,6 +381,8 @@ def _export_info(clf: Any, result: ExportResult) -> dict[str, Any]:
         "labels": clf.labels,
         "multi_label": clf.multi_label,
         "thresholds": clf.thresholds,
+        "temperature": clf.temperature,
+        "calibration": "divide the logits by temperature before softmax/sigmoid (medclf's TextClassifier does)",
         "max_length": clf.max_length,
         "long_text": clf.long_text,
         "check": {"parity_tolerance": PARITY_TOLERANCE, "min_int8_agreement": MIN_AGREEMENT, **result.to_dict()},

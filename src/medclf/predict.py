@@ -59,10 +59,15 @@ class TextClassifier:
         pool: str = "mean",
         multi_label: bool = False,
         thresholds: list[float] | np.ndarray | None = None,
+        temperature: float = 1.0,
     ) -> None:
         self.backend = backend
         self.multi_label = multi_label
         self.task = task_for(multi_label)
+        if not (isinstance(temperature, (int, float)) and 0 < temperature < float("inf")):
+            raise MedclfError(f"The run's temperature must be a positive number, not {temperature!r}; retrain the run.")
+        self.temperature = float(temperature)
+        """Calibration: logits are divided by it before softmax/sigmoid (1.0: uncalibrated)."""
         self.stride = stride
         self.max_chunks = max_chunks
         self.pool = pool
@@ -150,6 +155,7 @@ class TextClassifier:
                   "stride": options.get("stride"), "max_chunks": int(options.get("max_chunks", 8)),
                   "pool": options.get("pool", "max"), "batch_size": batch_size, "config": config,
                   "multi_label": bool(options.get("multi_label", False)),
+                  "temperature": float(config.get("run", {}).get("temperature", 1.0)),
                   "thresholds": None if saved is None else [saved[lab] for lab in _config_labels(model_dir)]}
         tokenizer = load_tokenizer(str(model_dir), trust_remote_code=trust_remote_code)
         onnx_file = _onnx_file(model_dir.parent, backend, device)
@@ -178,7 +184,7 @@ class TextClassifier:
 
     def _logits(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
         window_logits, encoded = self._window_logits(texts, batch_size)
-        return pool_logits(window_logits, encoded.doc_of, encoded.n_docs, self.pool)
+        return pool_logits(window_logits, encoded.doc_of, encoded.n_docs, self.pool) / self.temperature
 
     def _window_logits(self, texts: list[str], batch_size: int | None = None) -> tuple[np.ndarray, Encoded]:
         """Logits per sequence (per window with long_text='chunk'), and the encoding they came from."""
@@ -198,7 +204,8 @@ class TextClassifier:
         the predicted label (multi-label: the most probable label) is highest (long_text='chunk'; None per
         text otherwise). Spans, never text."""
         window_logits, encoded = self._window_logits(list(texts), batch_size)
-        probs = self.task.probabilities(pool_logits(window_logits, encoded.doc_of, encoded.n_docs, self.pool))
+        pooled = pool_logits(window_logits, encoded.doc_of, encoded.n_docs, self.pool) / self.temperature
+        probs = self.task.probabilities(pooled)
         if encoded.doc_of is None or encoded.char_spans is None:
             return probs, [None] * len(texts)
         best: list[tuple[int, int] | None] = [None] * len(texts)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medclf.artifacts import CONFUSION_FILE, REPORT_FILE, atomic_write_bytes, atomic_write_text
+from medclf.artifacts import CALIBRATION_FILE, CONFUSION_FILE, REPORT_FILE, atomic_write_bytes, atomic_write_text
 from medclf.config import TrainConfig
 from medclf.metrics import format_table
 
@@ -47,6 +47,29 @@ def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def _calibration_lines(cal: dict[str, Any], config: TrainConfig, multi: bool) -> list[str]:
+    how = (f"temperature scaling fitted on the validation part: T = {cal['temperature']:.3f} (logits are divided by "
+           "T before the " + ("sigmoid" if multi else "softmax") + "; no prediction changes)"
+           if config.calibrate else "off (--no-calibrate): the model's own probabilities")
+    return [
+        "## Calibration",
+        "",
+        f"Calibration: {how}. On the test part, {'every (text, label) probability' if multi else 'the top probability'} "
+        f"against how often it was right, in {cal['bins']} equal-width bins:",
+        "",
+        "| | expected calibration error | Brier score |",
+        "|---|---|---|",
+        f"| before | {cal['ece_before']:.4f} | {cal['brier_before']:.4f} |",
+        f"| after | {cal['ece_after']:.4f} | {cal['brier_after']:.4f} |",
+        "",
+        "ECE is the average gap between a stated probability and the observed frequency (0 = a '70%' is right "
+        "70% of the time); Brier is the mean squared error of the probabilities (lower is better).",
+        "",
+        f"![reliability diagram]({CALIBRATION_FILE})",
+        "",
+    ]
+
+
 def _multilabel_notes(test: dict[str, Any], config: TrainConfig) -> list[str]:
     fixed = test.get("at_threshold_0.5", {})
     lines = [
@@ -76,6 +99,12 @@ def write_report(directory: Path, *, metrics: dict[str, Any], config: TrainConfi
             directory / CONFUSION_FILE,
             confusion_png(test["confusion_matrix"], test["labels"], title=f"Test confusion matrix (n={test['n']})"),
         )
+    cal = test.get("calibration")
+    if cal is not None:
+        from medclf.calibration import reliability_png
+
+        atomic_write_bytes(directory / CALIBRATION_FILE, reliability_png(
+            cal, title=f"Test reliability ({'every label' if multi else 'top label'}, n={test['n']})"))
     timing = metrics["timing"]
     data = metrics["data"]
     embeddings = metrics.get("method") == "embeddings"
@@ -120,6 +149,7 @@ def write_report(directory: Path, *, metrics: dict[str, Any], config: TrainConfi
             f"![confusion matrix]({CONFUSION_FILE})",
         ]),
         "",
+        *(_calibration_lines(cal, config, multi) if cal is not None else []),
         "## Training history",
         "",
     ]

@@ -31,6 +31,7 @@ from medclf.artifacts import (
     save_pretrained_atomic,
     staging_dir,
 )
+from medclf.calibration import calibration_summary, fit_temperature, fold_temperature, scale_thresholds
 from medclf.batching import Encoded, collate, encode, length_grouped_batches, pool_logits, pool_logits_torch
 from medclf.config import TrainConfig
 from medclf.data import LabeledData, check_classes, check_label_sets, demo_data_path, load_labeled, stratified_split
@@ -300,15 +301,27 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     fitted = fit(config, source=source, labels=labels, splits=splits, prep=prep, runlog=runlog, progress=progress)
     model, y_test, pad_id = fitted.model, prep.y_test, prep.pad_id
 
+    temperature = 1.0
+    if config.calibrate:  # temperature scaling on the validation part (changes no decision)
+        val_logits = document_logits(model, prep.enc["val"], config, pad_id=pad_id, device=prep.device)
+        temperature = fit_temperature(val_logits, prep.y_val, task)
     eval_start = time.perf_counter()
     test_logits = document_logits(model, prep.enc["test"], config, pad_id=pad_id, device=prep.device)
-    test_probs = task.probabilities(test_logits)
+    test_probs = task.probabilities(test_logits / temperature)
     test_seconds = time.perf_counter() - eval_start
-    # multi-label: the thresholds tuned on validation for the kept weights decide; 0.5 is reported beside them.
-    thresholds = np.array([fitted.validation["thresholds"][lab] for lab in labels]) if task.multi_label else None
-    test = task.metrics(y_test, test_probs, labels, thresholds)
+    # multi-label: the thresholds tuned on validation for the kept weights decide (moved with the temperature);
+    # 0.5 on the model's own sigmoid probabilities, as tools without tuning use it, is reported beside them.
+    thresholds = None
     if task.multi_label:
-        fixed = task.metrics(y_test, test_probs, labels)
+        thresholds = scale_thresholds(np.array([fitted.validation["thresholds"][lab] for lab in labels]), temperature)
+    test = task.metrics(y_test, test_probs, labels, thresholds)
+    test["calibration"] = calibration_summary(test_logits, y_test, task, temperature)
+    # The saved model gives calibrated logits itself where its last layer is linear; otherwise the run keeps T
+    # and TextClassifier divides by it.
+    folded = temperature != 1.0 and fold_temperature(model, temperature)
+    test["calibration"]["folded_into_model"] = folded
+    if task.multi_label:
+        fixed = task.metrics(y_test, task.probabilities(test_logits), labels)
         test["at_threshold_0.5"] = {key: fixed[key] for key in
                                     ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss")}
 
@@ -344,6 +357,8 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "labels": labels,
         "task": task.name,
+        "temperature": 1.0 if folded else temperature,
+        "calibration_temperature": temperature,
         "thresholds": None if thresholds is None else {lab: float(t) for lab, t in zip(labels, thresholds)},
         "text_columns": splits.train.text_columns,
         "label_column": splits.train.label_column,
@@ -370,6 +385,10 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
             headline(test).replace("   ", ", "), test["n"], metrics["timing"]["train_seconds"],
             metrics["timing"]["train_samples_per_second"] or 0.0,
         )
+        cal = test["calibration"]
+        runlog.info("Calibration: temperature %.3f%s; test ECE %.4f -> %.4f, Brier %.4f -> %.4f.", temperature,
+                    " fitted on the validation part" + (", folded into the saved head" if folded else "") if config.calibrate else " (--no-calibrate)", cal["ece_before"],
+                    cal["ece_after"], cal["brier_before"], cal["brier_after"])
         atomic_write_text(stage / LOG_FILE, runlog.text())
         atomic_write_text(stage / PREDICTIONS_FILE, _predictions_csv(splits.test, labels, task, test_probs, thresholds,
                                                                      config.label_sep))
