@@ -144,3 +144,17 @@ def test_multilabel_benchmark_builds_the_set_and_reports_both_thresholds(tmp_pat
         for figures in (row["tuned"], row["fixed_0.5"]):
             assert all(0 <= figures[k] <= 1 for k in ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy"))
     assert "| 0.5 for every label |" in (out / "results.md").read_text()
+
+
+def test_explain_faithfulness_benchmark_reads_the_test_part_and_reports_both_means(tmp_path, embedding_run):
+    out = tmp_path / "faith"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "explain_faithfulness.py"), "--run", str(embedding_run), "--texts", "6",
+         "--k", "2", "--steps", "8", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "results.json").read_text())
+    assert result["texts"] == 6 and set(result["methods"]) == {"integrated-gradients", "occlusion"}
+    for check in result["methods"].values():
+        assert check["texts"] == 6 and check["mean_drop_top_k"] is not None and check["seconds_per_text"] > 0

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_rows, write_csv
 from typer.testing import CliRunner
 
 from medclf import TextClassifier, TrainConfig, train
@@ -17,6 +18,7 @@ from medclf.calibration import (
     fold_temperature,
     reliability,
     scale_thresholds,
+    temperature_for,
 )
 from medclf.cli import app
 from medclf.tasks import MULTI_LABEL, SINGLE_LABEL, sigmoid, softmax
@@ -68,10 +70,16 @@ def test_temperature_changes_no_decision():
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_model, small_csv):
-    """The same training with and without calibration (same seed, same split)."""
+def cal_csv(tmp_path_factory):
+    return write_csv(tmp_path_factory.mktemp("cal-data") / "notes.csv", make_rows(60))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_model, cal_csv):
+    """The same training with and without calibration (same seed, same split; 36 validation texts)."""
     root = tmp_path_factory.mktemp("cal")
-    common = dict(data=str(small_csv), model=tiny_model, epochs=4, lr=3e-3, batch_size=8, precision="fp32")
+    common = dict(data=str(cal_csv), model=tiny_model, epochs=4, lr=3e-3, batch_size=8, precision="fp32",
+                  val_size=0.25, max_length=32)
     on = train(TrainConfig(**common, output=str(root / "on")), progress=False)
     off = train(TrainConfig(**common, output=str(root / "off"), calibrate=False), progress=False)
     return on, off
@@ -102,7 +110,7 @@ def test_report_shows_calibration_and_the_diagram(runs):
     assert "Calibration: temperature" in (on.run_dir / "train.log").read_text()
 
 
-def test_every_inference_path_gives_the_same_calibrated_probabilities(runs, small_csv, tmp_path):
+def test_every_inference_path_gives_the_same_calibrated_probabilities(runs, cal_csv, tmp_path):
     from fastapi.testclient import TestClient
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -112,7 +120,7 @@ def test_every_inference_path_gives_the_same_calibrated_probabilities(runs, smal
     on, _ = runs
     run = tmp_path / "run"
     shutil.copytree(on.run_dir, run)
-    texts = pd.read_csv(small_csv)["text"].tolist()[:6]
+    texts = pd.read_csv(cal_csv)["text"].tolist()[:6]
     api = TextClassifier.load(run, backend="torch").predict_proba(texts)
 
     # the temperature is folded into the saved head: plain transformers gives the calibrated probabilities too
@@ -134,7 +142,7 @@ def test_every_inference_path_gives_the_same_calibrated_probabilities(runs, smal
     served = np.array([[r["probabilities"][lab] for lab in on.metrics["test"]["labels"]] for r in served])
     assert np.abs(served - api).max() < 1e-6
 
-    export_onnx(run, quantize="none", data=str(small_csv))
+    export_onnx(run, quantize="none", data=str(cal_csv))
     onnx = TextClassifier.load(run, backend="onnx").predict_proba(texts)
     assert np.abs(onnx - api).max() < 1e-4
 
@@ -181,4 +189,16 @@ def test_no_calibrate_through_the_cli(tmp_path, tiny_model, small_csv):
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "train_config.json").read_text())
     assert saved["config"]["calibrate"] is False and saved["run"]["calibration_temperature"] == 1.0
-    assert "(--no-calibrate)" in (out / "train.log").read_text()
+    assert "(off (--no-calibrate))" in (out / "train.log").read_text()
+
+
+def test_too_few_or_perfectly_separated_validation_texts_leave_the_temperature_at_1():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 2, size=(20, 3))
+    assert temperature_for(logits, logits.argmax(axis=1), SINGLE_LABEL)[0] == 1.0  # 20 < 30 texts
+    logits = rng.normal(0, 2, size=(100, 3))
+    t, note = temperature_for(logits, logits.argmax(axis=1), SINGLE_LABEL)  # every text right: T would go to 0
+    assert t == 1.0 and "perfectly separated" in note
+    y = np.array([rng.choice(3, p=p) for p in softmax(logits / 2)])
+    t, note = temperature_for(logits, y, SINGLE_LABEL)
+    assert t > 1.2 and "fitted on 100 validation texts" in note

@@ -23,6 +23,8 @@ METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
 CONFUSION_FILE = "confusion_matrix.png"
 CALIBRATION_FILE = "calibration.png"
+TRAINING_FILE = "training.png"
+REPORT_HTML_FILE = "report.html"
 PREDICTIONS_FILE = "predictions_test.csv"
 LOG_FILE = "train.log"
 

@@ -32,6 +32,11 @@ class Encoded:
     n_docs: int = -1
     char_spans: list[tuple[int, int]] | None = None
     """chunk: each window's (start, end) character offsets in its text, to point at it without copying text."""
+    text_tokens: list[int] | None = None
+    """Tokens of each whole text (special tokens included), before any cut: the length distribution."""
+    token_offsets: list[list[tuple[int, int]]] | None = None
+    """With encode(..., token_offsets=True): each sequence's tokens' (start, end) characters in its text
+    ((0, 0) for special tokens), so that scores per token can be put back on the words they came from."""
 
     def __post_init__(self) -> None:
         if self.n_docs < 0:
@@ -93,7 +98,7 @@ def window_starts(n_body: int, budget: int, stride: int, max_chunks: int) -> lis
 
 def encode(
     tokenizer: Any, texts: list[str], *, max_length: int, long_text: str = "truncate", stride: int | None = None,
-    max_chunks: int = 8, tokenize_chunk: int = 2048,
+    max_chunks: int = 8, tokenize_chunk: int = 2048, token_offsets: bool = False,
 ) -> Encoded:
     """Tokenize texts (in chunks, with the fast tokenizer's batch path) into sequences of at most max_length.
 
@@ -101,7 +106,8 @@ def encode(
     three quarters of the token budget (Sun et al. 2019, "How to Fine-Tune BERT for Text
     Classification?": head+tail beat head-only and tail-only on long documents); 'chunk' cuts a long
     text into overlapping windows (window_starts), each with the opening and closing special tokens.
-    The special tokens that open and close the sequence are always kept.
+    The special tokens that open and close the sequence are always kept. token_offsets: also record
+    where in its text each kept token came from (Encoded.token_offsets).
     """
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     ids: list[list[int]] = []
@@ -109,15 +115,27 @@ def encode(
     spans: list[tuple[int, int]] | None = [] if long_text == "chunk" else None
     stride = default_stride(max_length) if stride is None else stride
     n_truncated = tokens_total = tokens_lost = 0
+    text_tokens: list[int] = []
+    offsets_out: list[list[tuple[int, int]]] | None = [] if token_offsets else None
     for start in range(0, len(texts), tokenize_chunk):
         part = texts[start : start + tokenize_chunk]
         tokenized = tokenizer(part, add_special_tokens=True, truncation=False, return_attention_mask=False,
-                              return_token_type_ids=False, verbose=False, return_offsets_mapping=spans is not None)
+                              return_token_type_ids=False, verbose=False,
+                              return_offsets_mapping=spans is not None or token_offsets)
         full = tokenized["input_ids"]
         for offset, seq in enumerate(full):
             tokens_total += len(seq)
+            text_tokens.append(len(seq))
+
+            def keep(positions: list[int]) -> None:  # one sequence made of these positions of the text's tokens
+                ids.append([seq[p] for p in positions])
+                if offsets_out is not None:
+                    mapping = tokenized["offset_mapping"][offset]
+                    offsets_out.append([(0, 0) if seq[p] in special else (int(mapping[p][0]), int(mapping[p][1]))
+                                        for p in positions])
+
             if len(seq) <= max_length:
-                ids.append(seq)
+                keep(list(range(len(seq))))
                 if doc_of is not None and spans is not None:
                     doc_of.append(start + offset)
                     spans.append((0, len(part[offset])))
@@ -125,7 +143,7 @@ def encode(
             if doc_of is None:
                 n_truncated += 1
                 tokens_lost += len(seq) - max_length
-                ids.append(_shorten(seq, max_length, special, long_text))
+                keep(_kept_positions(seq, max_length, special, long_text))
                 continue
             lead, body, trail = _split_specials(seq, special)
             budget = max_length - len(lead) - len(trail)
@@ -136,11 +154,13 @@ def encode(
                 tokens_lost += len(body) - covered
             chars = tokenized["offset_mapping"][offset][len(lead) : len(seq) - len(trail)] if spans is not None else None
             for s0 in starts:
-                ids.append(lead + body[s0 : s0 + budget] + trail)
+                keep([*range(len(lead)), *range(len(lead) + s0, len(lead) + min(len(body), s0 + budget)),
+                      *range(len(seq) - len(trail), len(seq))])
                 doc_of.append(start + offset)
                 if spans is not None and chars is not None:
                     spans.append((int(chars[s0][0]), int(chars[min(len(body), s0 + budget) - 1][1])))
-    return Encoded(ids, n_truncated, tokens_total, tokens_lost, doc_of=doc_of, n_docs=len(texts), char_spans=spans)
+    return Encoded(ids, n_truncated, tokens_total, tokens_lost, doc_of=doc_of, n_docs=len(texts), char_spans=spans,
+                   text_tokens=text_tokens, token_offsets=offsets_out)
 
 
 def _covered(starts: list[int], budget: int, n_body: int) -> int:
@@ -162,15 +182,18 @@ def _split_specials(seq: list[int], special: set[int]) -> tuple[list[int], list[
     return seq[:lead], seq[lead : len(seq) - trail], seq[len(seq) - trail :]
 
 
-def _shorten(seq: list[int], max_length: int, special: set[int], long_text: str) -> list[int]:
-    lead_ids, body, trail_ids = _split_specials(seq, special)
-    budget = max_length - len(lead_ids) - len(trail_ids)
+def _kept_positions(seq: list[int], max_length: int, special: set[int], long_text: str) -> list[int]:
+    """Which positions of a too-long sequence are kept: the specials, and the first tokens ('truncate') or the
+    first quarter and the last three quarters of the budget ('head-tail')."""
+    lead, body, trail = _split_specials(seq, special)
+    budget = max_length - len(lead) - len(trail)
+    first = len(lead)
     if long_text == "head-tail":
         head = budget // 4
-        kept = body[:head] + body[len(body) - (budget - head) :]
+        kept = [*range(first, first + head), *range(first + len(body) - (budget - head), first + len(body))]
     else:
-        kept = body[:budget]
-    return lead_ids + kept + trail_ids
+        kept = list(range(first, first + budget))
+    return [*range(len(lead)), *kept, *range(len(seq) - len(trail), len(seq))]
 
 
 def pool_logits(logits: np.ndarray, doc_of: list[int] | None, n_docs: int, mode: str = "mean") -> np.ndarray:

@@ -17,6 +17,20 @@ from medclf.tasks import Task, sigmoid
 
 ECE_BINS = 15
 T_BOUNDS = (0.05, 20.0)
+MIN_TEXTS = 30
+"""Fewer validation texts than this leave the temperature at 1: one scalar fitted on a handful of texts says
+more about those texts than about the model."""
+
+
+def temperature_for(logits: np.ndarray, y: np.ndarray, task: Task) -> tuple[float, str]:
+    """The temperature to use and why: fitted on the validation part, or 1 where a fit would mislead."""
+    if len(logits) < MIN_TEXTS:
+        return 1.0, f"not fitted: {len(logits)} validation texts, fewer than {MIN_TEXTS}"
+    t = fit_temperature(logits, y, task)
+    if t <= T_BOUNDS[0] * 1.01:
+        # NLL falls without end as T -> 0 when every validation text is already decided right: no information.
+        return 1.0, "not fitted: the validation part is perfectly separated, so any sharpening looks better"
+    return t, f"fitted on {len(logits)} validation texts"
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray, task: Task) -> float:

@@ -118,6 +118,7 @@ def train(
     label_column: LabelColOpt = None,
     multi_label: Annotated[bool, typer.Option("--multi-label", help="Several labels per text (or none): sigmoid outputs, BCE loss, one threshold per label tuned on validation for that label's F1.")] = D.multi_label,
     label_sep: Annotated[str, typer.Option("--label-sep", help="--multi-label with one label column: the separator between a row's labels.")] = D.label_sep,
+    group_column: Annotated[str | None, typer.Option("--group-column", help="Column naming each row's patient or trial: no group is split between training and the test/validation parts (or the folds of `cv`).")] = None,
     test_data: Annotated[str | None, typer.Option("--test-data", help="Separate test table. Default: a stratified 20% split of --data.")] = None,
     val_data: Annotated[str | None, typer.Option("--val-data", help="Separate validation table. Default: a stratified 10% slice of the training part.")] = None,
     model: Annotated[str, typer.Option("--model", help="'default' (packaged MiniLM), a local Hugging Face model directory, or a hub id.")] = "default",
@@ -148,25 +149,53 @@ def train(
 ) -> None:
     """Fine-tune a classifier on a labelled table, evaluate it on a held-out test part, and save the run."""
 
+    options = dict(locals())
+
     def run() -> None:
         from medclf.metrics import format_table
         from medclf.training import train as train_fn
 
-        config = TrainConfig(
-            data=data, text_columns=text_column, label_column=label_column, multi_label=multi_label, label_sep=label_sep,
-            test_data=test_data, val_data=val_data,
-            model=model, output=output, method=method, epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length, long_text=long_text,
-            stride=stride, max_chunks=max_chunks, pool=pool,
-            max_steps=max_steps, average_epochs=average_epochs, patience=patience, attention_dropout=attention_dropout,
-            freeze_embeddings=freeze_embeddings, seed=seed, precision=precision, class_weights=class_weights, head_init=head_init,
-            calibrate=calibrate, drop_empty=drop_empty,
-            overwrite=overwrite, device=device, trust_remote_code=trust_remote_code,
-        )
-        result = train_fn(config, progress=_progress())
+        result = train_fn(_train_config(options), progress=_progress())
         typer.echo(format_table(result.test_metrics))
         typer.echo(f"Run written to {result.run_dir}")
 
     _guard(run)
+
+
+def _train_config(options: dict[str, object]) -> TrainConfig:
+    """The TrainConfig of `train`'s (and `cv`'s) options: the CLI's names are the config's, but for the
+    repeatable --text-column."""
+    values = {k: v for k, v in options.items() if k in TrainConfig.__dataclass_fields__}
+    return TrainConfig(**values, text_columns=options["text_column"])  # type: ignore[arg-type]
+
+
+def cv(folds: int = 5, **options: object) -> None:
+    """Cross-validate: train and test once per fold with `train`'s options (stratified folds, or grouped by
+    --group-column so no patient's rows sit on both sides); per-fold figures, mean and 95% interval."""
+
+    def run() -> None:
+        from medclf.cv import CV_FILE, CV_TABLE, cross_validate
+
+        result = cross_validate(_train_config(options), folds=folds, progress=_progress())
+        typer.echo((result.output / CV_TABLE).read_text(encoding="utf-8"))
+        typer.echo(f"Folds written to {result.output} ({CV_FILE}, {CV_TABLE}, fold-1 ... fold-{folds})")
+
+    _guard(run)
+
+
+def _register_cv() -> None:
+    """`cv` takes every option of `train` (one definition, so the two never drift apart) and --folds."""
+    import inspect
+    import typing
+
+    folds = inspect.Parameter("folds", inspect.Parameter.KEYWORD_ONLY, default=5, annotation=Annotated[
+        int, typer.Option("--folds", help="Number of folds; each row is tested once.")])
+    hints = typing.get_type_hints(train, include_extras=True)  # the real Annotated[...] objects, not strings
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints[p.name])
+              for p in inspect.signature(train).parameters.values()]
+    cv.__signature__ = inspect.Signature([folds, *params])  # type: ignore[attr-defined]
+    cv.__annotations__ = {**{p.name: p.annotation for p in params}, "folds": folds.annotation, "return": None}
+    app.command(name="cv")(cv)
 
 
 # ---------------------------------------------------------------- evaluate
@@ -234,6 +263,35 @@ def predict(
         )
         if output:
             log.info("Wrote %d predictions to %s", count, output)
+
+    _guard(run)
+
+
+# ---------------------------------------------------------------- explain
+
+
+@app.command()
+def explain(
+    run_dir: Annotated[str, typer.Argument(help="A run directory written by `medclf train`.")],
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts to explain (or use --input).")] = None,
+    input: Annotated[str | None, typer.Option("--input", "-i", help="A .txt file (one text per line) or a CSV/TSV/JSONL/Parquet table.")] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="F.html (words shaded by score, probabilities on top), F.json or F.jsonl (words, character offsets, scores). Default: JSONL on stdout.")] = None,
+    method: Annotated[str, typer.Option("--method", help="integrated-gradients (gradients along a path from a blank input; needs PyTorch) | occlusion (the probability lost when a word is taken out).")] = "integrated-gradients",
+    target: Annotated[str | None, typer.Option("--target", help="The label to explain. Default: the predicted (most probable) label.")] = None,
+    steps: Annotated[int, typer.Option("--steps", help="integrated-gradients: interpolation steps (more: closer approximation, slower).")] = 32,
+    text_column: TextColOpt = None,
+    drop_empty: Annotated[bool, typer.Option("--drop-empty", help="Skip empty texts instead of refusing the input.")] = False,
+    backend: BackendOpt = "torch",
+) -> None:
+    """Which words pushed the model toward a label: per-word attribution scores, as HTML or JSON."""
+
+    def run() -> None:
+        from medclf.explain import explain_file
+
+        count = explain_file(run_dir, texts=texts, input=input, output=output, method=method, target=target,
+                             steps=steps, text_columns=text_column, drop_empty=drop_empty, backend=backend)
+        if output:
+            log.info("Wrote %d explanations to %s", count, output)
 
     _guard(run)
 
@@ -338,6 +396,9 @@ def demo(
         typer.echo(f"Run written to {result.run_dir}")
 
     _guard(run)
+
+
+_register_cv()
 
 
 def main() -> None:

@@ -45,6 +45,9 @@ class TrainConfig:
     label tuned on the validation slice to maximise that label's F1 (saved with the run)."""
     label_sep: str = "|"
     """multi_label with one label column: what separates the labels of a row ('cardiology|urgent')."""
+    group_column: str | None = None
+    """Column naming each row's group (patient, trial): the test and validation parts (and the folds of
+    `medclf cv`) never share a group with the training part. None: rows are independent."""
     test_data: str | None = None
     """Separate test table. None: a stratified split of `data` (test_size)."""
     val_data: str | None = None
@@ -188,6 +191,12 @@ class TrainConfig:
                 self.label_column = columns
         elif self.label_column is not None and (not isinstance(self.label_column, str) or not self.label_column):
             raise MedclfError(f"label_column must be a column name, got {self.label_column!r}.")
+        if self.group_column is not None:
+            if not isinstance(self.group_column, str) or not self.group_column:
+                raise MedclfError(f"group_column must be a column name, got {self.group_column!r}.")
+            if self.group_column in (self.label_columns or []) or self.group_column in (self.text_columns or []):
+                raise MedclfError(f"group_column '{self.group_column}' is also a text or label column; pass the "
+                                  "column that names the patient or trial.")
 
     @property
     def label_columns(self) -> list[str] | None:

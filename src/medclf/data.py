@@ -123,6 +123,8 @@ class LabeledData:
     rows: list[int]
     """0-based data-row index of each kept row in the source table."""
     n_dropped: int = 0
+    groups: list[str] | None = None
+    """With a group column: each row's group (a patient, a trial); splits never put one group on both sides."""
 
     def subset(self, indices: list[int]) -> LabeledData:
         return LabeledData(
@@ -132,6 +134,7 @@ class LabeledData:
             text_columns=self.text_columns,
             label_column=self.label_column,
             rows=[self.rows[i] for i in indices],
+            groups=None if self.groups is None else [self.groups[i] for i in indices],
         )
 
     def __len__(self) -> int:
@@ -283,6 +286,7 @@ def load_labeled(
     role: str = "data",
     multi_label: bool = False,
     label_sep: str = "|",
+    group_column: str | None = None,
 ) -> LabeledData:
     """Read a labelled table and validate every row. None reads the embedded demo.
 
@@ -304,6 +308,16 @@ def load_labeled(
     else:
         labels = [_as_label(v) for v in frame[label_column].tolist()]
         empty_label = [i for i, lab in enumerate(labels) if lab is None]
+    groups: list[str | None] | None = None
+    if group_column is not None:
+        if group_column not in frame.columns:
+            raise MedclfError(f"Group column '{group_column}' is not in {source}; its columns are: "
+                              f"{', '.join(frame.columns)}.")
+        groups = [_as_label(v) for v in frame[group_column].tolist()]
+        missing = [i for i, g in enumerate(groups) if g is None]
+        if missing:
+            raise MedclfError(f"{source} ({role}) has {len(missing)} row(s) without a group in '{group_column}' (data rows "
+                              f"{_rows(missing)}, counting from 1); fill them in (a patient or trial id per row).")
     empty_text = [i for i, t in enumerate(texts) if t is None]
     bad = sorted(set(empty_text) | set(empty_label))
     if bad and not drop_empty:
@@ -321,6 +335,7 @@ def load_labeled(
         keep = sorted(set(keep) - set(bad))
         texts = [texts[i] for i in keep]
         labels = [labels[i] for i in keep]
+        groups = None if groups is None else [groups[i] for i in keep]
     if not texts:
         raise MedclfError(f"{source} ({role}) has no usable rows after skipping empty ones.")
     return LabeledData(
@@ -331,6 +346,7 @@ def load_labeled(
         label_column=label_column,
         rows=keep,
         n_dropped=len(bad),
+        groups=None if groups is None else [g for g in groups if g is not None],
     )
 
 
@@ -384,12 +400,19 @@ def _label_sort_key(label: str) -> tuple[int, float | str]:
 
 
 def stratified_split(
-    labels: list[Any], *, fraction: float, seed: int, source: str, part: str, option: str
+    labels: list[Any], *, fraction: float, seed: int, source: str, part: str, option: str,
+    groups: list[str] | None = None,
 ) -> tuple[list[int], list[int]]:
     """Indices (keep, held_out) of a stratified split; clear errors when a class is too small.
-    Label tuples (multi-label) are split by iterative stratification."""
+    Label tuples (multi-label) are split by iterative stratification; with `groups`, no group lands on
+    both sides (the held-out part is one fold of about `fraction` of the groups)."""
     from sklearn.model_selection import train_test_split
 
+    if groups is not None:
+        n_splits = max(2, min(round(1 / fraction), len(set(groups))))
+        folds = kfold_indices(labels, folds=n_splits, seed=seed, groups=groups, source=source)
+        keep, held = folds[0]
+        return keep, held
     if labels and isinstance(labels[0], tuple):
         return _multilabel_split(labels, fraction=fraction, seed=seed, source=source, part=part, option=option)
     counts = Counter(labels)
@@ -437,3 +460,47 @@ def _multilabel_split(
     splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=n_held, random_state=seed)
     keep, held = next(splitter.split(np.zeros(len(labels)), y))
     return sorted(int(i) for i in keep), sorted(int(i) for i in held)
+
+
+def kfold_indices(
+    labels: list[Any], *, folds: int, seed: int, groups: list[str] | None = None, source: str = "the data",
+) -> list[tuple[list[int], list[int]]]:
+    """(rest, held-out fold) index pairs of a k-fold split: stratified by class (StratifiedKFold), by label
+    (multi-label: iterative stratification), and with `groups` never splitting a group (StratifiedGroupKFold;
+    multi-label: GroupKFold). Shuffled with the seed."""
+    import warnings
+
+    import numpy as np
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, StratifiedKFold
+
+    n = len(labels)
+    if not isinstance(folds, int) or folds < 2:
+        raise MedclfError(f"--folds must be a whole number of at least 2, got {folds!r}.")
+    if folds > n:
+        raise MedclfError(f"{source} has {n} rows, fewer than {folds} folds; pass a smaller --folds.")
+    multi = bool(labels) and isinstance(labels[0], tuple)
+    if groups is not None:
+        n_groups = len(set(groups))
+        if n_groups < folds:
+            raise MedclfError(f"{source} has {n_groups} groups, fewer than {folds} folds; pass a smaller --folds "
+                              "(or split by another group column).")
+    if multi:
+        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+        names = sorted({lab for present in labels for lab in present})
+        y = np.array([[lab in present for lab in names] for present in labels], dtype=int)
+        splitter = (GroupKFold(n_splits=folds) if groups is not None
+                    else MultilabelStratifiedKFold(n_splits=folds, shuffle=True, random_state=seed))
+    else:
+        counts = Counter(labels)
+        smallest, n_smallest = min(counts.items(), key=lambda kv: (kv[1], kv[0]))
+        if n_smallest < folds and groups is None:
+            raise MedclfError(f"Class {smallest!r} has only {n_smallest} row(s) in {source}, fewer than {folds} folds; "
+                              "add rows, remove that class, or pass a smaller --folds.")
+        y = np.asarray(labels)
+        splitter = (StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed) if groups is not None
+                    else StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "the least populated class has fewer members than n_splits"
+        pairs = list(splitter.split(np.zeros(n), y, groups))
+    return [(sorted(int(i) for i in rest), sorted(int(i) for i in held)) for rest, held in pairs]

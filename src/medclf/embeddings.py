@@ -58,13 +58,20 @@ class EmbeddingClassifier(torch.nn.Module):
         self.config.id2label = dict(enumerate(labels))
         self.config.label2id = {lab: i for i, lab in enumerate(labels)}
 
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def embed(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor,
+              inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                              inputs_embeds=inputs_embeds).last_hidden_state
         pooled = mean_pool(hidden.float(), attention_mask)
         return torch.nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> _Output:
-        return _Output(self.head(self.embed(input_ids, attention_mask)))
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                inputs_embeds: torch.Tensor | None = None, **_: Any) -> _Output:
+        assert attention_mask is not None
+        return _Output(self.head(self.embed(input_ids, attention_mask, inputs_embeds)))
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.encoder.get_input_embeddings()
 
     def set_head(self, weight: np.ndarray, bias: np.ndarray) -> None:
         with torch.no_grad():

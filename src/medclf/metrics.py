@@ -129,10 +129,27 @@ def headline(metrics: dict[str, Any]) -> str:
     return f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}"
 
 
+def format_intervals(metrics: dict[str, Any]) -> str | None:
+    """'95% interval (bootstrap): accuracy [0.59, 0.67], macro-F1 [...]', or None without intervals."""
+    intervals = metrics.get("intervals")
+    if not intervals:
+        return None
+    names = {"accuracy": "accuracy", "micro_f1": "micro-F1", "macro_f1": "macro-F1", "subset_accuracy": "subset accuracy"}
+    parts = [f"{names[k]} [{v['low']:.4f}, {v['high']:.4f}]" for k, v in intervals.items() if k in names]
+    return f"{100 * intervals['level']:.0f}% interval (bootstrap of the test texts): " + ", ".join(parts)
+
+
 def format_table(metrics: dict[str, Any]) -> str:
-    """A plain-text table: the headline figures, then one row per class."""
-    if metrics.get("task") == "multi-label":
-        return _format_multilabel(metrics)
+    """A plain-text table: the headline figures (and their bootstrap intervals), then one row per class."""
+    table = _format_multilabel(metrics) if metrics.get("task") == "multi-label" else _format_single(metrics)
+    intervals = format_intervals(metrics)
+    if intervals is None:
+        return table
+    first, _, rest = table.partition("\n")
+    return f"{first}\n{intervals}\n{rest}"
+
+
+def _format_single(metrics: dict[str, Any]) -> str:
     lines = [
         f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}   "
         f"weighted-F1 {metrics['weighted_f1']:.4f}"
@@ -165,3 +182,52 @@ def _format_multilabel(metrics: dict[str, Any]) -> str:
         lines.append(f"{label:<{width}}  {row['threshold']:9.3f}  {row['precision']:9.3f}  {row['recall']:6.3f}  "
                      f"{row['f1']:5.3f}  {row['support']:7d}  {auc}")
     return "\n".join(lines)
+
+
+BOOTSTRAP_RESAMPLES = 1000
+
+
+def _f1_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    denom = 2 * tp + fp + fn
+    return np.divide(2 * tp, denom, out=np.zeros_like(denom, dtype=float), where=denom > 0)
+
+
+def bootstrap_intervals(
+    y_true: np.ndarray, y_pred: np.ndarray, *, multi_label: bool, resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0, level: float = 0.95,
+) -> dict[str, Any]:
+    """Percentile bootstrap intervals: the test texts resampled with replacement `resamples` times and the
+    figures recomputed on each resample. Single-label: accuracy and macro-F1 (over the classes present in
+    the resample); multi-label: micro- and macro-F1 and subset accuracy. `y_pred`: class ids, or 0/1 rows."""
+    rng = np.random.default_rng(seed)
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    n = len(y_true)
+    draws: dict[str, list[float]] = {}
+    if n == 0:
+        return {}
+    for _ in range(resamples):
+        idx = rng.integers(0, n, size=n)
+        t, p = y_true[idx], y_pred[idx]
+        if multi_label:
+            t, p = t.astype(bool), p.astype(bool)
+            tp, fp, fn = (t & p).sum(0), (~t & p).sum(0), (t & ~p).sum(0)
+            present = t.sum(0) > 0
+            f1 = _f1_from_counts(tp, fp, fn)
+            values = {"micro_f1": float(_f1_from_counts(tp.sum(keepdims=True), fp.sum(keepdims=True), fn.sum(keepdims=True))[0]),
+                      "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+                      "subset_accuracy": float((t == p).all(axis=1).mean())}
+        else:
+            k = int(max(y_true.max(), y_pred.max())) + 1
+            tp = np.bincount(t[t == p], minlength=k)
+            fp = np.bincount(p, minlength=k) - tp
+            fn = np.bincount(t, minlength=k) - tp
+            present = np.bincount(t, minlength=k) > 0
+            values = {"accuracy": float((t == p).mean()), "macro_f1": float(_f1_from_counts(tp, fp, fn)[present].mean())}
+        for key, value in values.items():
+            draws.setdefault(key, []).append(value)
+    tail = (1 - level) / 2 * 100
+    out: dict[str, Any] = {key: {"low": float(np.percentile(v, tail)), "high": float(np.percentile(v, 100 - tail))}
+                           for key, v in draws.items()}
+    out["method"] = f"percentile bootstrap, {resamples} resamples of the {n} test texts, seed {seed}"
+    out["level"] = level
+    return out

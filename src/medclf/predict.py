@@ -62,6 +62,9 @@ class TextClassifier:
         temperature: float = 1.0,
     ) -> None:
         self.backend = backend
+        self.run_dir: Path | None = None
+        """The run directory this classifier was loaded from (None when built in memory)."""
+        self._torch_twin: Any = None
         self.multi_label = multi_label
         self.task = task_for(multi_label)
         if not (isinstance(temperature, (int, float)) and 0 < temperature < float("inf")):
@@ -165,14 +168,19 @@ class TextClassifier:
             labels = _config_labels(model_dir)
             log.info("Backend: ONNX Runtime (%s).", onnx_file.name)
             runner = OnnxRunner(onnx_file, threads=threads)
-            return cls(runner, tokenizer, labels=labels, backend="onnx-int8" if ".int8." in onnx_file.name else "onnx", **common)
+            clf = cls(runner, tokenizer, labels=labels, backend="onnx-int8" if ".int8." in onnx_file.name else "onnx",
+                      **common)
+            clf.run_dir = model_dir.parent
+            return clf
         from medclf.embeddings import EmbeddingClassifier, is_embedding_model
 
         if is_embedding_model(model_dir):  # --method embeddings: frozen encoder + linear head
             model = EmbeddingClassifier.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         else:
             model = load_classifier(str(model_dir), trust_remote_code=trust_remote_code)
-        return cls(model, tokenizer, device=choose_device(device), backend="torch", **common)
+        clf = cls(model, tokenizer, device=choose_device(device), backend="torch", **common)
+        clf.run_dir = model_dir.parent
+        return clf
 
     def _run_batch(self, inputs: dict[str, torch.Tensor]) -> np.ndarray:
         """Logits (float32) for one padded batch."""
@@ -246,6 +254,16 @@ class TextClassifier:
         probs = self.predict_proba(texts, batch_size=batch_size)
         decided = self.decide(np.atleast_2d(probs))
         return decided[0] if probs.ndim == 1 else decided
+
+    def explain(self, text: str, *, method: str = "integrated-gradients", target: str | None = None,
+                steps: int = 32) -> Any:
+        """Per-word attribution scores for the predicted label (or `target`): a medclf.explain.Explanation
+        with the label, its probability, every label's probability, and {"word", "start", "end", "score",
+        "seen"} per word. method: "integrated-gradients" (needs PyTorch; an ONNX-loaded classifier loads the
+        run's PyTorch model for it) or "occlusion" (any backend)."""
+        from medclf.explain import Explainer
+
+        return Explainer(self).explain(text, method=method, target=target, steps=steps)
 
     def decide(self, probs: np.ndarray) -> list[Any]:
         """predict_proba's rows turned into predictions: a label each, or (multi-label) a list of labels each."""

@@ -1,11 +1,20 @@
-"""report.md and confusion_matrix.png for a run (texts never appear in either)."""
+"""report.md, report.html (self-contained: images inline, no external reference) and the plots of a run:
+confusion_matrix.png, calibration.png, training.png. Texts never appear in any of them."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from medclf.artifacts import CALIBRATION_FILE, CONFUSION_FILE, REPORT_FILE, atomic_write_bytes, atomic_write_text
+from medclf.artifacts import (
+    CALIBRATION_FILE,
+    CONFUSION_FILE,
+    REPORT_FILE,
+    REPORT_HTML_FILE,
+    TRAINING_FILE,
+    atomic_write_bytes,
+    atomic_write_text,
+)
 from medclf.config import TrainConfig
 from medclf.metrics import format_table
 
@@ -47,9 +56,124 @@ def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def _baseline_lines(baseline: dict[str, Any] | None, test: dict[str, Any], multi: bool) -> list[str]:
+    if not baseline:
+        return []
+    keys = (("micro_f1", "micro-F1"), ("macro_f1", "macro-F1")) if multi else (("accuracy", "accuracy"), ("macro_f1", "macro-F1"))
+    figures = ", ".join(f"{name} {baseline[k]:.4f} (this model: {test[k]:.4f})" for k, name in keys)
+    return [f"Reference on the same split: TF-IDF word 1-2-grams + logistic regression: {figures}. A model that "
+            "does not beat it is not worth its cost.", ""]
+
+
+def training_png(history: list[dict[str, Any]], *, embeddings: bool) -> bytes:
+    """Loss (train and validation) and validation macro-F1 per epoch; for the embeddings method, per C tried."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    x = [row["C"] if embeddings else row["epoch"] for row in history]
+    if not embeddings:
+        ax.plot(x, [row["train_loss"] for row in history], "o-", label="train loss")
+    ax.plot(x, [row["val_loss"] if row["val_loss"] is not None else float("nan") for row in history], "s-",
+            label="validation loss")
+    ax.set_xlabel("regularisation C (log scale)" if embeddings else "epoch")
+    if embeddings:
+        ax.set_xscale("log")
+    else:
+        ax.set_xticks(x)
+    ax.set_ylabel("loss")
+    right = ax.twinx()
+    right.plot(x, [row["val_macro_f1"] for row in history], "^-", color="tab:green", label="validation macro-F1")
+    if any("avg_val_macro_f1" in row for row in history):
+        pts = [(row["epoch"], row["avg_val_macro_f1"]) for row in history if "avg_val_macro_f1" in row]
+        right.plot(*zip(*pts), "v--", color="tab:olive", label="validation macro-F1, averaged weights")
+    right.set_ylabel("macro-F1")
+    right.set_ylim(0, 1)
+    handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], loc="center right", fontsize=8)
+    ax.set_title("Training: loss and validation macro-F1")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def markdown_html(text: str, directory: Path, images: list[str]) -> str:
+    """The report's markdown (headings, lists, tables, code blocks, images) as one self-contained HTML page:
+    PNGs are inlined as data: URIs and nothing is fetched from anywhere."""
+    import base64
+    import html
+    import re
+
+    def inline(value: str) -> str:
+        value = html.escape(value)
+        value = re.sub(r"`([^`]+)`", r"<code>\1</code>", value)
+        return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", value)
+
+    out: list[str] = []
+    in_code = in_list = False
+    table: list[list[str]] = []
+
+    def flush() -> None:
+        nonlocal in_list, table
+        if in_list:
+            out.append("</ul>")
+            in_list = False
+        if table:
+            head, *body = table
+            out.append("<table><thead><tr>" + "".join(f"<th>{inline(c)}</th>" for c in head) + "</tr></thead><tbody>")
+            out.extend("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in row) + "</tr>" for row in body)
+            out.append("</tbody></table>")
+            table = []
+
+    for line in text.splitlines():
+        if line.startswith("```"):
+            flush()
+            out.append("</pre>" if in_code else "<pre>")
+            in_code = not in_code
+            continue
+        if in_code:
+            out.append(html.escape(line))
+            continue
+        image = re.fullmatch(r"!\[([^\]]*)\]\(([^)]+)\)", line.strip())
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not all(re.fullmatch(r":?-+:?", c) for c in cells):
+                table.append(cells)
+            continue
+        flush()
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{inline(line[level:].strip())}</h{level}>")
+        elif line.startswith("- "):
+            if not in_list:
+                out.append("<ul>")
+                in_list = True
+            out.append(f"<li>{inline(line[2:])}</li>")
+        elif image and image.group(2) in images:
+            data = base64.b64encode((directory / image.group(2)).read_bytes()).decode("ascii")
+            out.append(f'<p><img alt="{html.escape(image.group(1))}" src="data:image/png;base64,{data}"></p>')
+        elif line.strip():
+            out.append(f"<p>{inline(line)}</p>")
+    flush()
+    style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}"
+             "table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.2rem .5rem;"
+             "text-align:right}td:first-child,th:first-child{text-align:left}pre{background:#f5f5f5;padding:.75rem;"
+             "overflow-x:auto}img{max-width:100%}code{background:#f0f0f0;padding:0 .2rem}")
+    return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
+            "style-src 'unsafe-inline'\"><title>medclf run report</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
+
+
 def _calibration_lines(cal: dict[str, Any], config: TrainConfig, multi: bool) -> list[str]:
-    how = (f"temperature scaling fitted on the validation part: T = {cal['temperature']:.3f} (logits are divided by "
-           "T before the " + ("sigmoid" if multi else "softmax") + "; no prediction changes)"
+    how = (f"temperature scaling, T = {cal['temperature']:.3f}, {cal.get('note', '')} (logits are divided by T before "
+           "the " + ("sigmoid" if multi else "softmax") + "; no prediction changes)"
            if config.calibrate else "off (--no-calibrate): the model's own probabilities")
     return [
         "## Calibration",
@@ -108,6 +232,8 @@ def write_report(directory: Path, *, metrics: dict[str, Any], config: TrainConfi
     timing = metrics["timing"]
     data = metrics["data"]
     embeddings = metrics.get("method") == "embeddings"
+    atomic_write_bytes(directory / TRAINING_FILE, training_png(metrics["history"], embeddings=embeddings))
+    images = [name for name in (CONFUSION_FILE, CALIBRATION_FILE, TRAINING_FILE) if (directory / name).is_file()]
     if embeddings:
         options = (f"- Method: logistic regression on frozen mean-pooled embeddings; max length {config.max_length}, "
                    f"seed {config.seed}, class weights {config.class_weights}")
@@ -142,6 +268,7 @@ def write_report(directory: Path, *, metrics: dict[str, Any], config: TrainConfi
         format_table(test),
         "```",
         "",
+        *_baseline_lines(metrics.get("baseline_tfidf"), test, multi),
         *(_multilabel_notes(test, config) if multi else [
             "Macro-F1 weighs every class equally, so a small class the model misses shows here even when "
             "accuracy looks good.",
@@ -151,6 +278,8 @@ def write_report(directory: Path, *, metrics: dict[str, Any], config: TrainConfi
         "",
         *(_calibration_lines(cal, config, multi) if cal is not None else []),
         "## Training history",
+        "",
+        f"![training curve]({TRAINING_FILE})",
         "",
     ]
     if embeddings:
@@ -193,6 +322,15 @@ def write_report(directory: Path, *, metrics: dict[str, Any], config: TrainConfi
             lines.append(
                 f"| {name} | {t['mean_tokens']:.0f} | {t['texts_cut']} ({t['share_texts_cut']:.1%}) | {t['share_tokens_lost']:.1%} |"
             )
+    if all("tokens_p50" in t for t in data["truncation"].values()):
+        lines += ["", "Text length in tokens (whole texts, before any cut):", "",
+                  "| part | 10th percentile | median | 90th percentile | longest |", "|---|---|---|---|---|"]
+        lines += [f"| {name} | {t['tokens_p10']:.0f} | {t['tokens_p50']:.0f} | {t['tokens_p90']:.0f} | {t['tokens_max']} |"
+                  for name, t in data["truncation"].items()]
     versions = run_info["versions"]
-    lines += ["", "## Environment", "", ", ".join(f"{k} {v}" for k, v in versions.items()), ""]
-    atomic_write_text(directory / REPORT_FILE, "\n".join(lines))
+    hashes = ", ".join(f"{k} {v}" for k, v in run_info["data_sha256"].items() if v)
+    lines += ["", "## Environment", "", ", ".join(f"{k} {v}" for k, v in versions.items()), "",
+              f"Data SHA-256: {hashes}.", ""]
+    text = "\n".join(lines)
+    atomic_write_text(directory / REPORT_FILE, text)
+    atomic_write_text(directory / REPORT_HTML_FILE, markdown_html(text, directory, images))

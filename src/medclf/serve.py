@@ -381,6 +381,38 @@ def create_app(settings: ServeSettings) -> Any:
         texts: list[str] | None = Field(None, description="Several texts; the answer is a list of predictions in order.")
         top_k: int | None = Field(None, ge=1, description="Give only the K most probable classes per text.")
 
+    class ExplainRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+        text: str = Field(..., description="The text to explain.")
+        method: str = Field("integrated-gradients", description="integrated-gradients | occlusion.")
+        target: str | None = Field(None, description="The label to explain; default: the predicted one.")
+        steps: int = Field(32, ge=2, le=256, description="integrated-gradients: interpolation steps.")
+
+    explain_lock = asyncio.Lock()  # one explanation at a time: each is dozens of forward and backward passes
+
+    @app.post("/v1/explain", dependencies=[Depends(authorize)])
+    async def explain(body: ExplainRequest) -> Any:
+        """Per-word attribution scores for one text (the same JSON as `medclf explain`)."""
+        from fastapi.concurrency import run_in_threadpool
+
+        from medclf.explain import METHODS, Explainer
+
+        clf = state["clf"]
+        if len(body.text) > settings.max_chars:
+            return field_error(413, ["text"], f"The text has {len(body.text)} characters; the limit is {settings.max_chars}.",
+                               "too_long")
+        if not body.text.strip():
+            return field_error(422, ["text"], "The text is empty.", "value_error")
+        if body.method not in METHODS:
+            return field_error(422, ["method"], f"'method' must be one of {', '.join(METHODS)}.", "value_error")
+        if body.target is not None and body.target not in clf.labels:
+            return field_error(422, ["target"], f"'target' must be one of the model's labels: {', '.join(clf.labels)}.",
+                               "value_error")
+        async with explain_lock:
+            found = await run_in_threadpool(Explainer(clf).explain, body.text, method=body.method, target=body.target,
+                                            steps=body.steps)
+        return found.to_dict()
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
         return HTMLResponse(page, headers={"Content-Security-Policy": (

@@ -31,12 +31,13 @@ from medclf.artifacts import (
     save_pretrained_atomic,
     staging_dir,
 )
-from medclf.calibration import calibration_summary, fit_temperature, fold_temperature, scale_thresholds
+from medclf.calibration import calibration_summary, fold_temperature, scale_thresholds, temperature_for
+from medclf.baseline import tfidf_probabilities
 from medclf.batching import Encoded, collate, encode, length_grouped_batches, pool_logits, pool_logits_torch
 from medclf.config import TrainConfig
 from medclf.data import LabeledData, check_classes, check_label_sets, demo_data_path, load_labeled, stratified_split
 from medclf.errors import MedclfError
-from medclf.metrics import headline
+from medclf.metrics import bootstrap_intervals, headline
 from medclf.modeling import (
     autocast,
     check_max_length,
@@ -110,20 +111,43 @@ def file_sha256(path: str | Path | None) -> str | None:
     return digest.hexdigest()
 
 
-def prepare_splits(config: TrainConfig) -> Splits:
-    """Read and validate the data, then split it: stratified test and validation parts unless given."""
-    columns: dict[str, Any] = {"text_columns": config.text_columns, "label_column": config.label_column,
-                               "drop_empty": config.drop_empty, "multi_label": config.multi_label,
-                               "label_sep": config.label_sep}
-    data = load_labeled(config.data, role="training data", **columns)
+def read_training_data(config: TrainConfig) -> tuple[LabeledData, list[str]]:
+    """The training table, read and validated, and its label names."""
+    data = load_labeled(config.data, role="training data", **_columns(config))
     if config.multi_label:
         declared = data.label_column if isinstance(data.label_column, list) else None
         labels = check_label_sets(data.labels, source=data.source, declared=declared,
                                   sep=None if declared else config.label_sep)
     else:
         labels = check_classes(data.labels, source=data.source)
-    columns.update(text_columns=data.text_columns, label_column=data.label_column)
+    return data, labels
+
+
+def _columns(config: TrainConfig) -> dict[str, Any]:
+    return {"text_columns": config.text_columns, "label_column": config.label_column, "drop_empty": config.drop_empty,
+            "multi_label": config.multi_label, "label_sep": config.label_sep, "group_column": config.group_column}
+
+
+def split_off(pool: LabeledData, *, fraction: float, seed: int, part: str, option: str) -> tuple[LabeledData, LabeledData]:
+    """(rest of pool, a stratified slice of it): by groups too where the data has them."""
+    keep, out = stratified_split(pool.labels, fraction=fraction, seed=seed, source=pool.source, part=part,
+                                 option=option, groups=pool.groups)
+    return pool.subset(keep), pool.subset(out)
+
+
+def check_training_labels(train: LabeledData, labels: list[str]) -> None:
+    missing = sorted(set(labels) - set(_label_names(train.labels)))
+    if missing:
+        raise MedclfError(f"Class(es) {', '.join(map(repr, missing))} have no training rows after splitting; add rows.")
+
+
+def prepare_splits(config: TrainConfig) -> Splits:
+    """Read and validate the data, then split it: stratified test and validation parts unless given."""
+    data, labels = read_training_data(config)
+    columns = {**_columns(config), "text_columns": data.text_columns, "label_column": data.label_column,
+               "group_column": None}
     how = []
+    grouped = f", grouped by {config.group_column}" if config.group_column else ""
 
     def part(path: str | None, pool: LabeledData, fraction: float, name: str) -> tuple[LabeledData, LabeledData]:
         """(rest of pool, the named part): read from `path`, or a stratified slice of `pool`."""
@@ -133,17 +157,12 @@ def prepare_splits(config: TrainConfig) -> Splits:
             how.append(f"{name} from {path}")
             return pool, held
         option = "--test-data" if name == "test" else "--val-data"
-        keep, out = stratified_split(
-            pool.labels, fraction=fraction, seed=config.seed, source=data.source, part=name, option=option
-        )
-        how.append(f"stratified {fraction:.0%} {name} part" + (f", seed {config.seed}" if name == "test" else ""))
-        return pool.subset(keep), pool.subset(out)
+        how.append(f"stratified {fraction:.0%} {name} part{grouped}" + (f", seed {config.seed}" if name == "test" else ""))
+        return split_off(pool, fraction=fraction, seed=config.seed, part=name, option=option)
 
     train, test = part(config.test_data, data, config.test_size, "test")
     train, val = part(config.val_data, train, config.val_size, "validation")
-    missing = sorted(set(labels) - set(_label_names(train.labels)))
-    if missing:
-        raise MedclfError(f"Class(es) {', '.join(map(repr, missing))} have no training rows after splitting; add rows.")
+    check_training_labels(train, labels)
     return Splits(train=train, val=val, test=test, labels=labels, how="; ".join(how))
 
 
@@ -251,15 +270,16 @@ class Prepared:
     task: Task
 
 
-def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
+def train(config: TrainConfig, *, progress: bool = True, splits: Splits | None = None) -> TrainResult:
     """Train a classifier as `config` says (fine-tuning or frozen embeddings), evaluate it on the test
-    part, and write the run directory."""
+    part, and write the run directory. `splits`: parts made by the caller (`medclf cv` folds) instead of
+    reading and splitting `config.data`."""
     started = time.perf_counter()
     output = Path(config.output or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
     check_output_dir(output, overwrite=config.overwrite)
 
     runlog = RunLog()
-    splits = prepare_splits(config)
+    splits = splits or prepare_splits(config)
     labels = splits.labels
     task = task_for(config.multi_label)
     source = resolve_model(config.model)
@@ -301,10 +321,10 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     fitted = fit(config, source=source, labels=labels, splits=splits, prep=prep, runlog=runlog, progress=progress)
     model, y_test, pad_id = fitted.model, prep.y_test, prep.pad_id
 
-    temperature = 1.0
+    temperature, calibration_note = 1.0, "off (--no-calibrate)"
     if config.calibrate:  # temperature scaling on the validation part (changes no decision)
         val_logits = document_logits(model, prep.enc["val"], config, pad_id=pad_id, device=prep.device)
-        temperature = fit_temperature(val_logits, prep.y_val, task)
+        temperature, calibration_note = temperature_for(val_logits, prep.y_val, task)
     eval_start = time.perf_counter()
     test_logits = document_logits(model, prep.enc["test"], config, pad_id=pad_id, device=prep.device)
     test_probs = task.probabilities(test_logits / temperature)
@@ -316,17 +336,22 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         thresholds = scale_thresholds(np.array([fitted.validation["thresholds"][lab] for lab in labels]), temperature)
     test = task.metrics(y_test, test_probs, labels, thresholds)
     test["calibration"] = calibration_summary(test_logits, y_test, task, temperature)
+    test["intervals"] = bootstrap_intervals(y_test, task.decide(test_probs, thresholds), multi_label=task.multi_label,
+                                            seed=config.seed)
     # The saved model gives calibrated logits itself where its last layer is linear; otherwise the run keeps T
     # and TextClassifier divides by it.
     folded = temperature != 1.0 and fold_temperature(model, temperature)
     test["calibration"]["folded_into_model"] = folded
+    test["calibration"]["note"] = calibration_note
     if task.multi_label:
         fixed = task.metrics(y_test, task.probabilities(test_logits), labels)
-        test["at_threshold_0.5"] = {key: fixed[key] for key in
-                                    ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss")}
+        test["at_threshold_0.5"] = _headline_figures(fixed)
 
+    baseline = tfidf_probabilities(splits.train.texts, prep.y_train, splits.test.texts, len(labels),
+                                   multi_label=task.multi_label)
     metrics: dict[str, Any] = {
         "test": test,
+        "baseline_tfidf": None if baseline is None else _headline_figures(task.metrics(y_test, baseline, labels)),
         "task": task.name,
         "method": config.method,
         "validation": fitted.validation,
@@ -386,8 +411,8 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
             metrics["timing"]["train_samples_per_second"] or 0.0,
         )
         cal = test["calibration"]
-        runlog.info("Calibration: temperature %.3f%s; test ECE %.4f -> %.4f, Brier %.4f -> %.4f.", temperature,
-                    " fitted on the validation part" + (", folded into the saved head" if folded else "") if config.calibrate else " (--no-calibrate)", cal["ece_before"],
+        runlog.info("Calibration: temperature %.3f (%s%s); test ECE %.4f -> %.4f, Brier %.4f -> %.4f.", temperature,
+                    calibration_note, ", folded into the saved head" if folded else "", cal["ece_before"],
                     cal["ece_after"], cal["brier_before"], cal["brier_after"])
         atomic_write_text(stage / LOG_FILE, runlog.text())
         atomic_write_text(stage / PREDICTIONS_FILE, _predictions_csv(splits.test, labels, task, test_probs, thresholds,
@@ -624,6 +649,12 @@ def _fit_embeddings(
     )
 
 
+def _headline_figures(metrics: dict[str, Any]) -> dict[str, Any]:
+    keys = ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss") \
+        if metrics.get("task") == "multi-label" else ("accuracy", "macro_f1", "weighted_f1")
+    return {key: metrics[key] for key in keys}
+
+
 def _accuracy(metrics: dict[str, Any]) -> float:
     """Accuracy, or (multi-label) subset accuracy: the share of texts whose label set is exactly right."""
     return metrics["subset_accuracy"] if metrics.get("task") == "multi-label" else metrics["accuracy"]
@@ -707,6 +738,9 @@ def _truncation(e: Encoded, max_length: int) -> dict[str, Any]:
         "mean_tokens": e.tokens_total / max(1, e.n_docs),
         "mean_tokens_kept": sum(e.lengths) / max(1, e.n_docs),
     }
+    if e.text_tokens:  # the length distribution of whole texts, in tokens
+        out.update({f"tokens_p{q}": float(np.percentile(e.text_tokens, q)) for q in (10, 50, 90)},
+                   tokens_max=int(max(e.text_tokens)))
     if e.doc_of is not None:  # chunk: texts_cut = texts longer than max_chunks windows cover
         out.update(windows=len(e.input_ids), mean_windows=len(e.input_ids) / max(1, e.n_docs))
     return out

@@ -1,0 +1,118 @@
+"""k-fold cross-validation: the whole training procedure once per fold, and how much its figures vary.
+
+Each fold is a normal run directory (OUTPUT/fold-K/: model, metrics, report) trained with the same
+options on the other folds (less a validation slice, by groups where given) and tested on its fold.
+cv.json and cv.md give every fold's figures, their mean and a 95% interval for the mean (Student's t
+over the folds: mean +- t(0.975, k-1) x sd / sqrt(k)).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from medclf.artifacts import atomic_write_json, atomic_write_text, check_output_dir, publish, staging_dir
+from medclf.config import TrainConfig
+from medclf.data import kfold_indices
+from medclf.errors import MedclfError
+
+CV_FILE = "cv.json"
+CV_TABLE = "cv.md"
+
+
+@dataclass
+class CVResult:
+    output: Path
+    folds: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+
+def _figures(test: dict[str, Any]) -> dict[str, float]:
+    keys = (("micro_f1", "macro_f1", "samples_f1", "subset_accuracy") if test.get("task") == "multi-label"
+            else ("accuracy", "macro_f1", "weighted_f1"))
+    return {key: float(test[key]) for key in keys}
+
+
+def mean_interval(values: list[float], level: float = 0.95) -> dict[str, float]:
+    """Mean, standard deviation and the t interval for the mean of the fold figures."""
+    from scipy import stats
+
+    k = len(values)
+    mean = sum(values) / k
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (k - 1)) if k > 1 else 0.0
+    half = float(stats.t.ppf(0.5 + level / 2, k - 1)) * sd / math.sqrt(k) if k > 1 else 0.0
+    return {"mean": mean, "sd": sd, "low": mean - half, "high": mean + half}
+
+
+def cross_validate(config: TrainConfig, *, folds: int = 5, progress: bool = False) -> CVResult:
+    """Train and test once per fold (stratified, or grouped by config.group_column); write OUTPUT/fold-K/
+    runs, cv.json and cv.md. config.test_data and config.test_size do not apply: each fold is a test part."""
+    from medclf.training import Splits, check_training_labels, read_training_data, split_off, train
+
+    if config.test_data is not None:
+        raise MedclfError("--test-data does not apply to cross-validation: every row is tested once, in its fold.")
+    started = time.perf_counter()
+    output = Path(config.output or Path("runs") / datetime.now().strftime("cv-%Y%m%d-%H%M%S"))
+    check_output_dir(output, overwrite=config.overwrite)
+    data, labels = read_training_data(config)
+    pairs = kfold_indices(data.labels, folds=folds, seed=config.seed, groups=data.groups, source=data.source)
+    stage = staging_dir(output)
+    rows: list[dict[str, Any]] = []
+    try:
+        for k, (rest, held) in enumerate(pairs, 1):
+            pool, test = data.subset(rest), data.subset(held)
+            if config.val_data is not None:
+                raise MedclfError("--val-data does not apply to cross-validation: each fold takes its own validation slice.")
+            train_part, val = split_off(pool, fraction=config.val_size, seed=config.seed, part="validation",
+                                        option="a larger --val-size")
+            check_training_labels(train_part, labels)
+            grouped = f", grouped by {config.group_column}" if config.group_column else ""
+            splits = Splits(train=train_part, val=val, test=test, labels=labels,
+                            how=f"fold {k} of {folds}{grouped} (seed {config.seed}) as test; stratified "
+                                f"{config.val_size:.0%} validation slice of the other folds")
+            fold_config = dataclasses.replace(config, output=str(stage / f"fold-{k}"), overwrite=False)
+            result = train(fold_config, progress=progress, splits=splits)
+            rows.append({"fold": k, "n_train": len(train_part), "n_val": len(val), "n_test": len(test),
+                         **_figures(result.test_metrics), "train_seconds": result.metrics["timing"]["train_seconds"]})
+        summary = {key: mean_interval([row[key] for row in rows]) for key in _figures_keys(rows)}
+        seconds = time.perf_counter() - started
+        report = {"folds": folds, "grouped_by": config.group_column, "seed": config.seed, "rows": rows,
+                  "summary": summary, "interval": "95% Student t interval for the mean over the folds",
+                  "seconds": seconds, "config": config.to_dict()}
+        atomic_write_json(stage / CV_FILE, report)
+        atomic_write_text(stage / CV_TABLE, format_cv(report))
+        final = publish(stage, output, overwrite=config.overwrite)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return CVResult(output=final, folds=rows, summary=summary)
+
+
+def _figures_keys(rows: list[dict[str, Any]]) -> list[str]:
+    return [key for key in ("accuracy", "micro_f1", "macro_f1", "weighted_f1", "samples_f1", "subset_accuracy")
+            if key in rows[0]]
+
+
+def format_cv(report: dict[str, Any]) -> str:
+    keys = _figures_keys(report["rows"])
+    names = {"accuracy": "accuracy", "micro_f1": "micro-F1", "macro_f1": "macro-F1", "weighted_f1": "weighted-F1",
+             "samples_f1": "samples-F1", "subset_accuracy": "subset accuracy"}
+    lines = [f"| fold | train / validation / test rows | {' | '.join(names[k] for k in keys)} | train s |",
+             "|---|---|" + "---|" * len(keys) + "---|"]
+    for row in report["rows"]:
+        lines.append(f"| {row['fold']} | {row['n_train']} / {row['n_val']} / {row['n_test']} | "
+                     + " | ".join(f"{row[k]:.4f}" for k in keys) + f" | {row['train_seconds']:.0f} |")
+    summary = report["summary"]
+    lines.append("| mean (sd) | | " + " | ".join(f"{summary[k]['mean']:.4f} ({summary[k]['sd']:.4f})" for k in keys) + " | |")
+    lines.append("| 95% interval | | " + " | ".join(f"[{summary[k]['low']:.4f}, {summary[k]['high']:.4f}]" for k in keys)
+                 + " | |")
+    grouped = f", grouped by {report['grouped_by']}" if report["grouped_by"] else ""
+    return (f"{report['folds']}-fold cross-validation{grouped}, seed {report['seed']}, {report['seconds']:.0f} s\n\n"
+            + "\n".join(lines) + "\n")
