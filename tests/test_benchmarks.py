@@ -158,3 +158,23 @@ def test_explain_faithfulness_benchmark_reads_the_test_part_and_reports_both_mea
     assert result["texts"] == 6 and set(result["methods"]) == {"integrated-gradients", "occlusion"}
     for check in result["methods"].values():
         assert check["texts"] == 6 and check["mean_drop_top_k"] is not None and check["seconds_per_text"] > 0
+
+
+def test_ece_floor_simulates_a_calibrated_model_of_the_same_size(tmp_path, trained_run):
+    out = tmp_path / "floor.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ece_floor.py"), "--run", str(trained_run), "--draws",
+                           "200", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["draws"] == 200 and 0 <= result["p5"] <= result["median"] <= result["p95"] <= 1
+
+
+def test_stream_predict_benchmark_measures_each_size(tmp_path, trained_run):
+    out = tmp_path / "stream"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "stream_predict.py"), "--run", str(trained_run),
+                           "--rows", "300,900", "--in-memory", "300", "--chunk-rows", "200", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [(r["rows"], r["mode"]) for r in rows] == [(300, "streaming"), (900, "streaming"), (300, "one chunk (in memory)")]
+    assert all(r["peak_rss_mib"] > 50 and r["rows_per_second"] > 0 for r in rows)

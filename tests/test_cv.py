@@ -77,11 +77,13 @@ def test_mean_interval_is_the_t_interval():
 def test_cv_through_the_cli(tmp_path, tiny_model, grouped_csv):
     out = tmp_path / "cv"
     result = runner.invoke(app, ["cv", "--data", str(grouped_csv), "--model", tiny_model, "--output", str(out),
-                                 "--folds", "3", "--group-column", "patient", "--max-steps", "2", "--max-length", "32"])
+                                 "--folds", "3", "--group-column", "patient", "--max-steps", "2", "--max-length", "32",
+                                 "--workers", "2"])
     assert result.exit_code == 0, result.output
     assert "95% interval" in result.stdout and SECRET not in result.output
     report = json.loads((out / "cv.json").read_text())
     assert [row["fold"] for row in report["rows"]] == [1, 2, 3] and report["grouped_by"] == "patient"
+    assert report["workers"] == 2
     for key in ("accuracy", "macro_f1"):
         s = report["summary"][key]
         assert s["low"] <= s["mean"] <= s["high"]
@@ -106,3 +108,14 @@ def test_cv_refusals_exit_2(tmp_path, tiny_model, grouped_csv, extra, message):
                                  str(tmp_path / "cv"), *extra])
     assert result.exit_code == 2 and message in result.output
     assert not (tmp_path / "cv").exists()
+
+
+def test_folds_in_parallel_processes_give_the_same_figures_as_one_after_another(tmp_path, tiny_model, grouped_csv):
+    from medclf.cv import cross_validate
+
+    config = TrainConfig(data=str(grouped_csv), model=tiny_model, max_steps=2, max_length=32, precision="fp32")
+    one = cross_validate(TrainConfig(**{**config.to_dict(), "output": str(tmp_path / "a")}), folds=2, workers=1)
+    two = cross_validate(TrainConfig(**{**config.to_dict(), "output": str(tmp_path / "b")}), folds=2, workers=2)
+    for a, b in zip(one.folds, two.folds):
+        assert (a["n_train"], a["n_test"]) == (b["n_train"], b["n_test"])
+        assert a["accuracy"] == pytest.approx(b["accuracy"], abs=0.05)  # 1 vs 2 threads: float order may differ

@@ -169,14 +169,14 @@ def _train_config(options: dict[str, object]) -> TrainConfig:
     return TrainConfig(**values, text_columns=options["text_column"])  # type: ignore[arg-type]
 
 
-def cv(folds: int = 5, **options: object) -> None:
+def cv(folds: int = 5, workers: int | None = None, **options: object) -> None:
     """Cross-validate: train and test once per fold with `train`'s options (stratified folds, or grouped by
     --group-column so no patient's rows sit on both sides); per-fold figures, mean and 95% interval."""
 
     def run() -> None:
         from medclf.cv import CV_FILE, CV_TABLE, cross_validate
 
-        result = cross_validate(_train_config(options), folds=folds, progress=_progress())
+        result = cross_validate(_train_config(options), folds=folds, progress=_progress(), workers=workers)
         typer.echo((result.output / CV_TABLE).read_text(encoding="utf-8"))
         typer.echo(f"Folds written to {result.output} ({CV_FILE}, {CV_TABLE}, fold-1 ... fold-{folds})")
 
@@ -190,11 +190,14 @@ def _register_cv() -> None:
 
     folds = inspect.Parameter("folds", inspect.Parameter.KEYWORD_ONLY, default=5, annotation=Annotated[
         int, typer.Option("--folds", help="Number of folds; each row is tested once.")])
+    workers = inspect.Parameter("workers", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        int | None, typer.Option("--workers", help="Folds trained at once, each in its own process. Default: one per CPU core (1 on a GPU).")])
     hints = typing.get_type_hints(train, include_extras=True)  # the real Annotated[...] objects, not strings
     params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints[p.name])
               for p in inspect.signature(train).parameters.values()]
-    cv.__signature__ = inspect.Signature([folds, *params])  # type: ignore[attr-defined]
-    cv.__annotations__ = {**{p.name: p.annotation for p in params}, "folds": folds.annotation, "return": None}
+    cv.__signature__ = inspect.Signature([folds, workers, *params])  # type: ignore[attr-defined]
+    cv.__annotations__ = {**{p.name: p.annotation for p in params}, "folds": folds.annotation,
+                          "workers": workers.annotation, "return": None}
     app.command(name="cv")(cv)
 
 
@@ -243,7 +246,7 @@ def predict(
     run_dir: Annotated[str, typer.Argument(help="A run directory written by `medclf train`.")],
     texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify (or use --input).")] = None,
     input: Annotated[str | None, typer.Option("--input", "-i", help="A .txt file (one text per line) or a CSV/TSV/JSONL/Parquet table.")] = None,
-    output: Annotated[str | None, typer.Option("--output", "-o", help="Write CSV or JSONL (by extension). Default: JSONL on stdout.")] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Write CSV, JSONL or Parquet (by extension); it appears only when complete. Default: JSONL on stdout.")] = None,
     text_column: TextColOpt = None,
     top_k: Annotated[int | None, typer.Option("--top-k", help="Give only the K most probable classes per text.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Inference batch size.")] = INFER_BATCH,
@@ -251,6 +254,8 @@ def predict(
     drop_empty: Annotated[bool, typer.Option("--drop-empty", help="Skip empty texts instead of refusing the input.")] = False,
     backend: BackendOpt = "auto",
     long_text: LongTextOpt = None,
+    chunk_rows: Annotated[int, typer.Option("--chunk-rows", help="Rows of --input read, classified and written at a time (memory stays flat however large the file).")] = 10_000,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted --input/--output job from its last complete chunk (same input, same options).")] = False,
 ) -> None:
     """Label new texts: the predicted label and the probability of every class, for each text."""
 
@@ -260,6 +265,7 @@ def predict(
         count = predict_file(
             run_dir, texts=texts, input=input, output=output, text_columns=text_column, top_k=top_k,
             batch_size=batch_size, keep_text=keep_text, drop_empty=drop_empty, backend=backend, long_text=long_text,
+            chunk_rows=chunk_rows, resume=resume, progress=_progress() and output is not None,
         )
         if output:
             log.info("Wrote %d predictions to %s", count, output)

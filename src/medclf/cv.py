@@ -1,6 +1,8 @@
 """k-fold cross-validation: the whole training procedure once per fold, and how much its figures vary.
 
-Each fold is a normal run directory (OUTPUT/fold-K/: model, metrics, report) trained with the same
+Folds run in parallel processes on a CPU with several cores (`workers`, each with cores / workers
+threads): small batches keep two threads half idle, so two folds at a time finish sooner than one
+fold on two threads. Each fold is a normal run directory (OUTPUT/fold-K/: model, metrics, report) trained with the same
 options on the other folds (less a validation slice, by groups where given) and tested on its fold.
 cv.json and cv.md give every fold's figures, their mean and a 95% interval for the mean (Student's t
 over the folds: mean +- t(0.975, k-1) x sd / sqrt(k)).
@@ -9,6 +11,7 @@ over the folds: mean +- t(0.975, k-1) x sd / sqrt(k)).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -21,6 +24,7 @@ from medclf.config import TrainConfig
 from medclf.data import kfold_indices
 from medclf.errors import MedclfError
 
+log = logging.getLogger(__name__)
 CV_FILE = "cv.json"
 CV_TABLE = "cv.md"
 
@@ -49,10 +53,35 @@ def mean_interval(values: list[float], level: float = 0.95) -> dict[str, float]:
     return {"mean": mean, "sd": sd, "low": mean - half, "high": mean + half}
 
 
-def cross_validate(config: TrainConfig, *, folds: int = 5, progress: bool = False) -> CVResult:
+def default_workers(config: TrainConfig, folds: int) -> int:
+    """One fold per core on a CPU; one at a time on a GPU (it is shared)."""
+    import os
+
+    from medclf.modeling import choose_device
+
+    if choose_device(config.device).type != "cpu":
+        return 1
+    return max(1, min(folds, os.cpu_count() or 1))
+
+
+def _run_fold(config: TrainConfig, splits: Any, progress: bool, threads: int | None = None) -> dict[str, Any]:
+    from medclf.training import train
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    result = train(config, progress=progress, splits=splits, plots=False)
+    return {**_figures(result.test_metrics), "train_seconds": result.metrics["timing"]["train_seconds"]}
+
+
+def cross_validate(config: TrainConfig, *, folds: int = 5, progress: bool = False, workers: int | None = None) -> CVResult:
     """Train and test once per fold (stratified, or grouped by config.group_column); write OUTPUT/fold-K/
-    runs, cv.json and cv.md. config.test_data and config.test_size do not apply: each fold is a test part."""
-    from medclf.training import Splits, check_training_labels, read_training_data, split_off, train
+    runs, cv.json and cv.md. config.test_data and config.test_size do not apply: each fold is a test part.
+    workers: folds trained at once, in separate processes (default: one per CPU core, 1 on a GPU)."""
+    import os
+
+    from medclf.training import Splits, check_training_labels, read_training_data, split_off
 
     if config.test_data is not None:
         raise MedclfError("--test-data does not apply to cross-validation: every row is tested once, in its fold.")
@@ -61,13 +90,17 @@ def cross_validate(config: TrainConfig, *, folds: int = 5, progress: bool = Fals
     check_output_dir(output, overwrite=config.overwrite)
     data, labels = read_training_data(config)
     pairs = kfold_indices(data.labels, folds=folds, seed=config.seed, groups=data.groups, source=data.source)
+    if config.val_data is not None:
+        raise MedclfError("--val-data does not apply to cross-validation: each fold takes its own validation slice.")
+    workers = default_workers(config, folds) if workers is None else workers
+    if not isinstance(workers, int) or workers < 1:
+        raise MedclfError(f"workers must be a positive whole number, got {workers!r}.")
     stage = staging_dir(output)
     rows: list[dict[str, Any]] = []
+    jobs: list[tuple[TrainConfig, Any]] = []
     try:
         for k, (rest, held) in enumerate(pairs, 1):
             pool, test = data.subset(rest), data.subset(held)
-            if config.val_data is not None:
-                raise MedclfError("--val-data does not apply to cross-validation: each fold takes its own validation slice.")
             train_part, val = split_off(pool, fraction=config.val_size, seed=config.seed, part="validation",
                                         option="a larger --val-size")
             check_training_labels(train_part, labels)
@@ -75,13 +108,34 @@ def cross_validate(config: TrainConfig, *, folds: int = 5, progress: bool = Fals
             splits = Splits(train=train_part, val=val, test=test, labels=labels,
                             how=f"fold {k} of {folds}{grouped} (seed {config.seed}) as test; stratified "
                                 f"{config.val_size:.0%} validation slice of the other folds")
-            fold_config = dataclasses.replace(config, output=str(stage / f"fold-{k}"), overwrite=False)
-            result = train(fold_config, progress=progress, splits=splits)
-            rows.append({"fold": k, "n_train": len(train_part), "n_val": len(val), "n_test": len(test),
-                         **_figures(result.test_metrics), "train_seconds": result.metrics["timing"]["train_seconds"]})
+            jobs.append((dataclasses.replace(config, output=str(stage / f"fold-{k}"), overwrite=False), splits))
+            rows.append({"fold": k, "n_train": len(train_part), "n_val": len(val), "n_test": len(test)})
+        if workers == 1:
+            found = [_run_fold(fold_config, splits, progress) for fold_config, splits in jobs]
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            # cores / workers threads per fold; the folds of a last, partial round share the cores among fewer
+            cores = os.cpu_count() or 1
+            last_round = len(jobs) % workers
+            threads = [max(1, cores // (last_round if i >= len(jobs) - last_round else workers))
+                       for i in range(len(jobs))]
+            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool_:
+                futures = {pool_.submit(_run_fold, fold_config, splits, False, n): k
+                           for k, ((fold_config, splits), n) in enumerate(zip(jobs, threads))}
+                done: dict[int, dict[str, Any]] = {}
+                for future in as_completed(futures):
+                    k = futures[future]
+                    done[k] = future.result()
+                    log.info("Fold %d of %d done: macro-F1 %.4f (%d of %d folds finished).", k + 1, folds,
+                             done[k]["macro_f1"], len(done), folds)
+                found = [done[k] for k in range(len(jobs))]
+        for row, figures in zip(rows, found):
+            row.update(figures)
         summary = {key: mean_interval([row[key] for row in rows]) for key in _figures_keys(rows)}
         seconds = time.perf_counter() - started
-        report = {"folds": folds, "grouped_by": config.group_column, "seed": config.seed, "rows": rows,
+        report = {"folds": folds, "workers": workers, "grouped_by": config.group_column, "seed": config.seed, "rows": rows,
                   "summary": summary, "interval": "95% Student t interval for the mean over the folds",
                   "seconds": seconds, "config": config.to_dict()}
         atomic_write_json(stage / CV_FILE, report)

@@ -11,6 +11,8 @@ import logging
 import re
 import sys
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -55,9 +57,7 @@ def table_format(path: str, *, allow_txt: bool = False) -> str:
     )
 
 
-def read_table(path: str, *, allow_txt: bool = False) -> pd.DataFrame:
-    """Read a table by its extension, every column as it is stored (text stays text)."""
-    fmt = table_format(path, allow_txt=allow_txt)
+def _check_file(path: str) -> None:
     if path != "-":
         p = Path(path)
         if not p.exists():
@@ -66,25 +66,13 @@ def read_table(path: str, *, allow_txt: bool = False) -> pd.DataFrame:
             raise MedclfError(f"{path} is a directory; pass a data file.")
         if p.stat().st_size == 0:
             raise MedclfError(f"{path} is empty; it needs a header row and data rows.")
+
+
+@contextmanager
+def _parse_errors(path: str, fmt: str) -> Iterator[None]:
+    """Turn the parsers' exceptions into one sentence that names the file and the fix."""
     try:
-        if fmt in ("csv", "tsv"):
-            source = io.StringIO(sys.stdin.read()) if path == "-" else path
-            frame = pd.read_csv(
-                source,
-                sep="," if fmt == "csv" else "\t",
-                dtype=str,
-                keep_default_na=False,
-                na_values=[""],
-                encoding="utf-8",
-            )
-        elif fmt == "jsonl":
-            frame = pd.read_json(path, lines=True, dtype=False, encoding="utf-8")
-        elif fmt == "parquet":
-            frame = pd.read_parquet(path)
-        else:
-            with open(path, encoding="utf-8") as handle:
-                lines = [line.rstrip("\r\n") for line in handle]
-            frame = pd.DataFrame({"text": lines})
+        yield
     except UnicodeDecodeError as exc:
         raise MedclfError(
             f"{path} is not valid UTF-8 (bad byte at position {exc.start}); re-save it as UTF-8, "
@@ -100,14 +88,96 @@ def read_table(path: str, *, allow_txt: bool = False) -> pd.DataFrame:
         ) from None
     except ValueError:
         raise MedclfError(f"{path} could not be parsed as {fmt.upper()}; check that the file matches its extension.") from None
+    except MedclfError:
+        raise
     except Exception as exc:  # pyarrow and friends raise many types for corrupt files
         if fmt == "parquet":
             raise MedclfError(f"{path} could not be read as Parquet ({type(exc).__name__}); check the file.") from None
         raise
+
+
+def _csv_options(fmt: str) -> dict[str, Any]:
+    return {"sep": "," if fmt == "csv" else "\t", "dtype": str, "keep_default_na": False, "na_values": [""],
+            "encoding": "utf-8"}
+
+
+def read_table(path: str, *, allow_txt: bool = False) -> pd.DataFrame:
+    """Read a table by its extension, every column as it is stored (text stays text)."""
+    fmt = table_format(path, allow_txt=allow_txt)
+    _check_file(path)
+    with _parse_errors(path, fmt):
+        if fmt in ("csv", "tsv"):
+            source = io.StringIO(sys.stdin.read()) if path == "-" else path
+            frame = pd.read_csv(source, **_csv_options(fmt))
+        elif fmt == "jsonl":
+            frame = pd.read_json(path, lines=True, dtype=False, encoding="utf-8")
+        elif fmt == "parquet":
+            frame = pd.read_parquet(path)
+        else:
+            with open(path, encoding="utf-8") as handle:
+                lines = [line.rstrip("\r\n") for line in handle]
+            frame = pd.DataFrame({"text": lines})
     frame.columns = [str(c) for c in frame.columns]
     if len(frame) == 0:
         raise MedclfError(f"{path} holds a header but no data rows.")
     return frame
+
+
+def iter_table(path: str, *, chunk_rows: int, allow_txt: bool = False) -> Iterator[pd.DataFrame]:
+    """The table in frames of at most chunk_rows rows, read as they are needed (memory stays flat however
+    large the file): the same parsing, and the same errors, as read_table."""
+    fmt = table_format(path, allow_txt=allow_txt)
+    _check_file(path)
+    seen = 0
+    with _parse_errors(path, fmt):
+        if fmt in ("csv", "tsv"):
+            source = sys.stdin if path == "-" else path
+            chunks: Iterator[pd.DataFrame] = iter(pd.read_csv(source, chunksize=chunk_rows, **_csv_options(fmt)))
+        elif fmt == "jsonl":
+            chunks = iter(pd.read_json(path, lines=True, dtype=False, encoding="utf-8", chunksize=chunk_rows))
+        elif fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            chunks = (batch.to_pandas() for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows))
+        else:
+            chunks = _text_lines(path, chunk_rows)
+        for frame in chunks:
+            frame.columns = [str(c) for c in frame.columns]
+            seen += len(frame)
+            yield frame
+    if seen == 0:
+        raise MedclfError(f"{path} holds a header but no data rows.")
+
+
+def _text_lines(path: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    with open(path, encoding="utf-8") as handle:
+        lines: list[str] = []
+        for line in handle:
+            lines.append(line.rstrip("\r\n"))
+            if len(lines) == chunk_rows:
+                yield pd.DataFrame({"text": lines})
+                lines = []
+        if lines:
+            yield pd.DataFrame({"text": lines})
+
+
+def count_rows(path: str) -> int | None:
+    """Data rows of a file without loading it (for a progress bar's ETA); None where that would cost a read
+    of its own (stdin)."""
+    fmt = table_format(path, allow_txt=True)
+    if path == "-":
+        return None
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    if fmt in ("csv", "tsv"):
+        import csv
+
+        with open(path, encoding="utf-8", newline="") as handle:
+            return max(0, sum(1 for _ in csv.reader(handle, delimiter="," if fmt == "csv" else "\t")) - 1)
+    with open(path, "rb") as handle:
+        return sum(1 for line in handle if line.strip() or fmt == "txt")
 
 
 @dataclass

@@ -56,6 +56,10 @@ def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def _missing_image(line: str, images: list[str]) -> bool:
+    return line.startswith("![") and line.rstrip(")").rsplit("(", 1)[-1] not in images
+
+
 def _baseline_lines(baseline: dict[str, Any] | None, test: dict[str, Any], multi: bool) -> list[str]:
     if not baseline:
         return []
@@ -215,16 +219,18 @@ def _multilabel_notes(test: dict[str, Any], config: TrainConfig) -> list[str]:
     return lines
 
 
-def write_report(directory: Path, *, metrics: dict[str, Any], config: TrainConfig, run_info: dict[str, Any]) -> None:
+def write_report(directory: Path, *, metrics: dict[str, Any], config: TrainConfig, run_info: dict[str, Any],
+                 plots: bool = True) -> None:
+    """report.md and report.html; with plots, also the PNGs they show (cross-validation folds skip them)."""
     test = metrics["test"]
     multi = test.get("task") == "multi-label"
-    if not multi:  # a multi-label run has no single confusion matrix: its per-label table says the same
+    if plots and not multi:  # a multi-label run has no single confusion matrix: its per-label table says the same
         atomic_write_bytes(
             directory / CONFUSION_FILE,
             confusion_png(test["confusion_matrix"], test["labels"], title=f"Test confusion matrix (n={test['n']})"),
         )
     cal = test.get("calibration")
-    if cal is not None:
+    if plots and cal is not None:
         from medclf.calibration import reliability_png
 
         atomic_write_bytes(directory / CALIBRATION_FILE, reliability_png(
@@ -232,7 +238,8 @@ def write_report(directory: Path, *, metrics: dict[str, Any], config: TrainConfi
     timing = metrics["timing"]
     data = metrics["data"]
     embeddings = metrics.get("method") == "embeddings"
-    atomic_write_bytes(directory / TRAINING_FILE, training_png(metrics["history"], embeddings=embeddings))
+    if plots:
+        atomic_write_bytes(directory / TRAINING_FILE, training_png(metrics["history"], embeddings=embeddings))
     images = [name for name in (CONFUSION_FILE, CALIBRATION_FILE, TRAINING_FILE) if (directory / name).is_file()]
     if embeddings:
         options = (f"- Method: logistic regression on frozen mean-pooled embeddings; max length {config.max_length}, "
@@ -331,6 +338,6 @@ def write_report(directory: Path, *, metrics: dict[str, Any], config: TrainConfi
     hashes = ", ".join(f"{k} {v}" for k, v in run_info["data_sha256"].items() if v)
     lines += ["", "## Environment", "", ", ".join(f"{k} {v}" for k, v in versions.items()), "",
               f"Data SHA-256: {hashes}.", ""]
-    text = "\n".join(lines)
+    text = "\n".join(line for line in lines if not _missing_image(line, images))
     atomic_write_text(directory / REPORT_FILE, text)
     atomic_write_text(directory / REPORT_HTML_FILE, markdown_html(text, directory, images))

@@ -270,10 +270,10 @@ class Prepared:
     task: Task
 
 
-def train(config: TrainConfig, *, progress: bool = True, splits: Splits | None = None) -> TrainResult:
+def train(config: TrainConfig, *, progress: bool = True, splits: Splits | None = None, plots: bool = True) -> TrainResult:
     """Train a classifier as `config` says (fine-tuning or frozen embeddings), evaluate it on the test
     part, and write the run directory. `splits`: parts made by the caller (`medclf cv` folds) instead of
-    reading and splitting `config.data`."""
+    reading and splitting `config.data`. plots: write the report's PNG figures (cross-validation folds skip them)."""
     started = time.perf_counter()
     output = Path(config.output or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
     check_output_dir(output, overwrite=config.overwrite)
@@ -420,7 +420,7 @@ def train(config: TrainConfig, *, progress: bool = True, splits: Splits | None =
         from medclf.report import write_report
 
         metrics["timing"]["total_seconds"] = time.perf_counter() - started
-        write_report(stage, metrics=metrics, config=config, run_info=run_info)
+        write_report(stage, metrics=metrics, config=config, run_info=run_info, plots=plots)
         atomic_write_json(stage / METRICS_FILE, metrics)
         final = publish(stage, output, overwrite=config.overwrite)
     except BaseException:
