@@ -50,6 +50,18 @@ def model_source(model: str) -> str:
     return model
 
 
+def demo_frame(quick: int | None = None) -> Any:
+    """The packaged demo snippets (text, specialty); with quick, about that many, every specialty kept."""
+    import pandas as pd
+
+    from medclf.data import demo_data_path
+
+    frame = pd.read_csv(demo_data_path())
+    if quick:
+        frame = frame.groupby("specialty", group_keys=False).head(max(2, quick // 6)).reset_index(drop=True)
+    return frame
+
+
 def write_result(path: str | Path, result: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

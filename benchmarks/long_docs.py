@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench_common import write_result
+from bench_common import demo_frame, write_result
 
 BOILERPLATE = [
     "Patient identity confirmed with two identifiers at {time}.",
@@ -90,15 +90,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="comma-separated: bare, truncate, head-tail, chunk (mean pooling), chunk-max")
     args = parser.parse_args(argv)
 
-    import pandas as pd
-
-    from medclf.data import demo_data_path
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    frame = pd.read_csv(demo_data_path())
-    if args.quick:
-        frame = frame.groupby("specialty", group_keys=False).head(max(2, args.quick // 6)).reset_index(drop=True)
+    frame = demo_frame(args.quick)
     rng = random.Random(args.seed)
     long = frame.assign(text=[long_document(t, rng, args.words) for t in frame["text"]])
     frame.to_csv(out / "bare.csv", index=False)

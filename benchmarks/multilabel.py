@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench_common import write_result
+from bench_common import demo_frame, write_result
 
 URGENT = [
     "Seen urgently today.",
@@ -67,15 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", type=int, default=None, help="use only about N snippets (smoke test)")
     args = parser.parse_args(argv)
 
-    import pandas as pd
-
-    from medclf.data import demo_data_path
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    frame = pd.read_csv(demo_data_path())
-    if args.quick:
-        frame = frame.groupby("specialty", group_keys=False).head(max(2, args.quick // 6)).reset_index(drop=True)
+    frame = demo_frame(args.quick)
     data = out / "multilabel.csv"
     build(frame, random.Random(args.seed), args.urgent_share).to_csv(data, index=False)
 

@@ -33,6 +33,20 @@ def run_measured(cmd: list[str]) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 1024
 
 
+def demo_parquet(folder: Path, n: int) -> Path:
+    """folder/notes-N.parquet: N rows of the demo snippets in order (note_id n0, n1, ...), written once."""
+    import pandas as pd
+
+    from bench_common import demo_frame
+
+    data = folder / f"notes-{n}.parquet"
+    if not data.exists():
+        snippets = demo_frame()["text"].tolist()
+        pd.DataFrame({"note_id": [f"n{i}" for i in range(n)],
+                      "text": [snippets[i % len(snippets)] for i in range(n)]}).to_parquet(data, index=False)
+    return data
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True)
@@ -45,19 +59,13 @@ def main(argv: list[str] | None = None) -> None:
 
     import pandas as pd
 
-    from medclf.data import demo_data_path
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    snippets = pd.read_csv(demo_data_path())["text"].tolist()
     sizes = [int(n) for n in args.rows.split(",")]
     cases = [(n, args.chunk_rows) for n in sizes] + ([(args.in_memory, args.in_memory)] if args.in_memory else [])
     rows = []
     for n, chunk in cases:
-        data = out / f"notes-{n}.parquet"
-        if not data.exists():
-            pd.DataFrame({"note_id": [f"n{i}" for i in range(n)],
-                          "text": [snippets[i % len(snippets)] for i in range(n)]}).to_parquet(data, index=False)
+        data = demo_parquet(out, n)
         result = out / f"pred-{n}-{chunk}.parquet"
         cmd = [sys.executable, "-m", "medclf", "--quiet", "predict", args.run, "--input", str(data), "--output",
                str(result), "--chunk-rows", str(chunk), "--backend", args.backend]

@@ -2,10 +2,12 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import SECRET, make_rows, write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,3 +180,16 @@ def test_stream_predict_benchmark_measures_each_size(tmp_path, trained_run):
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [(r["rows"], r["mode"]) for r in rows] == [(300, "streaming"), (900, "streaming"), (300, "one chunk (in memory)")]
     assert all(r["peak_rss_mib"] > 50 and r["rows_per_second"] > 0 for r in rows)
+
+
+def test_spark_predict_benchmark_compares_the_engines(tmp_path, trained_run):
+    pytest.importorskip("pyspark")
+    if shutil.which("java") is None:
+        pytest.skip("Spark needs Java")
+    out = tmp_path / "spark"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "spark_predict.py"), "--run", str(trained_run),
+                           "--rows", "400", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "results.json").read_text())
+    assert result["same_labels"] is True and set(result["engines"]) == {"local", "spark"}

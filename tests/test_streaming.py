@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -46,6 +45,7 @@ def test_chunked_output_equals_one_pass(trained_run, small_csv, tmp_path, suffix
     one, many = read(tmp_path / f"one.{suffix}"), read(tmp_path / f"many.{suffix}")
     pd.testing.assert_frame_equal(one, many)
     assert many["row"].tolist() == list(range(60)) and "text" not in many.columns
+    assert many["input_label"].tolist() == pd.read_csv(small_csv)["label"].tolist()  # the input's own label column
     assert not list(tmp_path.glob(".*"))  # no parts or partial files left behind
 
 

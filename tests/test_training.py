@@ -280,3 +280,17 @@ def test_averaged_weights_compete_with_single_epochs_and_the_choice_is_recorded(
     assert selected in candidates
     assert result.metrics["validation"]["macro_f1"] == pytest.approx(max(candidates.values()))
     assert f"Kept the {selected}" in (result.run_dir / "train.log").read_text()
+
+
+def test_gradient_accumulation_counts_optimizer_steps_and_states_the_effective_batch(tmp_path, tiny_model, small_csv):
+    # 60 rows -> 43 training rows -> 11 batches of 4 per epoch -> 4 optimizer steps of up to 3 batches
+    result = train(TrainConfig(data=str(small_csv), model=tiny_model, output=str(tmp_path / "run"), epochs=2,
+                               batch_size=4, grad_accum=3, max_length=32), progress=False)
+    assert result.metrics["timing"]["optimizer_steps"] == 8
+    assert [row["step"] for row in result.metrics["history"]] == [4, 8]
+    assert "Effective batch size 12 (batch 4 x gradient accumulation 3)" in (result.run_dir / "train.log").read_text()
+    capped = train(TrainConfig(data=str(small_csv), model=tiny_model, output=str(tmp_path / "capped"), epochs=2,
+                               batch_size=4, grad_accum=3, max_steps=5, max_length=32), progress=False)
+    assert capped.metrics["timing"]["optimizer_steps"] == 5
+    with pytest.raises(MedclfError, match="grad_accum must be a positive integer"):
+        TrainConfig(grad_accum=0)

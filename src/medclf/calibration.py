@@ -131,8 +131,6 @@ def calibration_summary(raw_logits: np.ndarray, y: np.ndarray, task: Task, tempe
 
 def reliability_png(summary: dict[str, Any], *, title: str) -> bytes:
     """Reliability diagram: observed frequency against mean confidence per bin, before and after scaling."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,8 +155,6 @@ def reliability_png(summary: dict[str, Any], *, title: str) -> bytes:
              color="tab:orange", alpha=0.7, label="after")
     hist.set_xlabel("confidence (mean predicted probability in the bin)")
     hist.set_ylabel("predictions")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    from medclf.report import figure_png
+
+    return figure_png(fig)

@@ -133,6 +133,7 @@ def train(
     max_chunks: Annotated[int, typer.Option("--max-chunks", help="chunk: most windows per text (spread evenly over a longer one); bounds memory.")] = D.max_chunks,
     pool: Annotated[str, typer.Option("--pool", help="chunk: max | mean of the window logits (max: the most telling window decides; measured better on long notes).")] = D.pool,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after this many optimizer steps.")] = None,
+    grad_accum: Annotated[int, typer.Option("--grad-accum", help="Batches per optimizer step (gradients summed): an effective batch of --batch-size x K with one batch's memory.")] = D.grad_accum,
     average_epochs: Annotated[bool, typer.Option("--average-epochs/--no-average-epochs", help="Also try the running average of the epoch-end weights; keep whichever of epochs and averages is best on validation.")] = D.average_epochs,
     patience: Annotated[int | None, typer.Option("--patience", help="Stop when validation macro-F1 has not improved for this many epochs. Default: run all epochs.")] = None,
     attention_dropout: Annotated[float | None, typer.Option("--attention-dropout", help="Dropout on attention probabilities while fine-tuning; 0 uses PyTorch's fused attention (faster).")] = D.attention_dropout,
@@ -256,11 +257,25 @@ def predict(
     long_text: LongTextOpt = None,
     chunk_rows: Annotated[int, typer.Option("--chunk-rows", help="Rows of --input read, classified and written at a time (memory stays flat however large the file).")] = 10_000,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted --input/--output job from its last complete chunk (same input, same options).")] = False,
+    engine: Annotated[str, typer.Option("--engine", help="local (this process) | spark (a pandas UDF on Spark: --input and --output are read and written by Spark; needs `pip install 'medclf[spark]'` and Java).")] = "local",
+    spark_master: Annotated[str, typer.Option("--spark-master", help="--engine spark: the Spark master URL (local[*] runs Spark on this machine).")] = "local[*]",
 ) -> None:
     """Label new texts: the predicted label and the probability of every class, for each text."""
 
     def run() -> None:
         from medclf.predict_io import predict_file
+
+        if engine not in ("local", "spark"):
+            raise MedclfError(f"--engine must be local or spark, not {engine!r}.")
+        if engine == "spark":
+            from medclf.spark import predict_spark_file
+
+            if input is None or output is None:
+                raise MedclfError("--engine spark reads --input and writes --output; pass both.")
+            count = predict_spark_file(run_dir, input=input, output=output, text_columns=text_column,
+                                       keep_text=keep_text, backend=backend, batch_size=batch_size, master=spark_master)
+            log.info("Wrote %d predictions to %s", count, output)
+            return
 
         count = predict_file(
             run_dir, texts=texts, input=input, output=output, text_columns=text_column, top_k=top_k,

@@ -274,18 +274,12 @@ def explain_file(
     stdout. Returns the number of texts explained."""
     import json
     import sys
-    from pathlib import Path
 
     from medclf.artifacts import atomic_write_text
     from medclf.predict import TextClassifier
-    from medclf.predict_io import read_inputs
+    from medclf.predict_io import output_format, read_inputs
 
-    fmt = "jsonl"
-    if output is not None:
-        suffix = Path(output).suffix.lower()
-        if suffix not in EXPLAIN_FORMATS:
-            raise MedclfError(f"Unknown output format '{suffix or '(none)'}': use .html, .json or .jsonl.")
-        fmt = EXPLAIN_FORMATS[suffix]
+    fmt = output_format(output, EXPLAIN_FORMATS)
     if method not in METHODS:
         raise MedclfError(f"--method must be one of {', '.join(METHODS)}, not {method!r}.")
     clf = TextClassifier.load(run_dir, backend=backend)

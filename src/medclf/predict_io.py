@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 from collections.abc import Iterator
@@ -29,6 +30,17 @@ take tens of MB, and the classifier's own working memory does not grow with the 
 
 
 OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def output_format(output: str | None, formats: dict[str, str]) -> str:
+    """The format an --output name asks for by its extension ('jsonl' for stdout)."""
+    if output is None:
+        return "jsonl"
+    suffix = Path(output).suffix.lower()
+    if suffix not in formats:
+        known = ", ".join(dict.fromkeys(formats))
+        raise MedclfError(f"Unknown output format '{suffix or '(none)'}': use one of {known}.")
+    return formats[suffix]
 
 
 def iter_inputs(
@@ -139,12 +151,7 @@ def predict_file(
         raise MedclfError(f"--top-k must be at least 1, got {top_k}.")
     if not isinstance(chunk_rows, int) or chunk_rows < 1:
         raise MedclfError(f"--chunk-rows must be a positive whole number, got {chunk_rows!r}.")
-    fmt = "jsonl"
-    if output is not None:
-        suffix = Path(output).suffix.lower()
-        if suffix not in OUTPUT_FORMATS:
-            raise MedclfError(f"Unknown output format '{suffix or '(none)'}': use .csv, .jsonl or .parquet.")
-        fmt = OUTPUT_FORMATS[suffix]
+    fmt = output_format(output, OUTPUT_FORMATS)
     if resume and (output is None or input is None):
         raise MedclfError("--resume continues an interrupted --input file job with an --output file; pass both.")
     clf = classifier or TextClassifier.load(run_dir, batch_size=batch_size, backend=backend, long_text=long_text)
@@ -189,6 +196,10 @@ def _render_chunk(
     records = prediction_records(labels, probs, top_k, windows if clf.long_text == "chunk" else None,
                                  predicted=clf.decide(probs) if clf.multi_label else None)
     kept = frame if keep_text else frame.drop(columns=[c for c in columns if c in frame.columns])
+    outputs = {"label", "labels", "score", "window_start", "window_end", "probabilities", "top_k", "window"}
+    clash = [c for c in kept.columns if c in outputs or re.fullmatch(r"prob_.*|top\d+_(label|prob)", str(c))]
+    if clash:  # an input column named like an output one (a true `label`, say) is kept as input_<name>
+        kept = kept.rename(columns={c: f"input_{c}" for c in clash})
     if fmt == "jsonl":
         lines = [json.dumps({**_plain(meta), **rec}, ensure_ascii=False)
                  for meta, rec in zip(kept.to_dict(orient="records"), records)]

@@ -19,10 +19,21 @@ from medclf.config import TrainConfig
 from medclf.metrics import format_table
 
 
-def confusion_png(matrix: list[list[int]], labels: list[str], *, title: str) -> bytes:
-    """A labelled confusion-matrix heat map: rows are true classes, columns predictions, row-normalised colour."""
+def figure_png(fig: Any) -> bytes:
+    """A matplotlib figure as PNG bytes (110 dpi), the figure closed."""
     import io
 
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def confusion_png(matrix: list[list[int]], labels: list[str], *, title: str) -> bytes:
+    """A labelled confusion-matrix heat map: rows are true classes, columns predictions, row-normalised colour."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -45,11 +56,7 @@ def confusion_png(matrix: list[list[int]], labels: list[str], *, title: str) -> 
             ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center",
                     color="white" if share[i, j] > 0.5 else "black", fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_png(fig)
 
 
 def _num(value: float | None) -> str:
@@ -71,8 +78,6 @@ def _baseline_lines(baseline: dict[str, Any] | None, test: dict[str, Any], multi
 
 def training_png(history: list[dict[str, Any]], *, embeddings: bool) -> bytes:
     """Loss (train and validation) and validation macro-F1 per epoch; for the embeddings method, per C tried."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,11 +105,7 @@ def training_png(history: list[dict[str, Any]], *, embeddings: bool) -> bytes:
     handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     ax.legend(handles, [h.get_label() for h in handles], loc="center right", fontsize=8)
     ax.set_title("Training: loss and validation macro-F1")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_png(fig)
 
 
 def markdown_html(text: str, directory: Path, images: list[str]) -> str:

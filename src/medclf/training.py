@@ -466,8 +466,12 @@ def _finetune(
         else:
             runlog.info("Linear-probe head init skipped: this model's head is not a single linear layer.")
 
-    steps_per_epoch = math.ceil(len(splits.train) / config.batch_size)
+    accum = config.grad_accum
+    steps_per_epoch = math.ceil(math.ceil(len(splits.train) / config.batch_size) / accum)  # optimizer steps
     total_steps = config.epochs * steps_per_epoch
+    runlog.info("Effective batch size %d (batch %d x gradient accumulation %d); peak lr %g, %d optimizer steps.",
+                config.batch_size * accum, config.batch_size, accum, config.lr,
+                min(total_steps, config.max_steps or total_steps))
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
     epochs = math.ceil(total_steps / steps_per_epoch)
@@ -500,7 +504,7 @@ def _finetune(
         model.train()
         batches = length_grouped_batches(lengths, config.batch_size, generator)
         if config.max_steps is not None:
-            batches = batches[: total_steps - step]
+            batches = batches[: (total_steps - step) * accum]
         epoch_start = time.perf_counter()
         running = 0.0
         bar = _progress(batches, progress, f"epoch {epoch}/{epochs}")
@@ -516,16 +520,21 @@ def _finetune(
                 index = torch.tensor([position[train_enc.doc_of[w]] for w in windows], device=device)
                 logits = pool_logits_torch(logits, index, len(batch), config.pool)
             loss = loss_fn(logits, target)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if step % TRIM_EVERY == 0:
-                release_memory()
+            # gradient accumulation: `accum` batches (fewer at the end of an epoch) make one optimizer step,
+            # each batch's loss weighted by 1/(batches in its group) so the step sees the group's mean loss
+            group_start = (i - 1) // accum * accum
+            group_size = min(accum, len(batches) - group_start)
+            scaler.scale(loss / group_size).backward()
+            if i - group_start == group_size:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                if step % TRIM_EVERY == 0:
+                    release_memory()
             samples_seen += len(batch)
             tokens_seen += int(inputs["attention_mask"].sum())
             running += loss.detach().item()

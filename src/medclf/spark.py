@@ -1,0 +1,156 @@
+"""Batch prediction on Apache Spark: a pandas UDF that loads the classifier once per executor process.
+
+    from medclf.spark import add_predictions, predict_udf
+    scored = add_predictions(df, "runs/notes", text_column="text")   # + label, score, prob_<label> columns
+    udf = predict_udf("runs/notes")                                   # or the UDF itself: a struct column
+    df.withColumn("pred", udf("text"))
+
+Spark hands the UDF Arrow batches of rows; each Python worker keeps one TextClassifier per run (loaded
+on its first batch, reused for the next ones while the worker lives), and runs it with medclf's own
+length-sorted, dynamically padded batches. Texts never leave the executor that holds them and are
+never logged. pyspark is an optional extra (`pip install medclf[spark]`) and needs Java 17+.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from medclf.errors import MedclfError
+
+_LOADED: dict[tuple[str, str, int], Any] = {}
+"""TextClassifiers loaded in this (executor) process, by (run dir, backend, batch size)."""
+
+
+def _require_pyspark() -> Any:
+    try:
+        import pyspark
+    except ImportError:
+        raise MedclfError("Spark prediction needs pyspark (and Java 17+); install it with `pip install 'medclf[spark]'`.") \
+            from None
+    return pyspark
+
+
+def _classifier(run_dir: str, backend: str, batch_size: int) -> Any:
+    key = (run_dir, backend, batch_size)
+    if key not in _LOADED:
+        from medclf.predict import TextClassifier
+
+        _LOADED[key] = TextClassifier.load(run_dir, backend=backend, batch_size=batch_size, device="cpu")
+    return _LOADED[key]
+
+
+def _run_labels(run_dir: str) -> tuple[list[str], bool]:
+    from medclf.artifacts import CONFIG_FILE, is_run_dir
+
+    if not is_run_dir(run_dir):
+        raise MedclfError(f"{run_dir} is not a medclf run directory; pass the --output of `medclf train`.")
+    saved = json.loads((Path(run_dir) / CONFIG_FILE).read_text(encoding="utf-8"))
+    return [str(lab) for lab in saved["run"]["labels"]], bool(saved["config"].get("multi_label", False))
+
+
+def prob_column(label: str) -> str:
+    """The output column of a label's probability (characters Spark column names dislike become '_')."""
+    return "prob_" + re.sub(r"[^0-9A-Za-z_]", "_", label)
+
+
+def predict_udf(run_dir: str | Path, *, backend: str = "auto", batch_size: int = 16) -> Any:
+    """A pandas UDF from a text column to a struct: label and score (multi-label: labels, an array), and
+    prob_<label> for every label. The run directory must be readable at the same path on every executor."""
+    _require_pyspark()
+    import pandas as pd
+    from pyspark.sql.functions import pandas_udf
+    from pyspark.sql.types import ArrayType, DoubleType, StringType, StructField, StructType
+
+    run = str(Path(run_dir).resolve())
+    labels, multi = _run_labels(run)
+    head = ([StructField("labels", ArrayType(StringType()))] if multi
+            else [StructField("label", StringType()), StructField("score", DoubleType())])
+    schema = StructType(head + [StructField(prob_column(lab), DoubleType()) for lab in labels])
+
+    def predict(texts: pd.Series) -> pd.DataFrame:
+        clf = _classifier(run, backend, batch_size)
+        batch = ["" if t is None else str(t) for t in texts]
+        probs = clf.predict_proba(batch)
+        out = pd.DataFrame({prob_column(lab): probs[:, i].astype(float) for i, lab in enumerate(clf.labels)})
+        if clf.multi_label:
+            out.insert(0, "labels", clf.decide(probs))
+        else:
+            top = probs.argmax(axis=1)
+            out.insert(0, "score", probs[range(len(batch)), top].astype(float))
+            out.insert(0, "label", [clf.labels[i] for i in top])
+        return out
+
+    # pyspark reads the type hints to pick the UDF kind (Series -> DataFrame: a scalar UDF returning a struct);
+    # with `from __future__ import annotations` they are strings, so hand it the real types
+    predict.__annotations__ = {"texts": pd.Series, "return": pd.DataFrame}
+    return pandas_udf(schema)(predict)  # type: ignore[call-overload]
+
+
+def add_predictions(df: Any, run_dir: str | Path, *, text_column: str = "text", backend: str = "auto",
+                    batch_size: int = 16) -> Any:
+    """`df` with the prediction columns of predict_udf appended (label, score, prob_<label>...); an input
+    column with one of those names (a true `label`, say) is kept as input_<name>."""
+    from pyspark.sql import functions as F
+
+    if text_column not in df.columns:
+        raise MedclfError(f"Text column '{text_column}' is not in the DataFrame; its columns are: {', '.join(df.columns)}.")
+    udf = predict_udf(run_dir, backend=backend, batch_size=batch_size)
+    added = udf.returnType.fieldNames()
+    for name in set(added) & set(df.columns):  # an input column named like an output one (a true `label`) is kept
+        df = df.withColumnRenamed(name, f"input_{name}")
+    if text_column in added:
+        text_column = f"input_{text_column}"
+    return df.withColumn("__medclf", udf(F.col(text_column))).select("*", "__medclf.*").drop("__medclf")
+
+
+SPARK_FORMATS = {".csv": "csv", ".jsonl": "json", ".ndjson": "json", ".json": "json", ".parquet": "parquet",
+                 ".pq": "parquet"}
+
+
+def predict_spark_file(
+    run_dir: str, *, input: str, output: str, text_columns: list[str] | None = None, keep_text: bool = False,
+    backend: str = "auto", batch_size: int = 16, master: str = "local[*]",
+) -> int:
+    """`medclf predict --engine spark`: read `input` with Spark, add the predictions, and write `output` as a
+    Spark output folder (part files) of the format its extension names; the folder is written under a
+    temporary name and renamed, so a failed job leaves nothing under the final name. Returns the rows."""
+    import shutil
+
+    _require_pyspark()
+    from pyspark.sql import SparkSession
+    from pyspark.sql import functions as F
+
+    fmt_in = SPARK_FORMATS.get(Path(input).suffix.lower())
+    fmt_out = SPARK_FORMATS.get(Path(output).suffix.lower())
+    if fmt_in is None or fmt_out is None:
+        raise MedclfError("--engine spark reads and writes .csv, .jsonl or .parquet; check --input and --output.")
+    if not Path(input).exists():
+        raise MedclfError(f"File not found: {input}; check the path.")
+    final = Path(output)
+    if final.exists():
+        raise MedclfError(f"{output} already exists; choose another --output or remove it.")
+    spark = SparkSession.builder.master(master).appName("medclf-predict").getOrCreate()
+    if fmt_in == "csv":  # quoted fields may hold commas and newlines, as in the files medclf reads itself
+        df = spark.read.option("header", True).option("multiLine", True).option("escape", '"').csv(input)
+    else:
+        df = getattr(spark.read, fmt_in)(input)
+    columns = text_columns or (["text"] if "text" in df.columns else None)
+    if not columns or any(c not in df.columns for c in columns):
+        raise MedclfError(f"Pass --text-column: the text column(s) are not in {input} (its columns: {', '.join(df.columns)}).")
+    df = df.withColumn("__text", F.concat_ws("\n", *[F.col(c) for c in columns]) if len(columns) > 1 else F.col(columns[0]))
+    scored = add_predictions(df, run_dir, text_column="__text", backend=backend, batch_size=batch_size).drop("__text")
+    if not keep_text:
+        scored = scored.drop(*columns)
+    tmp = final.with_name(f".{final.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    writer = scored.write.mode("overwrite")
+    if fmt_out == "csv":
+        writer = writer.option("header", True)
+    getattr(writer, fmt_out)(str(tmp))
+    written = spark.read.option("header", True) if fmt_out == "csv" else spark.read
+    count = getattr(written, fmt_out)(str(tmp)).count()  # counts the written rows; no second prediction pass
+    tmp.rename(final)
+    return count

@@ -1,0 +1,74 @@
+"""medclf on Spark (local[2]): the pandas UDF gives TextClassifier's labels and probabilities, and
+`medclf predict --engine spark` writes a Spark output folder under its final name only when done."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import SECRET
+from typer.testing import CliRunner
+
+from medclf import MedclfError, TextClassifier
+from medclf.cli import app
+
+pyspark = pytest.importorskip("pyspark", reason="pyspark is an optional extra: pip install 'medclf[spark]'")
+if shutil.which("java") is None:
+    pytest.skip("Spark needs Java (a JRE); .ci/run installs Debian's default-jre-headless", allow_module_level=True)
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def spark():
+    from pyspark.sql import SparkSession
+
+    session = (SparkSession.builder.master("local[2]").appName("medclf-tests")
+               .config("spark.ui.enabled", "false").config("spark.sql.shuffle.partitions", "2").getOrCreate())
+    yield session
+    session.stop()
+
+
+def test_the_udf_gives_the_classifiers_labels_and_probabilities(spark, trained_run, small_csv):
+    from medclf.spark import add_predictions, prob_column
+
+    frame = pd.concat([pd.read_csv(small_csv)] * 5, ignore_index=True)  # 300 rows
+    scored = add_predictions(spark.createDataFrame(frame).repartition(3), trained_run, text_column="text").toPandas()
+    assert len(scored) == 300 and (scored["input_label"] == scored["input_label"]).all()  # the true label kept
+    scored = scored.drop_duplicates("note_id").set_index("note_id").loc[frame["note_id"].drop_duplicates()]
+    clf = TextClassifier.load(trained_run)
+    texts = pd.read_csv(small_csv)["text"].tolist()
+    assert scored["label"].tolist() == clf.predict(texts)
+    probs = scored[[prob_column(lab) for lab in clf.labels]].to_numpy()
+    assert np.abs(probs - clf.predict_proba(texts)).max() < 1e-5
+    assert np.allclose(scored["score"], probs.max(axis=1))
+
+
+def test_predict_engine_spark_writes_a_folder_of_parts(trained_run, small_csv, tmp_path, spark):
+    out = tmp_path / "scored.parquet"
+    result = runner.invoke(app, ["predict", str(trained_run), "--engine", "spark", "--spark-master", "local[2]",
+                                 "--input", str(small_csv), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    table = pd.read_parquet(out)
+    assert len(table) == 60 and "text" not in table.columns and SECRET not in table.to_csv()
+    assert set(table["label"]) <= {"cardio", "derm", "neuro"} and not (tmp_path / ".scored.parquet.partial").exists()
+    result = runner.invoke(app, ["predict", str(trained_run), "--engine", "spark", "--input", str(small_csv),
+                                 "--output", str(out)])
+    assert result.exit_code == 2 and "already exists" in result.output
+
+
+def test_without_pyspark_the_option_names_the_install(monkeypatch, trained_run):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_pyspark(name, *args, **kwargs):
+        if name == "pyspark" or name.startswith("pyspark."):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pyspark)
+    from medclf.spark import predict_udf
+
+    with pytest.raises(MedclfError, match=r"pip install 'medclf\[spark\]'"):
+        predict_udf(trained_run)
