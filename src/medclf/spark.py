@@ -20,7 +20,7 @@ from typing import Any
 
 from medclf.errors import MedclfError
 
-_LOADED: dict[tuple[str, str, int], Any] = {}
+_LOADED: dict[tuple[str, str, int, int | None], Any] = {}
 """TextClassifiers loaded in this (executor) process, by (run dir, backend, batch size)."""
 
 
@@ -33,12 +33,17 @@ def _require_pyspark() -> Any:
     return pyspark
 
 
-def _classifier(run_dir: str, backend: str, batch_size: int) -> Any:
-    key = (run_dir, backend, batch_size)
+def _classifier(run_dir: str, backend: str, batch_size: int, threads: int | None = None) -> Any:
+    key = (run_dir, backend, batch_size, threads)
     if key not in _LOADED:
         from medclf.predict import TextClassifier
 
-        _LOADED[key] = TextClassifier.load(run_dir, backend=backend, batch_size=batch_size, device="cpu")
+        if threads is not None:  # several Python workers share the machine's cores
+            import torch
+
+            torch.set_num_threads(threads)
+        _LOADED[key] = TextClassifier.load(run_dir, backend=backend, batch_size=batch_size, device="cpu",
+                                           threads=threads)
     return _LOADED[key]
 
 
@@ -56,9 +61,10 @@ def prob_column(label: str) -> str:
     return "prob_" + re.sub(r"[^0-9A-Za-z_]", "_", label)
 
 
-def predict_udf(run_dir: str | Path, *, backend: str = "auto", batch_size: int = 16) -> Any:
+def predict_udf(run_dir: str | Path, *, backend: str = "auto", batch_size: int = 16, threads: int | None = None) -> Any:
     """A pandas UDF from a text column to a struct: label and score (multi-label: labels, an array), and
-    prob_<label> for every label. The run directory must be readable at the same path on every executor."""
+    prob_<label> for every label. The run directory must be readable at the same path on every executor.
+    threads: inference threads per Python worker (default: the library's own choice)."""
     _require_pyspark()
     import pandas as pd
     from pyspark.sql.functions import pandas_udf
@@ -71,7 +77,7 @@ def predict_udf(run_dir: str | Path, *, backend: str = "auto", batch_size: int =
     schema = StructType(head + [StructField(prob_column(lab), DoubleType()) for lab in labels])
 
     def predict(texts: pd.Series) -> pd.DataFrame:
-        clf = _classifier(run, backend, batch_size)
+        clf = _classifier(run, backend, batch_size, threads)
         batch = ["" if t is None else str(t) for t in texts]
         probs = clf.predict_proba(batch)
         out = pd.DataFrame({prob_column(lab): probs[:, i].astype(float) for i, lab in enumerate(clf.labels)})
@@ -90,14 +96,14 @@ def predict_udf(run_dir: str | Path, *, backend: str = "auto", batch_size: int =
 
 
 def add_predictions(df: Any, run_dir: str | Path, *, text_column: str = "text", backend: str = "auto",
-                    batch_size: int = 16) -> Any:
+                    batch_size: int = 16, threads: int | None = None) -> Any:
     """`df` with the prediction columns of predict_udf appended (label, score, prob_<label>...); an input
     column with one of those names (a true `label`, say) is kept as input_<name>."""
     from pyspark.sql import functions as F
 
     if text_column not in df.columns:
         raise MedclfError(f"Text column '{text_column}' is not in the DataFrame; its columns are: {', '.join(df.columns)}.")
-    udf = predict_udf(run_dir, backend=backend, batch_size=batch_size)
+    udf = predict_udf(run_dir, backend=backend, batch_size=batch_size, threads=threads)
     added = udf.returnType.fieldNames()
     for name in set(added) & set(df.columns):  # an input column named like an output one (a true `label`) is kept
         df = df.withColumnRenamed(name, f"input_{name}")
@@ -117,6 +123,7 @@ def predict_spark_file(
     """`medclf predict --engine spark`: read `input` with Spark, add the predictions, and write `output` as a
     Spark output folder (part files) of the format its extension names; the folder is written under a
     temporary name and renamed, so a failed job leaves nothing under the final name. Returns the rows."""
+    import os
     import shutil
 
     _require_pyspark()
@@ -140,8 +147,15 @@ def predict_spark_file(
     columns = text_columns or (["text"] if "text" in df.columns else None)
     if not columns or any(c not in df.columns for c in columns):
         raise MedclfError(f"Pass --text-column: the text column(s) are not in {input} (its columns: {', '.join(df.columns)}).")
+    # one partition per core at least: a small file is read as one partition, which one Python worker would
+    # classify alone; each worker then gets the cores divided among the workers (local masters)
+    parallelism = spark.sparkContext.defaultParallelism
+    if df.rdd.getNumPartitions() < parallelism:
+        df = df.repartition(parallelism)
+    threads = max(1, (os.cpu_count() or 1) // parallelism) if master.startswith("local") else None
     df = df.withColumn("__text", F.concat_ws("\n", *[F.col(c) for c in columns]) if len(columns) > 1 else F.col(columns[0]))
-    scored = add_predictions(df, run_dir, text_column="__text", backend=backend, batch_size=batch_size).drop("__text")
+    scored = add_predictions(df, run_dir, text_column="__text", backend=backend, batch_size=batch_size,
+                             threads=threads).drop("__text")
     if not keep_text:
         scored = scored.drop(*columns)
     tmp = final.with_name(f".{final.name}.partial")
