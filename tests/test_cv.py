@@ -72,6 +72,8 @@ def test_mean_interval_is_the_t_interval():
     got = mean_interval([0.5, 0.6, 0.7])
     assert got["mean"] == pytest.approx(0.6) and got["sd"] == pytest.approx(0.1)
     assert got["high"] - got["mean"] == pytest.approx(4.302653 * 0.1 / 3 ** 0.5, rel=1e-5)
+    wide = mean_interval([0.6, 1.0])  # t(0.975, 1) = 12.7: the interval is cut at the ends of [0, 1]
+    assert wide["high"] == 1.0 and wide["low"] == 0.0
 
 
 def test_cv_through_the_cli(tmp_path, tiny_model, grouped_csv):

@@ -50,7 +50,8 @@ def mean_interval(values: list[float], level: float = 0.95) -> dict[str, float]:
     mean = sum(values) / k
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (k - 1)) if k > 1 else 0.0
     half = float(stats.t.ppf(0.5 + level / 2, k - 1)) * sd / math.sqrt(k) if k > 1 else 0.0
-    return {"mean": mean, "sd": sd, "low": mean - half, "high": mean + half}
+    # every figure here is a share: an interval reaching past 0 or 1 (few folds, wide spread) is cut there
+    return {"mean": mean, "sd": sd, "low": max(0.0, mean - half), "high": min(1.0, mean + half)}
 
 
 def default_workers(config: TrainConfig, folds: int) -> int:
