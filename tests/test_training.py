@@ -288,7 +288,8 @@ def test_gradient_accumulation_counts_optimizer_steps_and_states_the_effective_b
                                batch_size=4, grad_accum=3, max_length=32), progress=False)
     assert result.metrics["timing"]["optimizer_steps"] == 8
     assert [row["step"] for row in result.metrics["history"]] == [4, 8]
-    assert "Effective batch size 12 (batch 4 x gradient accumulation 3)" in (result.run_dir / "train.log").read_text()
+    assert "Effective batch size 12 (batch 4 x 1 process(es) x gradient accumulation 3)" in (
+        result.run_dir / "train.log").read_text()
     capped = train(TrainConfig(data=str(small_csv), model=tiny_model, output=str(tmp_path / "capped"), epochs=2,
                                batch_size=4, grad_accum=3, max_steps=5, max_length=32), progress=False)
     assert capped.metrics["timing"]["optimizer_steps"] == 5

@@ -147,6 +147,7 @@ def train(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run at --output.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | mps.")] = "auto",
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from the model's repository (off by default; only for models you trust).")] = False,
+    num_processes: Annotated[int, typer.Option("--num-processes", help="Train on N processes on this machine (DDP; N GPUs, or N CPU processes with gloo): starts `torchrun --nproc-per-node N -m medclf train ...` for you.")] = 1,
 ) -> None:
     """Fine-tune a classifier on a labelled table, evaluate it on a held-out test part, and save the run."""
 
@@ -156,11 +157,36 @@ def train(
         from medclf.metrics import format_table
         from medclf.training import train as train_fn
 
+        import os
+
+        if num_processes > 1 and "WORLD_SIZE" not in os.environ:
+            raise typer.Exit(_launch(num_processes))
         result = train_fn(_train_config(options), progress=_progress())
-        typer.echo(format_table(result.test_metrics))
-        typer.echo(f"Run written to {result.run_dir}")
+        if os.environ.get("RANK", "0") == "0":  # under torchrun / accelerate launch the main process reports
+            typer.echo(format_table(result.test_metrics))
+            typer.echo(f"Run written to {result.run_dir}")
 
     _guard(run)
+
+
+def _launch(processes: int) -> int:
+    """Run this same `medclf train` command under torchrun with N processes; its exit status."""
+    import subprocess
+
+    if processes < 1:
+        raise MedclfError(f"--num-processes must be at least 1, got {processes}.")
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--num-processes":
+            skip = True
+        elif not arg.startswith("--num-processes="):
+            args.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", "-m", "medclf",
+           *args]
+    log.info("Starting %d training processes (torchrun).", processes)
+    return subprocess.call(cmd)
 
 
 def _train_config(options: dict[str, object]) -> TrainConfig:
@@ -176,6 +202,9 @@ def cv(folds: int = 5, workers: int | None = None, **options: object) -> None:
 
     def run() -> None:
         from medclf.cv import CV_FILE, CV_TABLE, cross_validate
+
+        if int(options.get("num_processes", 1) or 1) > 1:  # type: ignore[call-overload]
+            raise MedclfError("--num-processes does not apply to cv; --workers runs folds in parallel instead.")
 
         result = cross_validate(_train_config(options), folds=folds, progress=_progress(), workers=workers)
         typer.echo((result.output / CV_TABLE).read_text(encoding="utf-8"))

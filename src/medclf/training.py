@@ -73,10 +73,14 @@ class TrainResult:
 class RunLog:
     """Log a message and keep it for the run's train.log (whatever the caller's logging setup)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, enabled: bool = True) -> None:
         self.lines: list[str] = []
+        self.enabled = enabled
+        """False on the other processes of a multi-process run: the main process logs for all."""
 
     def info(self, message: str, *args: Any) -> None:
+        if not self.enabled:
+            return
         log.info(message, *args)
         self.lines.append(f"{datetime.now().strftime('%H:%M:%S')} {message % args if args else message}")
 
@@ -268,17 +272,25 @@ class Prepared:
     pad_id: int
     device: torch.device
     task: Task
+    dist: Any = None
+    """medclf.distributed.Dist of a multi-process run (None: one process)."""
 
 
 def train(config: TrainConfig, *, progress: bool = True, splits: Splits | None = None, plots: bool = True) -> TrainResult:
     """Train a classifier as `config` says (fine-tuning or frozen embeddings), evaluate it on the test
     part, and write the run directory. `splits`: parts made by the caller (`medclf cv` folds) instead of
     reading and splitting `config.data`. plots: write the report's PNG figures (cross-validation folds skip them)."""
-    started = time.perf_counter()
-    output = Path(config.output or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
-    check_output_dir(output, overwrite=config.overwrite)
+    from medclf.distributed import distributed_state
 
-    runlog = RunLog()
+    started = time.perf_counter()
+    dist = distributed_state()
+    output = Path(config.output or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    if dist.active and config.output is None:
+        raise MedclfError("With several processes pass --output, so that every process names the same run directory.")
+    check_output_dir(output, overwrite=config.overwrite)
+    progress = progress and dist.is_main
+
+    runlog = RunLog(enabled=dist.is_main)
     splits = splits or prepare_splits(config)
     labels = splits.labels
     task = task_for(config.multi_label)
@@ -292,7 +304,12 @@ def train(config: TrainConfig, *, progress: bool = True, splits: Splits | None =
 
     set_seed(config.seed)
     tokenizer = load_tokenizer(source, trust_remote_code=config.trust_remote_code)
-    device = choose_device(config.device)
+    device = dist.device or choose_device(config.device)
+    if dist.active:
+        runlog.info("Distributed: %d processes; each trains on its shard of every global batch of %d x %d texts "
+                    "(effective batch %d with gradient accumulation %d); --lr is used as given, not scaled.",
+                    dist.world, config.batch_size, dist.world, config.batch_size * dist.world * config.grad_accum,
+                    config.grad_accum)
     enc = {
         name: encode(tokenizer, part.texts, max_length=config.max_length, long_text=config.long_text,
                      stride=config.stride, max_chunks=config.max_chunks)
@@ -316,6 +333,7 @@ def train(config: TrainConfig, *, progress: bool = True, splits: Splits | None =
         pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
         device=device,
         task=task,
+        dist=dist,
     )
     fit = _fit_embeddings if config.method == "embeddings" else _finetune
     fitted = fit(config, source=source, labels=labels, splits=splits, prep=prep, runlog=runlog, progress=progress)
@@ -323,10 +341,10 @@ def train(config: TrainConfig, *, progress: bool = True, splits: Splits | None =
 
     temperature, calibration_note = 1.0, "off (--no-calibrate)"
     if config.calibrate:  # temperature scaling on the validation part (changes no decision)
-        val_logits = document_logits(model, prep.enc["val"], config, pad_id=pad_id, device=prep.device)
+        val_logits = document_logits(model, prep.enc["val"], config, pad_id=pad_id, device=prep.device, dist=dist)
         temperature, calibration_note = temperature_for(val_logits, prep.y_val, task)
     eval_start = time.perf_counter()
-    test_logits = document_logits(model, prep.enc["test"], config, pad_id=pad_id, device=prep.device)
+    test_logits = document_logits(model, prep.enc["test"], config, pad_id=pad_id, device=prep.device, dist=dist)
     test_probs = task.probabilities(test_logits / temperature)
     test_seconds = time.perf_counter() - eval_start
     # multi-label: the thresholds tuned on validation for the kept weights decide (moved with the temperature);
@@ -400,7 +418,13 @@ def train(config: TrainConfig, *, progress: bool = True, splits: Splits | None =
         },
         "versions": _versions(),
         "split": splits.how,
+        "processes": {"count": dist.world, "per_process_batch": config.batch_size, "grad_accum": config.grad_accum,
+                      "effective_batch": config.batch_size * dist.world * config.grad_accum,
+                      "lr_scaling": "none: --lr is used as given for the effective batch"},
     }
+    if not dist.is_main:  # the main process writes the run; the others wait for it and report the same figures
+        dist.barrier()
+        return TrainResult(run_dir=output, metrics=metrics, config=config)
     stage = staging_dir(output)
     try:
         save_pretrained_atomic(model.cpu(), tokenizer, stage / MODEL_DIR)
@@ -428,6 +452,7 @@ def train(config: TrainConfig, *, progress: bool = True, splits: Splits | None =
 
         shutil.rmtree(stage, ignore_errors=True)
         raise
+    dist.barrier()
     return TrainResult(run_dir=final, metrics=metrics, config=config)
 
 
@@ -466,11 +491,15 @@ def _finetune(
         else:
             runlog.info("Linear-probe head init skipped: this model's head is not a single linear layer.")
 
+    from medclf.distributed import SINGLE
+
+    dist = prep.dist or SINGLE
     accum = config.grad_accum
-    steps_per_epoch = math.ceil(math.ceil(len(splits.train) / config.batch_size) / accum)  # optimizer steps
+    global_batch = config.batch_size * dist.world  # every process takes its shard of each global batch
+    steps_per_epoch = math.ceil(math.ceil(len(splits.train) / global_batch) / accum)  # optimizer steps
     total_steps = config.epochs * steps_per_epoch
-    runlog.info("Effective batch size %d (batch %d x gradient accumulation %d); peak lr %g, %d optimizer steps.",
-                config.batch_size * accum, config.batch_size, accum, config.lr,
+    runlog.info("Effective batch size %d (batch %d x %d process(es) x gradient accumulation %d); peak lr %g, "
+                "%d optimizer steps.", global_batch * accum, config.batch_size, dist.world, accum, config.lr,
                 min(total_steps, config.max_steps or total_steps))
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
@@ -500,9 +529,14 @@ def _finetune(
     tokens_seen = 0
     train_enc = enc["train"]
     lengths = train_enc.doc_lengths
+    ddp: torch.nn.Module = model
+    if dist.active:  # gradients averaged over the processes at every backward pass (DDP)
+        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     for epoch in range(1, epochs + 1):
         model.train()
-        batches = length_grouped_batches(lengths, config.batch_size, generator)
+        batches = length_grouped_batches(lengths, global_batch, generator)  # the same on every process (seeded)
+        if dist.active:  # this process's shard of each global batch; a last one with fewer texts than processes goes
+            batches = [b[dist.rank :: dist.world] for b in batches if len(b) >= dist.world]
         if config.max_steps is not None:
             batches = batches[: (total_steps - step) * accum]
         epoch_start = time.perf_counter()
@@ -514,7 +548,7 @@ def _finetune(
             inputs = {k: v.to(device) for k, v in inputs.items()}
             target = y_train_t[batch].to(device)
             with amp():
-                logits = model(**inputs).logits.float()
+                logits = ddp(**inputs).logits.float()
             if train_enc.doc_of is not None:  # chunk: pool the windows' logits into one per text, end to end
                 position = {d: i for i, d in enumerate(batch)}
                 index = torch.tensor([position[train_enc.doc_of[w]] for w in windows], device=device)
@@ -544,7 +578,7 @@ def _finetune(
         train_seconds += epoch_train
         train_loss = running / max(1, len(batches))
         # Evaluation runs in fp32, as TextClassifier does, so validation and test figures are what users get.
-        val = _validate(model, enc["val"], y_val, labels, config, task, pad_id=pad_id, device=device)
+        val = _validate(model, enc["val"], y_val, labels, config, task, pad_id=pad_id, device=device, dist=dist)
         row = {
             "epoch": epoch,
             "step": step,
@@ -561,7 +595,8 @@ def _finetune(
             average.add(model)
             if average.count > 1:
                 current = average.swap_in(model)
-                averaged = _validate(model, enc["val"], y_val, labels, config, task, pad_id=pad_id, device=device)
+                averaged = _validate(model, enc["val"], y_val, labels, config, task, pad_id=pad_id, device=device,
+                                     dist=dist)
                 average.restore(model, current)
                 row.update(avg_val_loss=averaged["loss"], avg_val_accuracy=_accuracy(averaged),
                            avg_val_macro_f1=averaged["macro_f1"])
@@ -678,18 +713,29 @@ def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def document_logits(model: torch.nn.Module, e: Encoded, config: TrainConfig, *, pad_id: int, device: torch.device) -> np.ndarray:
-    """One row of logits per text: per sequence, then (chunk) pooled over each text's windows."""
-    logits = batched_logits(model, e.input_ids, batch_size=config.eval_batch_size, pad_id=pad_id, device=device)
-    return pool_logits(logits, e.doc_of, e.n_docs, config.pool)
+def document_logits(model: torch.nn.Module, e: Encoded, config: TrainConfig, *, pad_id: int, device: torch.device,
+                    dist: Any = None) -> np.ndarray:
+    """One row of logits per text: per sequence, then (chunk) pooled over each text's windows. With several
+    processes each runs its share of the texts and the rows are gathered (every text once, in order)."""
+    if dist is None or not dist.active:
+        logits = batched_logits(model, e.input_ids, batch_size=config.eval_batch_size, pad_id=pad_id, device=device)
+        return pool_logits(logits, e.doc_of, e.n_docs, config.pool)
+    mine = dist.shard(e.n_docs)
+    windows = e.windows_of(mine)
+    logits = batched_logits(model, [e.input_ids[w] for w in windows], batch_size=config.eval_batch_size, pad_id=pad_id,
+                            device=device)
+    if e.doc_of is not None:
+        position = {d: i for i, d in enumerate(mine)}
+        logits = pool_logits(logits, [position[e.doc_of[w]] for w in windows], len(mine), config.pool)
+    return dist.gather_rows(mine, logits, e.n_docs)
 
 
 def _validate(
     model: torch.nn.Module, e: Encoded, y: np.ndarray, labels: list[str], config: TrainConfig, task: Task,
-    *, pad_id: int, device: torch.device,
+    *, pad_id: int, device: torch.device, dist: Any = None,
 ) -> dict[str, Any]:
     """Validation figures that decide which weights are kept (multi-label: at thresholds tuned on them)."""
-    probs = task.probabilities(document_logits(model, e, config, pad_id=pad_id, device=device))
+    probs = task.probabilities(document_logits(model, e, config, pad_id=pad_id, device=device, dist=dist))
     release_memory()
     return task.selection_metrics(y, probs, labels)
 
