@@ -1,7 +1,8 @@
 """Training on several processes (DDP): which process this is, and gathering per-process results.
 
 `medclf train` runs unchanged under `torchrun --nproc-per-node N -m medclf train ...` and
-`accelerate launch -m medclf train ...` (or `medclf train --num-processes N`, which starts torchrun):
+`accelerate launch --multi_gpu --num_processes N -m medclf train ...` (or `medclf train --num-processes N`,
+which starts torchrun):
 accelerate's PartialState reads the launcher's environment and sets up the process group (gloo on CPUs,
 NCCL on GPUs). Every process trains on its shard of each global batch; evaluation is sharded by text and
 gathered, so every process sees the same figures and keeps the same weights; only the main process
