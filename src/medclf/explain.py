@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medclf.batching import collate, pool_logits, pool_logits_torch, sorted_batches
+from medclf.batching import collate, pool_logits_torch
 from medclf.errors import MedclfError
 
 METHODS = ("integrated-gradients", "occlusion")
@@ -81,11 +81,7 @@ class Explainer:
 
     def _encode(self, text: str) -> tuple[list[list[int]], list[list[int]]]:
         """The text's sequences (one, or its windows) as the run cuts them, and each token's word index."""
-        clf = self.clf
-        from medclf.batching import encode
-
-        enc = encode(clf.tokenizer, [text], max_length=clf.max_length, long_text=clf.long_text, stride=clf.stride,
-                     max_chunks=clf.max_chunks, token_offsets=True)
+        enc = self.clf.encode([text], token_offsets=True)
         spans = word_spans(text)
         assert enc.token_offsets is not None
         return enc.input_ids, [_token_words(offsets, spans) for offsets in enc.token_offsets]
@@ -93,13 +89,10 @@ class Explainer:
     def _probabilities(self, variants: list[list[list[int]]]) -> np.ndarray:
         """The run's probabilities for texts given as their sequences (any backend), in order."""
         clf = self.clf
-        flat = [seq for variant in variants for seq in variant]
+        logits = clf._sequence_logits([seq for variant in variants for seq in variant])
         owner = [v for v, variant in enumerate(variants) for _ in variant]
-        logits = np.zeros((len(flat), len(clf.labels)), dtype=np.float32)
-        for batch in sorted_batches([len(s) for s in flat], clf.batch_size):
-            logits[batch] = clf._run_batch(collate([flat[i] for i in batch], clf.pad_id))
-        pooled = pool_logits(logits, owner if clf.long_text == "chunk" else None, len(variants), clf.pool)
-        return clf.task.probabilities(pooled / clf.temperature)
+        return clf.task.probabilities(clf._document_logits(logits, owner if clf.long_text == "chunk" else None,
+                                                           len(variants)))
 
     def explain(self, text: str, *, method: str = "integrated-gradients", target: str | None = None,
                 steps: int = DEFAULT_STEPS) -> Explanation:

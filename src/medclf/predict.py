@@ -192,7 +192,18 @@ class TextClassifier:
 
     def _logits(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
         window_logits, encoded = self._window_logits(texts, batch_size)
-        return pool_logits(window_logits, encoded.doc_of, encoded.n_docs, self.pool) / self.temperature
+        return self._document_logits(window_logits, encoded.doc_of, encoded.n_docs)
+
+    def _document_logits(self, window_logits: np.ndarray, doc_of: list[int] | None, n_docs: int) -> np.ndarray:
+        """One (calibrated) row per text: the windows' logits pooled as the run pools them, divided by T."""
+        return pool_logits(window_logits, doc_of, n_docs, self.pool) / self.temperature
+
+    def _sequence_logits(self, sequences: list[list[int]], batch_size: int | None = None) -> np.ndarray:
+        """Logits per token-id sequence, in order: length-sorted batches, each padded to its longest."""
+        out = np.zeros((len(sequences), len(self._labels)), dtype=np.float32)
+        for batch in sorted_batches([len(s) for s in sequences], batch_size or self.batch_size):
+            out[batch] = self._run_batch(collate([sequences[i] for i in batch], self.pad_id))
+        return out
 
     def _window_logits(self, texts: list[str], batch_size: int | None = None) -> tuple[np.ndarray, Encoded]:
         """Logits per sequence (per window with long_text='chunk'), and the encoding they came from."""
@@ -200,10 +211,7 @@ class TextClassifier:
             if not isinstance(text, str):
                 raise MedclfError(f"Text {i} is a {type(text).__name__}, not a string; pass strings.")
         encoded = self.encode(texts) if texts else Encoded([], 0, 0, 0)
-        out = np.zeros((len(encoded.input_ids), len(self._labels)), dtype=np.float32)
-        for batch in sorted_batches(encoded.lengths, batch_size or self.batch_size):
-            out[batch] = self._run_batch(collate([encoded.input_ids[i] for i in batch], self.pad_id))
-        return out, encoded
+        return self._sequence_logits(encoded.input_ids, batch_size), encoded
 
     def predict_with_windows(
         self, texts: list[str], *, batch_size: int | None = None
@@ -212,8 +220,7 @@ class TextClassifier:
         the predicted label (multi-label: the most probable label) is highest (long_text='chunk'; None per
         text otherwise). Spans, never text."""
         window_logits, encoded = self._window_logits(list(texts), batch_size)
-        pooled = pool_logits(window_logits, encoded.doc_of, encoded.n_docs, self.pool) / self.temperature
-        probs = self.task.probabilities(pooled)
+        probs = self.task.probabilities(self._document_logits(window_logits, encoded.doc_of, encoded.n_docs))
         if encoded.doc_of is None or encoded.char_spans is None:
             return probs, [None] * len(texts)
         best: list[tuple[int, int] | None] = [None] * len(texts)
@@ -225,10 +232,10 @@ class TextClassifier:
                 score[doc], best[doc] = value, encoded.char_spans[w]
         return probs, best
 
-    def encode(self, texts: list[str]) -> Encoded:
-        """Token ids as the run was trained: cut or windowed the same way."""
+    def encode(self, texts: list[str], *, token_offsets: bool = False) -> Encoded:
+        """Token ids as the run was trained: cut or windowed the same way (token_offsets: where each came from)."""
         return encode(self.tokenizer, texts, max_length=self.max_length, long_text=self.long_text, stride=self.stride,
-                      max_chunks=self.max_chunks)
+                      max_chunks=self.max_chunks, token_offsets=token_offsets)
 
     @overload
     def predict_proba(self, texts: str, *, batch_size: int | None = None) -> np.ndarray: ...
