@@ -9,11 +9,34 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CPU_MODE = os.environ.get("MEDCLF_TEST_CPU", "native")
+"""`MEDCLF_TEST_CPU=avx2 python3 -m pytest` runs the suite as an AVX2-only machine would: the precision choice
+does not see AVX-512/AMX (so `--precision auto` picks fp32), and PyTorch and oneDNN run their AVX2 kernels (other
+rounding than AVX-512's). Set here, before anything imports torch; subprocesses (the CLI, servers) inherit it.
+.ci/run runs the suite once natively and once in this mode where the CPU has AVX-512."""
+if CPU_MODE == "avx2":
+    os.environ["MEDCLF_HIDE_CPU_FLAGS"] = "avx512*,amx*"
+    os.environ["ATEN_CPU_CAPABILITY"] = "avx2"
+    os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+elif CPU_MODE != "native":
+    raise pytest.UsageError(f"MEDCLF_TEST_CPU must be 'native' or 'avx2', not {CPU_MODE!r}.")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    import torch
+
+    from medclf.modeling import choose_precision
+
+    auto = choose_precision("auto", torch.device("cpu"))
+    return (f"medclf CPU mode: {CPU_MODE} (torch kernels {torch.backends.cpu.get_cpu_capability()}); "
+            f"--precision auto here picks {auto.name}")
 
 SECRET = "ZEBRA-PATIENT-7731"
 """A marker planted in test texts: it must never appear in any message, log or artifact."""
@@ -44,8 +67,8 @@ def write_csv(path: Path, rows: list[dict[str, str]], *, delimiter: str = ",") -
     return path
 
 
-def build_tiny_bert(path: Path, *, max_positions: int = 512) -> str:
-    """A 2-layer, 32-wide BERT with random weights and the packaged MiniLM's tokenizer."""
+def build_tiny_bert(path: Path, *, max_positions: int = 512, width: int = 32) -> str:
+    """A 2-layer BERT (32 wide unless asked) with random weights and the packaged MiniLM's tokenizer."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
@@ -53,8 +76,8 @@ def build_tiny_bert(path: Path, *, max_positions: int = 512) -> str:
 
     tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
     config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=max_positions,
+        vocab_size=tokenizer.vocab_size, hidden_size=width, num_hidden_layers=2, num_attention_heads=width // 16,
+        intermediate_size=2 * width, max_position_embeddings=max_positions,
     )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(path)
@@ -74,6 +97,13 @@ def tiny_model_512(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_model_64(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """64 wide: for end-to-end learning tests that the 32-wide model passes only on some seeds and CPU kinds
+    (chunk mode over long documents: 32 wide reached 1.0 on 1 of 6 seeded sets, 64 wide on 16 of 16, AVX2 and AVX-512)."""
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert-64"), width=64)
+
+
+@pytest.fixture(scope="session")
 def small_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """60 rows, 3 classes, with an extra id column."""
     return write_csv(tmp_path_factory.mktemp("data") / "notes.csv", make_rows(20))
@@ -85,7 +115,8 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, small
     from medclf import TrainConfig, train
 
     out = tmp_path_factory.mktemp("runs") / "run"
-    train(TrainConfig(data=str(small_csv), model=tiny_model, output=str(out), epochs=8, lr=3e-3, batch_size=8), progress=False)
+    train(TrainConfig(data=str(small_csv), model=tiny_model, output=str(out), epochs=8, lr=3e-3, batch_size=8,
+                      precision="fp32"), progress=False)
     return out
 
 
@@ -118,7 +149,7 @@ def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}: {proc.stderr.read()}")
+            raise AssertionError(f"server exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
         try:
             if httpx.get(base + "/readyz", timeout=1).status_code == 200:
                 return
@@ -126,3 +157,75 @@ def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 60) -> None:
             pass
         time.sleep(0.2)
     raise AssertionError("server did not become ready")
+
+
+FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta-v2", "modernbert", "bigbird", "longformer")
+"""Encoder families a medical user may pick (BioBERT/PubMedBERT are BERT; RoBERTa-base-PM, XLM-R, Clinical-Longformer,
+BioM-ELECTRA, DeBERTa-v3, ModernBERT/Clinical ModernBERT, BigBird): each built tiny, with random weights."""
+
+
+def _byte_level_tokenizer(path: Path) -> Any:
+    """A RoBERTa-style byte-level BPE tokenizer (<s> </s> <pad>=1 <mask>) trained on the invented notes: the
+    tokenizer kind RoBERTa, XLM-R (its sentencepiece differs, its specials do not) and Longformer come with."""
+    from tokenizers import ByteLevelBPETokenizer
+    from tokenizers.processors import RobertaProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = [row["text"] for row in make_rows(20)] + [" ".join(words) for words in WORDS.values()]
+    bpe = ByteLevelBPETokenizer(add_prefix_space=True)
+    bpe.train_from_iterator(corpus, vocab_size=400, min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe._tokenizer.post_processor = RobertaProcessing(("</s>", 2), ("<s>", 0), add_prefix_space=True)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+                                   cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
+                                   model_max_length=512)
+
+
+def build_tiny_family(family: str, path: Path) -> str:
+    """A 2-layer, 32-wide model of `family` with random weights, saved with a tokenizer, as a user's local model dir."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from medclf.modeling import default_model_dir
+
+    byte_level = family in ("roberta", "xlm-roberta", "longformer")
+    tok = _byte_level_tokenizer(path) if byte_level else AutoTokenizer.from_pretrained(default_model_dir())
+    ids = {"vocab_size": len(tok), "pad_token_id": tok.pad_token_id}
+    common = {**ids, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    if family == "bert":
+        from transformers import BertConfig as C
+        config = C(**common, max_position_embeddings=512)
+    elif family in ("roberta", "xlm-roberta"):
+        from transformers import RobertaConfig, XLMRobertaConfig
+        C = RobertaConfig if family == "roberta" else XLMRobertaConfig
+        config = C(**common, max_position_embeddings=514, type_vocab_size=1, bos_token_id=tok.bos_token_id,
+                   eos_token_id=tok.eos_token_id)
+    elif family == "longformer":
+        from transformers import LongformerConfig
+        config = LongformerConfig(**common, max_position_embeddings=514, type_vocab_size=1, attention_window=8,
+                                  bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, sep_token_id=tok.sep_token_id)
+    elif family == "distilbert":
+        from transformers import DistilBertConfig
+        config = DistilBertConfig(**ids, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=512)
+    elif family == "electra":
+        from transformers import ElectraConfig
+        config = ElectraConfig(**common, embedding_size=16, max_position_embeddings=512)
+    elif family == "deberta-v2":
+        from transformers import DebertaV2Config
+        config = DebertaV2Config(**common, max_position_embeddings=512, relative_attention=True, position_buckets=32,
+                                 pos_att_type=["p2c", "c2p"], position_biased_input=False)
+    elif family == "modernbert":
+        from transformers import ModernBertConfig
+        config = ModernBertConfig(**common, max_position_embeddings=512, global_attn_every_n_layers=2, local_attention=16,
+                                  cls_token_id=tok.cls_token_id, sep_token_id=tok.sep_token_id, bos_token_id=tok.cls_token_id,
+                                  eos_token_id=tok.sep_token_id)
+    elif family == "bigbird":
+        from transformers import BigBirdConfig
+        config = BigBirdConfig(**common, max_position_embeddings=512, block_size=4, num_random_blocks=1,
+                               sep_token_id=tok.sep_token_id)
+    else:
+        raise ValueError(family)
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)

@@ -53,3 +53,11 @@ def test_figures_match_a_one_process_run_of_the_same_effective_batch(runs):
         assert a["val_loss"] == pytest.approx(b["val_loss"], abs=0.01)
     assert two["test"]["loss"] == pytest.approx(one["test"]["loss"], abs=0.01)
     assert abs(two["test"]["accuracy"] - one["test"]["accuracy"]) <= 0.1
+
+
+def test_distributed_training_needs_nothing_beyond_the_plain_install():
+    """`medclf train --num-processes N` and the torchrun / accelerate launch path import accelerate: a runtime need."""
+    import importlib.metadata
+
+    plain = [r for r in importlib.metadata.requires("medclf") or [] if "extra ==" not in r]
+    assert any(r.replace(" ", "").startswith("accelerate") for r in plain), plain

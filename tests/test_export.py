@@ -175,3 +175,27 @@ def test_a_named_int8_recipe_is_the_only_one_tried(trained_run, tmp_path, small_
 
         ops = {node.op_type for node in onnx.load(str(run / "onnx" / "model.int8.onnx")).graph.node}
         assert "MatMulNBits" in ops and "MatMulInteger" not in ops
+
+
+def test_int8_recipes_that_do_not_run_on_a_model_fall_back_to_fp32_with_the_reason(trained_run, tmp_path, monkeypatch):
+    """As on Longformer, whose int8 graph fails in ONNX Runtime (ScatterND): each failing recipe is skipped with its
+    error, the fp32 model is the export, and the command says so and succeeds."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+
+    def broken(src, dst):
+        raise RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Non-zero status code returned while running "
+                           "ScatterND node.\nsecond line")
+
+    monkeypatch.setattr(onnx_export, "_recipes", lambda: [("dynamic", broken), ("blockwise-128", broken)])
+    result = export_cli(run, "--quantize", "int8")
+    assert result.exit_code == 0, result.output
+    check = json.loads((run / "onnx" / "export.json").read_text())["check"]
+    assert check["int8_file"] is None and (run / "onnx" / "model.onnx").is_file()
+    assert not (run / "onnx" / "model.int8.onnx").exists() and not list((run / "onnx").glob(".*"))
+    assert [t["error"] for t in check["int8_tried"]] == [
+        "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Non-zero status code returned while running ScatterND node."] * 2
+    assert "no int8 recipe runs on this model (dynamic, blockwise-128 failed in ONNX Runtime)" in check["int8_skipped"]
+    assert "does not run on this model in ONNX Runtime, skipped" in result.output
+    assert "the fp32 ONNX model is the export" in result.stderr
+    assert TextClassifier.load(run, backend="auto").backend == "onnx"

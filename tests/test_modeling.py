@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -35,6 +37,32 @@ def test_auto_precision_uses_bf16_only_on_cpus_that_run_it_fast(monkeypatch, fla
     choice = choose_precision("auto", torch.device("cpu"))
     assert choice.name == expected
     assert choice.reason
+
+
+def test_hidden_cpu_flags_are_not_seen_by_the_precision_choice(monkeypatch, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n\n")
+    monkeypatch.delenv(modeling.HIDE_CPU_FLAGS_ENV, raising=False)
+    assert {"avx2", "avx512_bf16", "amx_bf16"} <= modeling.cpu_flags(str(cpuinfo))
+    monkeypatch.setenv(modeling.HIDE_CPU_FLAGS_ENV, "avx512*, amx*")
+    assert modeling.cpu_flags(str(cpuinfo)) == {"fpu", "sse", "avx2"}
+    assert modeling.cpu_flags(str(tmp_path / "missing")) == set()
+    real = modeling.cpu_flags
+    monkeypatch.setattr(modeling, "cpu_flags", lambda: real(str(cpuinfo)))
+    assert choose_precision("auto", torch.device("cpu")).name == "fp32"
+
+
+@pytest.mark.parametrize(("flags", "expected"), [({"avx2"}, "fp32"), ({"avx2", "avx512_bf16"}, "bf16")])
+def test_training_with_auto_precision_follows_the_cpu(monkeypatch, tmp_path, tiny_model, small_csv, flags, expected):
+    """Whatever this machine is, a run trained with --precision auto says which precision it used and why."""
+    from medclf import TrainConfig, train
+
+    monkeypatch.setattr(modeling, "cpu_flags", lambda: flags)
+    result = train(TrainConfig(data=str(small_csv), model=tiny_model, output=str(tmp_path / "r"), max_steps=2,
+                               max_length=32), progress=False)
+    run = json.loads((result.run_dir / "train_config.json").read_text())["run"]
+    assert run["precision"] == expected and run["precision_reason"] == choose_precision("auto", torch.device("cpu")).reason
+    assert f"precision {expected}" in (result.run_dir / "train.log").read_text()
 
 
 def test_explicit_precision_is_honoured_or_refused(monkeypatch):

@@ -16,7 +16,7 @@ def test_tiny_model_overfits_ten_rows_and_save_load_keeps_predictions(tmp_path, 
     path = write_csv(tmp_path / "ten.csv", rows)
     config = TrainConfig(
         data=str(path), test_data=str(path), val_data=str(path), model=tiny_model, output=str(tmp_path / "run"),
-        epochs=40, lr=5e-3, batch_size=4, warmup_ratio=0.0,
+        epochs=40, lr=5e-3, batch_size=4, warmup_ratio=0.0, precision="fp32",
     )
     result = train(config, progress=False)
     assert result.test_metrics["accuracy"] == 1.0
@@ -152,14 +152,21 @@ def test_loading_a_folder_that_is_not_a_run(tmp_path):
 
 
 @pytest.mark.parametrize("n_classes", [2, 3])
-def test_linear_probe_head_init_copies_the_fitted_probe_into_the_head(tiny_model, n_classes):
+def test_linear_probe_head_init_copies_the_fitted_probe_into_the_head(tiny_model, n_classes, monkeypatch):
+    """The head ends up computing the decision of a logistic regression fitted on the frozen features it receives.
+    Compared on the features the probe saw: a tiny random encoder gives nearly equal features for every text, so
+    features recomputed in other batch shapes (other rounding, AVX2 vs AVX-512) can flip a near-tie of the probe."""
     from sklearn.linear_model import LogisticRegression
     from transformers import AutoTokenizer
 
+    import medclf.embeddings
     from medclf.batching import collate, encode
     from medclf.modeling import load_classifier
     from medclf.training import fit_head_on_frozen_features
 
+    seen = {}
+    fit = medclf.embeddings.fit_logistic
+    monkeypatch.setattr(medclf.embeddings, "fit_logistic", lambda x, y, *a, **k: seen.update(x=x.copy(), y=y) or fit(x, y, *a, **k))
     labels = ("cardio", "derm", "neuro")[:n_classes]
     rows = make_rows(10, labels=labels)
     tok = AutoTokenizer.from_pretrained(tiny_model)
@@ -169,15 +176,20 @@ def test_linear_probe_head_init_copies_the_fitted_probe_into_the_head(tiny_model
     y = np.array([labels.index(r["label"]) for r in rows])
     assert fit_head_on_frozen_features(model, ids, y, pad_id=0, device=torch.device("cpu"), batch_size=7,
                                        class_weight=None, seed=0)
+    features = seen["x"]
+    assert features.shape == (len(rows), model.config.hidden_size) and np.array_equal(seen["y"], y)
+    probe = LogisticRegression(C=1.0, max_iter=2000, random_state=0).fit(features, y)
     model.eval()
     with torch.inference_mode():
+        head_logits = model.classifier(torch.as_tensor(features))
+        # the features are the classifier's input: the pooled [CLS] output of the frozen encoder
         batch = collate(ids, 0)
-        out = model(**batch, output_hidden_states=False)
-        pooled = model.bert(**batch).pooler_output.numpy()
-    probe = LogisticRegression(C=1.0, max_iter=2000, random_state=0).fit(pooled, y)
+        np.testing.assert_allclose(model.bert(**batch).pooler_output.numpy(), features, atol=1e-4)
+        np.testing.assert_allclose(model(**batch).logits.numpy(), model.classifier(model.bert(**batch).pooler_output).numpy(),
+                                   atol=1e-6)
     # The head now computes the probe's decision: same predicted classes, same probabilities.
-    np.testing.assert_array_equal(out.logits.argmax(-1).numpy(), probe.predict(pooled))
-    np.testing.assert_allclose(torch.softmax(out.logits, -1).numpy(), probe.predict_proba(pooled), atol=1e-4)
+    np.testing.assert_array_equal(head_logits.argmax(-1).numpy(), probe.predict(features))
+    np.testing.assert_allclose(torch.softmax(head_logits, -1).numpy(), probe.predict_proba(features), atol=1e-4)
 
 
 def test_training_with_linear_probe_init_is_logged(tmp_path, tiny_model, small_csv):

@@ -67,6 +67,18 @@ class Encoded:
         return windows
 
 
+def unpaired_surrogate(text: str) -> int | None:
+    """Where `text` holds an unpaired UTF-16 surrogate (U+D800-U+DFFF, e.g. from JSON's "\\ud800" or undecodable
+    command-line bytes): not valid Unicode, and the tokenizer cannot take it. None for a valid text."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
 def default_stride(max_length: int) -> int:
     """Overlap between windows when --stride is not given: a quarter of the window's text budget."""
     return max(0, (max_length - 2) // 4)

@@ -371,11 +371,14 @@ def export(
         typer.echo(f"fp32: {result.fp32_file}, max |probability difference| vs PyTorch {result.fp32_max_abs_diff:.1e} "
                    f"on {result.n_check_texts} texts (limit {PARITY_TOLERANCE:.0e})")
         for tried in result.int8_tried:
+            if "error" in tried:
+                typer.echo(f"int8 ({tried['recipe']}): does not run on this model in ONNX Runtime, skipped")
+                continue
             kept = "kept" if tried["recipe"] == result.int8_recipe else "rejected"
             typer.echo(f"int8 ({tried['recipe']}): same prediction as PyTorch on {100 * tried['agreement']:.1f}% of "
                        f"{result.n_check_texts} texts, {kept}")
-        if quantize == "int8" and result.int8_file is None:
-            typer.echo("int8: no recipe tried reached 99% agreement; model.int8.onnx was not written", err=True)
+        if result.int8_skipped:
+            typer.echo(f"int8: {result.int8_skipped}; model.int8.onnx was not written", err=True)
         typer.echo(f"Export written to {result.output_dir}")
 
     _guard(run)

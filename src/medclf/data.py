@@ -73,11 +73,10 @@ def _parse_errors(path: str, fmt: str) -> Iterator[None]:
     """Turn the parsers' exceptions into one sentence that names the file and the fix."""
     try:
         yield
+    except MedclfError:
+        raise
     except UnicodeDecodeError as exc:
-        raise MedclfError(
-            f"{path} is not valid UTF-8 (bad byte at position {exc.start}); re-save it as UTF-8, "
-            "e.g. `iconv -f latin1 -t utf-8 in.csv > out.csv`."
-        ) from None
+        raise MedclfError(_not_utf8(path, exc.start)) from None
     except pd.errors.EmptyDataError:
         raise MedclfError(f"{path} holds no rows; it needs a header row and data rows.") from None
     except pd.errors.ParserError as exc:
@@ -87,13 +86,94 @@ def _parse_errors(path: str, fmt: str) -> Iterator[None]:
             f"{' (' + where.group(0) + ')' if where else ''}; check its delimiter and quoting."
         ) from None
     except ValueError:
-        raise MedclfError(f"{path} could not be parsed as {fmt.upper()}; check that the file matches its extension.") from None
-    except MedclfError:
-        raise
+        where = _bad_json_line(path) if fmt == "jsonl" else None
+        raise MedclfError(
+            f"{path} could not be parsed as {fmt.upper()}"
+            + (f" (line {where} is not one complete JSON object)" if where else "")
+            + "; check that the file matches its extension."
+        ) from None
     except Exception as exc:  # pyarrow and friends raise many types for corrupt files
         if fmt == "parquet":
             raise MedclfError(f"{path} could not be read as Parquet ({type(exc).__name__}); check the file.") from None
         raise
+
+
+def _not_utf8(path: str, position: int) -> str:
+    """Why a file did not decode, with the fix: a binary file, UTF-16, or another 8-bit encoding."""
+    head = b""
+    if path != "-":
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return f"{path} is UTF-16 text; re-save it as UTF-8, e.g. `iconv -f utf-16 -t utf-8 in.csv > out.csv`."
+    controls = sum(b < 9 or 13 < b < 32 for b in head)  # text has next to none; binary formats have many
+    if b"\x00" in head or controls > len(head) // 20 or head.startswith((b"\x89PNG", b"%PDF", b"PK\x03\x04", b"\xd0\xcf\x11\xe0")):
+        return f"{path} looks like a binary file (a spreadsheet, archive or image?), not a text table; export it as CSV."
+    return (f"{path} is not valid UTF-8 (bad byte at position {position}); re-save it as UTF-8, "
+            "e.g. `iconv -f latin1 -t utf-8 in.csv > out.csv`.")
+
+
+def _bad_json_line(path: str) -> int | None:
+    """The first line (from 1) of a JSONL file that is not one JSON object; None where every line is."""
+    import json
+
+    if path == "-":
+        return None
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                if not isinstance(json.loads(line), dict):
+                    return number
+            except ValueError:
+                return number
+    return None
+
+
+def _repeated(names: list[str]) -> list[str]:
+    return [name for name, n in Counter(names).items() if n > 1]
+
+
+def _check_header(path: str, fmt: str, source: Any) -> None:
+    """Refuse a header that names a column twice: pandas would rename the second ('text.1') and one of them would be
+    used without a word."""
+    import csv
+
+    if fmt in ("csv", "tsv"):
+        if isinstance(source, io.StringIO):
+            first = source.getvalue().split("\n", 1)[0]
+        else:
+            with open(source, encoding="utf-8-sig", newline="") as handle:
+                first = handle.readline()
+        header = next(csv.reader([first], delimiter="," if fmt == "csv" else "\t"), [])
+        repeated = _repeated([h.strip().lstrip("\ufeff") for h in header])
+    elif fmt == "jsonl":
+        import json
+
+        repeated = []
+
+        def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+            repeated.extend(_repeated([k for k, _ in items]))
+            return dict(items)
+
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle):
+                if number == 1000 or repeated:  # the first thousand records: a hand-made file repeats a key early
+                    break
+                try:
+                    json.loads(line, object_pairs_hook=pairs)
+                except ValueError:
+                    break  # the parser says where, with its own error
+    else:
+        return
+    if repeated:
+        names = ", ".join(f"'{n}'" for n in dict.fromkeys(repeated))
+        raise MedclfError(f"{_shown(path)} names the column {names} more than once; rename or remove the repeated column.")
+
+
+def _shown(path: str) -> str:
+    return "The standard input" if path == "-" else path
 
 
 def _csv_options(fmt: str) -> dict[str, Any]:
@@ -108,8 +188,10 @@ def read_table(path: str, *, allow_txt: bool = False) -> pd.DataFrame:
     with _parse_errors(path, fmt):
         if fmt in ("csv", "tsv"):
             source = io.StringIO(sys.stdin.read()) if path == "-" else path
+            _check_header(path, fmt, source)
             frame = pd.read_csv(source, **_csv_options(fmt))
         elif fmt == "jsonl":
+            _check_header(path, fmt, path)
             frame = pd.read_json(path, lines=True, dtype=False, encoding="utf-8")
         elif fmt == "parquet":
             frame = pd.read_parquet(path)
@@ -118,9 +200,17 @@ def read_table(path: str, *, allow_txt: bool = False) -> pd.DataFrame:
                 lines = [line.rstrip("\r\n") for line in handle]
             frame = pd.DataFrame({"text": lines})
     frame.columns = [str(c) for c in frame.columns]
+    _check_columns(frame, path)
     if len(frame) == 0:
         raise MedclfError(f"{path} holds a header but no data rows.")
     return frame
+
+
+def _check_columns(frame: pd.DataFrame, path: str) -> None:
+    repeated = _repeated(list(frame.columns))  # Parquet (and Arrow) allow one name on several columns
+    if repeated:
+        names = ", ".join(f"'{n}'" for n in repeated)
+        raise MedclfError(f"{path} names the column {names} more than once; rename or remove the repeated column.")
 
 
 def iter_table(path: str, *, chunk_rows: int, allow_txt: bool = False) -> Iterator[pd.DataFrame]:
@@ -131,9 +221,16 @@ def iter_table(path: str, *, chunk_rows: int, allow_txt: bool = False) -> Iterat
     seen = 0
     with _parse_errors(path, fmt):
         if fmt in ("csv", "tsv"):
-            source = sys.stdin if path == "-" else path
+            if path == "-":  # the header line read ahead and checked, then the stream as it comes
+                first = sys.stdin.readline()
+                _check_header(path, fmt, io.StringIO(first))
+                source: Any = _Prepended(first, sys.stdin)
+            else:
+                _check_header(path, fmt, path)
+                source = path
             chunks: Iterator[pd.DataFrame] = iter(pd.read_csv(source, chunksize=chunk_rows, **_csv_options(fmt)))
         elif fmt == "jsonl":
+            _check_header(path, fmt, path)
             chunks = iter(pd.read_json(path, lines=True, dtype=False, encoding="utf-8", chunksize=chunk_rows))
         elif fmt == "parquet":
             import pyarrow.parquet as pq
@@ -143,10 +240,33 @@ def iter_table(path: str, *, chunk_rows: int, allow_txt: bool = False) -> Iterat
             chunks = _text_lines(path, chunk_rows)
         for frame in chunks:
             frame.columns = [str(c) for c in frame.columns]
+            _check_columns(frame, path)
             seen += len(frame)
             yield frame
     if seen == 0:
         raise MedclfError(f"{path} holds a header but no data rows.")
+
+
+class _Prepended:
+    """A text stream with a line that was read ahead put back in front (what pandas' reader needs: read(size))."""
+
+    def __init__(self, head: str, rest: Any) -> None:
+        self.head, self.rest = head, rest
+
+    def read(self, size: int = -1) -> str:
+        if not self.head:
+            return self.rest.read(size)
+        if size is None or size < 0:
+            out, self.head = self.head + self.rest.read(), ""
+            return out
+        out, self.head = self.head[:size], self.head[size:]
+        return out
+
+    def __iter__(self) -> Iterator[str]:
+        if self.head:
+            yield self.head
+            self.head = ""
+        yield from self.rest
 
 
 def _text_lines(path: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
@@ -265,6 +385,11 @@ def _as_text(value: object) -> str | None:
     return text if text.strip() else None
 
 
+MISSING_MARKERS = {"nan", "null", "none"}
+"""Label cells that programs write for a missing value (pandas' NaN, SQL's NULL, Python's None): counted as missing
+labels, never as a class. 'NA' and 'N/A' are not among them: in medical coding they can be a real category."""
+
+
 def _as_label(value: object) -> str | None:
     if value is None or (isinstance(value, float) and value != value):
         return None
@@ -273,6 +398,8 @@ def _as_label(value: object) -> str | None:
     if isinstance(value, bool):
         value = int(value)
     label = str(value).strip()
+    if label.lower() in MISSING_MARKERS:
+        return None
     return label or None
 
 

@@ -26,6 +26,7 @@ import torch
 
 from medclf.batching import collate, pool_logits_torch
 from medclf.errors import MedclfError
+from medclf.modeling import embeds_forward_inputs
 
 METHODS = ("integrated-gradients", "occlusion")
 DEFAULT_STEPS = 32
@@ -165,8 +166,9 @@ class Explainer:
 
             def prob(points: torch.Tensor) -> torch.Tensor:  # (a, n_seq, L, H) -> (a,) the label's probability
                 a = points.shape[0]
-                logits = model(inputs_embeds=points.reshape(a * n_seq, *x.shape[1:]),
-                               attention_mask=mask.repeat(a, 1)).logits.float()
+                masks = mask.repeat(a, 1)
+                logits = model(inputs_embeds=points.reshape(a * n_seq, *x.shape[1:]), attention_mask=masks,
+                               **embeds_forward_inputs(model, masks)).logits.float()
                 owner = torch.arange(a, device=device).repeat_interleave(n_seq)  # window -> interpolation point
                 pooled = pool_logits_torch(logits, owner, a, clf.pool) if n_seq > 1 else logits
                 pooled = pooled / clf.temperature

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import functools
+import inspect
 import logging
 import os
 import sys
@@ -234,15 +236,24 @@ def choose_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
-def cpu_flags() -> set[str]:
+HIDE_CPU_FLAGS_ENV = "MEDCLF_HIDE_CPU_FLAGS"
+"""Names (shell patterns allowed: 'avx512*,amx*') of CPU flags that the precision choice must not see: run as an
+AVX2-only machine would (the test suite's second mode; also a way to keep `--precision auto` at fp32 everywhere)."""
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty elsewhere), less those hidden by MEDCLF_HIDE_CPU_FLAGS."""
+    flags: set[str] = set()
     try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as handle:
+        with open(cpuinfo, encoding="ascii", errors="ignore") as handle:
             for line in handle:
                 if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                    flags = set(line.split(":", 1)[1].split())
+                    break
     except OSError:
         pass
-    return set()
+    hidden = [p for p in os.environ.get(HIDE_CPU_FLAGS_ENV, "").replace(",", " ").split() if p]
+    return {f for f in flags if not any(fnmatch.fnmatchcase(f, p) for p in hidden)}
 
 
 @dataclass(frozen=True)
@@ -291,3 +302,14 @@ def autocast(device: torch.device, precision: PrecisionChoice) -> contextlib.Abs
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def embeds_forward_inputs(model: torch.nn.Module, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What a forward pass from `inputs_embeds` (no `input_ids`) must be given besides the attention mask, for
+    architectures that otherwise build it from the ids: Longformer's global attention on the first token, as its
+    classifier sets by default."""
+    if "global_attention_mask" in inspect.signature(model.forward).parameters:
+        first = torch.zeros_like(attention_mask)
+        first[:, 0] = 1
+        return {"global_attention_mask": first}
+    return {}

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from medclf.artifacts import CONFIG_FILE, MODEL_DIR, is_run_dir, read_json
-from medclf.batching import Encoded, collate, encode, pool_logits, sorted_batches
+from medclf.batching import Encoded, collate, encode, pool_logits, sorted_batches, unpaired_surrogate
 from medclf.errors import MedclfError
 from medclf.modeling import choose_device, load_classifier, load_tokenizer
 from medclf.tasks import softmax, task_for
@@ -210,6 +210,10 @@ class TextClassifier:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise MedclfError(f"Text {i} is a {type(text).__name__}, not a string; pass strings.")
+            at = unpaired_surrogate(text)
+            if at is not None:
+                raise MedclfError(f"Text {i} holds an unpaired surrogate code point at character {at}, which is not "
+                                  "valid Unicode; decode the text correctly (as UTF-8) before passing it.")
         encoded = self.encode(texts) if texts else Encoded([], 0, 0, 0)
         return self._sequence_logits(encoded.input_ids, batch_size), encoded
 

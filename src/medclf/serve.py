@@ -33,6 +33,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from medclf.batching import unpaired_surrogate
 from medclf.errors import MedclfError
 
 log = logging.getLogger(__name__)
@@ -287,6 +288,78 @@ class MicroBatcher:
 # ---------------------------------------------------------------- app
 
 
+SURROGATE_MESSAGE = ("The text holds an unpaired surrogate code point (\\ud800-\\udfff), which is not valid Unicode; "
+                     "encode the text correctly.")
+DRAIN_LIMIT = 256 * 2**20
+"""A refused body is read on and thrown away, up to this many bytes past the limit, so that a client that sends it
+whole still reads the 413 (closing at once would reset the connection under its feet); a body longer than that (or a
+Content-Length that says so) gets the 413 at once and the connection is closed."""
+
+
+class BodyLimit:
+    """ASGI middleware that bounds what a request body may cost. A Content-Length over `limit` is refused (413) before
+    the body is read; a body without one (chunked transfer) is kept only up to `limit` bytes and refused as soon as it
+    passes it, the rest read and discarded. Memory per request stays at most `limit`, whatever the client sends."""
+
+    def __init__(self, app: Any, *, limit: int, message: str) -> None:
+        self.app, self.limit, self.message = app, limit, message
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > self.limit:
+                if length.isdigit() and int(length) <= self.limit + DRAIN_LIMIT:
+                    await self._drain(receive, {"more_body": True})
+                await self._refuse(send)
+                return
+            await self.app(scope, receive, send)  # the server itself reads no more than Content-Length
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                await self._drain(receive, message)
+                await self._refuse(send)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _drain(receive: Callable, message: dict[str, Any]) -> None:
+        """Read the rest of a refused body, keeping none of it, up to DRAIN_LIMIT bytes."""
+        drained = 0
+        while message.get("more_body") and drained <= DRAIN_LIMIT:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            drained += len(message.get("body", b""))
+
+    async def _refuse(self, send: Callable) -> None:
+        body = json.dumps({"detail": self.message}).encode()
+        await send({"type": "http.response.start", "status": 413, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"), (b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store")]})
+        await send({"type": "http.response.body", "body": body})
+
+
 def page_html() -> str:
     return importlib.resources.files("medclf").joinpath("static/index.html").read_text(encoding="utf-8")
 
@@ -336,15 +409,14 @@ def create_app(settings: ServeSettings) -> Any:
     def field_error(status: int, loc: list[Any], msg: str, kind: str) -> JSONResponse:
         return error(status, [{"loc": ["body", *loc], "msg": msg, "type": kind}])
 
+    too_large = (f"The request body is over {body_limit} bytes; send at most {settings.max_batch} texts "
+                 f"of at most {settings.max_chars} characters each.")
+    app.add_middleware(BodyLimit, limit=body_limit, message=too_large)  # inside `observe`, which counts its 413s
+
     @app.middleware("http")
     async def observe(request: Request, call_next: Callable) -> Any:
         started = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > body_limit):
-            response = error(413, f"The request body is over {body_limit} bytes; send at most {settings.max_batch} texts "
-                                  f"of at most {settings.max_chars} characters each.")
-        else:
-            response = await call_next(request)
+        response = await call_next(request)
         route = request.scope.get("route")
         endpoint = getattr(route, "path", "unmatched")
         metrics.observe_request(endpoint, request.method, response.status_code, time.perf_counter() - started)
@@ -403,6 +475,8 @@ def create_app(settings: ServeSettings) -> Any:
                                "too_long")
         if not body.text.strip():
             return field_error(422, ["text"], "The text is empty.", "value_error")
+        if unpaired_surrogate(body.text) is not None:
+            return field_error(422, ["text"], SURROGATE_MESSAGE, "unicode_error")
         if body.method not in METHODS:
             return field_error(422, ["method"], f"'method' must be one of {', '.join(METHODS)}.", "value_error")
         if body.target is not None and body.target not in clf.labels:
@@ -456,6 +530,8 @@ def create_app(settings: ServeSettings) -> Any:
                                    "too_long")
             if not text.strip():
                 return field_error(422, loc, "The text is empty.", "value_error")
+            if unpaired_surrogate(text) is not None:
+                return field_error(422, loc, SURROGATE_MESSAGE, "unicode_error")
         try:
             probs = await state["batcher"].submit(texts)
         except Overloaded:
