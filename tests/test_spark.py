@@ -72,3 +72,28 @@ def test_without_pyspark_the_option_names_the_install(monkeypatch, trained_run):
 
     with pytest.raises(MedclfError, match=r"pip install 'medclf\[spark\]'"):
         predict_udf(trained_run)
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--top-k", "2"], "--top-k"), (["--drop-empty"], "--drop-empty"), (["--resume"], "--resume"),
+    (["--chunk-rows", "50", "--top-k", "1"], "--top-k, --chunk-rows"),
+])
+def test_options_spark_cannot_honour_are_refused_not_ignored(trained_run, small_csv, tmp_path, args, named):
+    result = runner.invoke(app, ["predict", str(trained_run), "--engine", "spark", "--input", str(small_csv),
+                                 "--output", str(tmp_path / "o.parquet"), *args])
+    assert result.exit_code == 2 and f"--engine spark does not take {named}" in result.stderr
+    assert not (tmp_path / "o.parquet").exists()
+
+
+def test_the_udf_reads_long_texts_as_asked(spark, trained_run):
+    from medclf.spark import add_predictions, prob_column
+
+    text = " ".join(["patient seen today history reviewed"] * 80) + " chest pain troponin"
+    df = spark.createDataFrame(pd.DataFrame({"text": [text]}))
+    for mode in ("chunk", "truncate"):
+        got = add_predictions(df, trained_run, long_text=mode).toPandas()
+        clf = TextClassifier.load(trained_run, long_text=mode)
+        probs = got[[prob_column(lab) for lab in clf.labels]].to_numpy()
+        assert np.abs(probs - clf.predict_proba([text])).max() < 1e-5
+    with pytest.raises(MedclfError, match="long_text must be one of"):
+        add_predictions(df, trained_run, long_text="windows")

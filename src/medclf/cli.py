@@ -301,8 +301,14 @@ def predict(
 
             if input is None or output is None:
                 raise MedclfError("--engine spark reads --input and writes --output; pass both.")
+            local_only = [name for name, given in (("--top-k", top_k is not None), ("--drop-empty", drop_empty),
+                                                   ("--resume", resume), ("--chunk-rows", chunk_rows != 10_000)) if given]
+            if local_only:  # Spark partitions, retries and writes by itself: these options have no meaning there
+                raise MedclfError(f"--engine spark does not take {', '.join(local_only)} (Spark splits, retries and "
+                                  "writes the job itself); leave them out or use --engine local.")
             count = predict_spark_file(run_dir, input=input, output=output, text_columns=text_column,
-                                       keep_text=keep_text, backend=backend, batch_size=batch_size, master=spark_master)
+                                       keep_text=keep_text, backend=backend, batch_size=batch_size, master=spark_master,
+                                       long_text=long_text)
             log.info("Wrote %d predictions to %s", count, output)
             return
 
@@ -332,6 +338,7 @@ def explain(
     text_column: TextColOpt = None,
     drop_empty: Annotated[bool, typer.Option("--drop-empty", help="Skip empty texts instead of refusing the input.")] = False,
     backend: BackendOpt = "torch",
+    long_text: LongTextOpt = None,
 ) -> None:
     """Which words pushed the model toward a label: per-word attribution scores, as HTML or JSON."""
 
@@ -339,7 +346,8 @@ def explain(
         from medclf.explain import explain_file
 
         count = explain_file(run_dir, texts=texts, input=input, output=output, method=method, target=target,
-                             steps=steps, text_columns=text_column, drop_empty=drop_empty, backend=backend)
+                             steps=steps, text_columns=text_column, drop_empty=drop_empty, backend=backend,
+                             long_text=long_text)
         if output:
             log.info("Wrote %d explanations to %s", count, output)
 

@@ -223,6 +223,11 @@ class TrainConfig:
         return cls(**values)
 
 
+TRAIN_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+                                  if f.default is not dataclasses.MISSING}
+"""Every option's default, as TrainConfig states it: the one place inference defaults come from too."""
+
+
 def _positive_int(name: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise MedclfError(f"{name} must be a positive integer, got {value!r}.")

@@ -9,6 +9,7 @@ import numpy as np
 
 from medclf.artifacts import atomic_write_json
 from medclf.data import load_labeled
+from medclf.config import TRAIN_DEFAULTS
 from medclf.errors import MedclfError
 from medclf.predict import TextClassifier
 
@@ -34,16 +35,15 @@ def evaluate(
     overrides how the run cuts or windows long texts (default: as trained).
     """
     clf = classifier or TextClassifier.load(run_dir, batch_size=batch_size, backend=backend, long_text=long_text)
-    run = clf.config.get("run", {})
-    options = clf.config.get("config", {})
+    spec = clf.spec
     part = load_labeled(
         data,
-        text_columns=text_columns or run.get("text_columns"),
-        label_column=label_column or run.get("label_column"),
+        text_columns=text_columns or (spec.text_columns if spec else None),
+        label_column=label_column or (spec.label_column if spec else None),
         drop_empty=drop_empty,
         role="evaluation data",
         multi_label=clf.multi_label,
-        label_sep=options.get("label_sep", "|"),
+        label_sep=spec.label_sep if spec else TRAIN_DEFAULTS["label_sep"],
     )
     labels = clf.labels
     seen = {lab for present in part.labels for lab in present} if clf.multi_label else set(part.labels)

@@ -264,6 +264,7 @@ def explain_file(
     run_dir: str, *, texts: list[str] | None = None, input: str | None = None, output: str | None = None,
     method: str = "integrated-gradients", target: str | None = None, steps: int = DEFAULT_STEPS,
     text_columns: list[str] | None = None, drop_empty: bool = False, backend: str = "torch",
+    long_text: str | None = None,
 ) -> int:
     """Explain texts from arguments or a file; write HTML, JSON or JSONL to `output` (atomically) or JSONL to
     stdout. Returns the number of texts explained."""
@@ -277,11 +278,11 @@ def explain_file(
     fmt = output_format(output, EXPLAIN_FORMATS)
     if method not in METHODS:
         raise MedclfError(f"--method must be one of {', '.join(METHODS)}, not {method!r}.")
-    clf = TextClassifier.load(run_dir, backend=backend)
+    clf = TextClassifier.load(run_dir, backend=backend, long_text=long_text)
     if target is not None and target not in clf.labels:
         raise MedclfError(f"--target {target!r} is not a label of this model; its labels are: {', '.join(clf.labels)}.")
     _, batch, _ = read_inputs(input, texts, text_columns=text_columns,
-                              default_columns=clf.config.get("run", {}).get("text_columns"), drop_empty=drop_empty)
+                              default_columns=clf.spec.text_columns if clf.spec else None, drop_empty=drop_empty)
     explainer = Explainer(clf)
     found = [explainer.explain(text, method=method, target=target, steps=steps) for text in batch]
     if fmt == "html":

@@ -205,8 +205,8 @@ def _check_texts(clf: Any, data: str | None, text_columns: list[str] | None, lim
         data, source = str(demo_data_path()), "packaged demo notes"
     else:
         source = str(data)
-    run = clf.config.get("run", {})
-    _, texts, _ = read_inputs(data, None, text_columns=text_columns, default_columns=run.get("text_columns"), drop_empty=True)
+    default_columns = clf.spec.text_columns if clf.spec else None
+    _, texts, _ = read_inputs(data, None, text_columns=text_columns, default_columns=default_columns, drop_empty=True)
     if not texts:
         raise MedclfError(f"{data} holds no texts to check the export on; pass --data with a table of texts.")
     if len(texts) > limit:

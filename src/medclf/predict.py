@@ -11,6 +11,8 @@ import numpy as np
 import torch
 
 from medclf.artifacts import CONFIG_FILE, MODEL_DIR, is_run_dir, read_json
+from medclf.config import TRAIN_DEFAULTS
+from medclf.runspec import RunSpec
 from medclf.batching import Encoded, collate, encode, pool_logits, sorted_batches, unpaired_surrogate
 from medclf.errors import MedclfError
 from medclf.modeling import choose_device, load_classifier, load_tokenizer
@@ -47,16 +49,16 @@ class TextClassifier:
         model: torch.nn.Module | Callable[[dict[str, torch.Tensor]], np.ndarray],
         tokenizer: Any,
         *,
-        max_length: int = 256,
-        long_text: str = "truncate",
+        max_length: int = TRAIN_DEFAULTS["max_length"],
+        long_text: str = TRAIN_DEFAULTS["long_text"],
         batch_size: int = DEFAULT_BATCH_SIZE,
         device: torch.device | None = None,
-        config: dict[str, Any] | None = None,
+        spec: RunSpec | None = None,
         labels: list[str] | None = None,
         backend: str = "torch",
         stride: int | None = None,
-        max_chunks: int = 8,
-        pool: str = "mean",
+        max_chunks: int = TRAIN_DEFAULTS["max_chunks"],
+        pool: str = TRAIN_DEFAULTS["pool"],
         multi_label: bool = False,
         thresholds: list[float] | np.ndarray | None = None,
         temperature: float = 1.0,
@@ -94,7 +96,8 @@ class TextClassifier:
         self.max_length = max_length
         self.long_text = long_text
         self.batch_size = batch_size
-        self.config = config or {}
+        self.spec = spec
+        """The run's description (train_config.json) when loaded from a run directory; None when built in memory."""
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     @property
@@ -137,29 +140,21 @@ class TextClassifier:
         path = Path(path)
         if not path.exists():
             raise MedclfError(f"Run directory {path} does not exist; pass the --output of a `medclf train` run.")
-        config: dict[str, Any] = {}
         if is_run_dir(path):
-            config = read_json(path / CONFIG_FILE)
-            model_dir = path / MODEL_DIR
+            spec, model_dir = RunSpec.read(path), path / MODEL_DIR
         elif (path / "config.json").is_file() and (path.parent / CONFIG_FILE).is_file():
-            config = read_json(path.parent / CONFIG_FILE)
-            model_dir = path
+            spec, model_dir = RunSpec.read(path.parent), path
         else:
             raise MedclfError(
                 f"{path} is not a medclf run directory (no {CONFIG_FILE} and {MODEL_DIR}/config.json); "
                 "pass the --output of a `medclf train` run."
             )
-        options = config.get("config", {})
-        saved = config.get("run", {}).get("thresholds")
-        trained_long_text = options.get("long_text", "truncate")
-        if long_text is not None and long_text != trained_long_text:
-            log.info("Long texts: %s at inference (the run was trained with %s).", long_text, trained_long_text)
-        common = {"max_length": int(options.get("max_length", 256)), "long_text": long_text or trained_long_text,
-                  "stride": options.get("stride"), "max_chunks": int(options.get("max_chunks", 8)),
-                  "pool": options.get("pool", "max"), "batch_size": batch_size, "config": config,
-                  "multi_label": bool(options.get("multi_label", False)),
-                  "temperature": float(config.get("run", {}).get("temperature", 1.0)),
-                  "thresholds": None if saved is None else [saved[lab] for lab in _config_labels(model_dir)]}
+        if long_text is not None and long_text != spec.long_text:
+            log.info("Long texts: %s at inference (the run was trained with %s).", long_text, spec.long_text)
+        common = {"max_length": spec.max_length, "long_text": long_text or spec.long_text, "stride": spec.stride,
+                  "max_chunks": spec.max_chunks, "pool": spec.pool, "batch_size": batch_size, "spec": spec,
+                  "multi_label": spec.multi_label, "temperature": spec.temperature,
+                  "thresholds": spec.threshold_list(_config_labels(model_dir))}
         tokenizer = load_tokenizer(str(model_dir), trust_remote_code=trust_remote_code)
         onnx_file = _onnx_file(model_dir.parent, backend, device)
         if onnx_file is not None:

@@ -156,7 +156,7 @@ def predict_file(
         raise MedclfError("--resume continues an interrupted --input file job with an --output file; pass both.")
     clf = classifier or TextClassifier.load(run_dir, batch_size=batch_size, backend=backend, long_text=long_text)
     chunks = iter_inputs(input, texts, text_columns=text_columns, drop_empty=drop_empty,
-                         default_columns=clf.config.get("run", {}).get("text_columns"), chunk_rows=chunk_rows)
+                         default_columns=clf.spec.text_columns if clf.spec else None, chunk_rows=chunk_rows)
     k = None if top_k is None else min(top_k, len(clf.labels))
     render = functools.partial(_render_chunk, clf, fmt=fmt, top_k=k, keep_text=keep_text, batch_size=batch_size)
     if output is None:  # stdout: each chunk as soon as it is done
@@ -206,7 +206,7 @@ def _render_chunk(
         return "\n".join(lines) + ("\n" if lines else "")
     table = kept.copy()
     if clf.multi_label:  # the labels of a text joined with the run's separator ('' for none)
-        table["labels"] = [clf.config.get("config", {}).get("label_sep", "|").join(r["labels"]) for r in records]
+        table["labels"] = [(clf.spec.label_sep if clf.spec else "|").join(r["labels"]) for r in records]
     else:
         table["label"] = [r["label"] for r in records]
         table["score"] = [r["score"] for r in records]

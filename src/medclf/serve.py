@@ -575,8 +575,7 @@ def _model_info(clf: Any, settings: ServeSettings, version: str) -> dict[str, An
     from medclf.artifacts import METRICS_FILE, read_json
 
     run = Path(settings.run_dir)
-    config = clf.config.get("config", {})
-    info = clf.config.get("run", {})
+    spec = clf.spec
     test: dict[str, Any] = {}
     if (run / METRICS_FILE).is_file():
         metrics = read_json(run / METRICS_FILE)
@@ -584,14 +583,14 @@ def _model_info(clf: Any, settings: ServeSettings, version: str) -> dict[str, An
                 if clf.multi_label else ("n", "accuracy", "macro_f1", "weighted_f1", "roc_auc_ovr_macro"))
         test = {k: metrics.get("test", {}).get(k) for k in keys}
     return {
-        "model": config.get("model"),
-        "method": info.get("method"),
+        "model": spec.config.model if spec else None,
+        "method": spec.method if spec else None,
         "labels": clf.labels,
         "multi_label": clf.multi_label,
         "thresholds": clf.thresholds,
         "backend": clf.backend,
         "max_length": clf.max_length,
-        "trained": info.get("created"),
+        "trained": spec.created if spec else None,
         "test_metrics": test,
         "medclf_version": version,
         "limits": {"max_batch": settings.max_batch, "max_chars": settings.max_chars},

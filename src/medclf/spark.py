@@ -13,7 +13,6 @@ never logged. pyspark is an optional extra (`pip install medclf[spark]`) and nee
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -33,8 +32,9 @@ def _require_pyspark() -> Any:
     return pyspark
 
 
-def _classifier(run_dir: str, backend: str, batch_size: int, threads: int | None = None) -> Any:
-    key = (run_dir, backend, batch_size, threads)
+def _classifier(run_dir: str, backend: str, batch_size: int, threads: int | None = None,
+                long_text: str | None = None) -> Any:
+    key = (run_dir, backend, batch_size, threads, long_text)
     if key not in _LOADED:
         from medclf.predict import TextClassifier
 
@@ -43,17 +43,18 @@ def _classifier(run_dir: str, backend: str, batch_size: int, threads: int | None
 
             torch.set_num_threads(threads)
         _LOADED[key] = TextClassifier.load(run_dir, backend=backend, batch_size=batch_size, device="cpu",
-                                           threads=threads)
+                                           threads=threads, long_text=long_text)
     return _LOADED[key]
 
 
 def _run_labels(run_dir: str) -> tuple[list[str], bool]:
-    from medclf.artifacts import CONFIG_FILE, is_run_dir
+    from medclf.artifacts import is_run_dir
+    from medclf.runspec import RunSpec
 
     if not is_run_dir(run_dir):
         raise MedclfError(f"{run_dir} is not a medclf run directory; pass the --output of `medclf train`.")
-    saved = json.loads((Path(run_dir) / CONFIG_FILE).read_text(encoding="utf-8"))
-    return [str(lab) for lab in saved["run"]["labels"]], bool(saved["config"].get("multi_label", False))
+    spec = RunSpec.read(run_dir)
+    return [str(lab) for lab in spec.labels], spec.multi_label
 
 
 def prob_column(label: str) -> str:
@@ -61,10 +62,16 @@ def prob_column(label: str) -> str:
     return "prob_" + re.sub(r"[^0-9A-Za-z_]", "_", label)
 
 
-def predict_udf(run_dir: str | Path, *, backend: str = "auto", batch_size: int = 16, threads: int | None = None) -> Any:
+def predict_udf(run_dir: str | Path, *, backend: str = "auto", batch_size: int = 16, threads: int | None = None,
+                long_text: str | None = None) -> Any:
     """A pandas UDF from a text column to a struct: label and score (multi-label: labels, an array), and
     prob_<label> for every label. The run directory must be readable at the same path on every executor.
-    threads: inference threads per Python worker (default: the library's own choice)."""
+    threads: inference threads per Python worker (default: the library's own choice). long_text: as
+    TextClassifier.load (default: as the run was trained)."""
+    from medclf.config import LONG_TEXT
+
+    if long_text is not None and long_text not in LONG_TEXT:
+        raise MedclfError(f"long_text must be one of {', '.join(LONG_TEXT)}, not {long_text!r}.")
     _require_pyspark()
     import pandas as pd
     from pyspark.sql.functions import pandas_udf
@@ -77,7 +84,7 @@ def predict_udf(run_dir: str | Path, *, backend: str = "auto", batch_size: int =
     schema = StructType(head + [StructField(prob_column(lab), DoubleType()) for lab in labels])
 
     def predict(texts: pd.Series) -> pd.DataFrame:
-        clf = _classifier(run, backend, batch_size, threads)
+        clf = _classifier(run, backend, batch_size, threads, long_text)
         batch = ["" if t is None else str(t) for t in texts]
         probs = clf.predict_proba(batch)
         out = pd.DataFrame({prob_column(lab): probs[:, i].astype(float) for i, lab in enumerate(clf.labels)})
@@ -96,14 +103,14 @@ def predict_udf(run_dir: str | Path, *, backend: str = "auto", batch_size: int =
 
 
 def add_predictions(df: Any, run_dir: str | Path, *, text_column: str = "text", backend: str = "auto",
-                    batch_size: int = 16, threads: int | None = None) -> Any:
+                    batch_size: int = 16, threads: int | None = None, long_text: str | None = None) -> Any:
     """`df` with the prediction columns of predict_udf appended (label, score, prob_<label>...); an input
     column with one of those names (a true `label`, say) is kept as input_<name>."""
     from pyspark.sql import functions as F
 
     if text_column not in df.columns:
         raise MedclfError(f"Text column '{text_column}' is not in the DataFrame; its columns are: {', '.join(df.columns)}.")
-    udf = predict_udf(run_dir, backend=backend, batch_size=batch_size, threads=threads)
+    udf = predict_udf(run_dir, backend=backend, batch_size=batch_size, threads=threads, long_text=long_text)
     added = udf.returnType.fieldNames()
     for name in set(added) & set(df.columns):  # an input column named like an output one (a true `label`) is kept
         df = df.withColumnRenamed(name, f"input_{name}")
@@ -118,7 +125,7 @@ SPARK_FORMATS = {".csv": "csv", ".jsonl": "json", ".ndjson": "json", ".json": "j
 
 def predict_spark_file(
     run_dir: str, *, input: str, output: str, text_columns: list[str] | None = None, keep_text: bool = False,
-    backend: str = "auto", batch_size: int = 16, master: str = "local[*]",
+    backend: str = "auto", batch_size: int = 16, master: str = "local[*]", long_text: str | None = None,
 ) -> int:
     """`medclf predict --engine spark`: read `input` with Spark, add the predictions, and write `output` as a
     Spark output folder (part files) of the format its extension names; the folder is written under a
@@ -155,7 +162,7 @@ def predict_spark_file(
     threads = max(1, (os.cpu_count() or 1) // parallelism) if master.startswith("local") else None
     df = df.withColumn("__text", F.concat_ws("\n", *[F.col(c) for c in columns]) if len(columns) > 1 else F.col(columns[0]))
     scored = add_predictions(df, run_dir, text_column="__text", backend=backend, batch_size=batch_size,
-                             threads=threads).drop("__text")
+                             threads=threads, long_text=long_text).drop("__text")
     if not keep_text:
         scored = scored.drop(*columns)
     tmp = final.with_name(f".{final.name}.partial")

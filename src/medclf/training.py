@@ -19,7 +19,6 @@ import torch
 
 from medclf import __version__
 from medclf.artifacts import (
-    CONFIG_FILE,
     LOG_FILE,
     METRICS_FILE,
     MODEL_DIR,
@@ -50,6 +49,7 @@ from medclf.modeling import (
     resolve_model,
 )
 from medclf.predict import batched_logits, forward_batches
+from medclf.runspec import RunSpec
 from medclf.tasks import Task, task_for
 
 log = logging.getLogger(__name__)
@@ -428,7 +428,7 @@ def train(config: TrainConfig, *, progress: bool = True, splits: Splits | None =
     stage = staging_dir(output)
     try:
         save_pretrained_atomic(model.cpu(), tokenizer, stage / MODEL_DIR)
-        atomic_write_json(stage / CONFIG_FILE, {"config": config.to_dict(), "run": run_info})
+        RunSpec(config=config, **run_info).write(stage)
         runlog.info(
             "Test: %s on %d rows; training %.1f s (%.1f samples/s).",
             headline(test).replace("   ", ", "), test["n"], metrics["timing"]["train_seconds"],
