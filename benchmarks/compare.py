@@ -37,6 +37,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the helper modules beside this script, also when imported from elsewhere
 from bench_common import DEFAULT_DATA  # noqa: E402
+
 # Figures of issue 4 that this run does not re-measure (the best Trainer setting was a second, 31-minute run).
 TRAINER_BEST_MACRO_F1_LR5E5 = 0.604
 F1_FLOOR = 0.61

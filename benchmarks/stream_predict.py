@@ -36,7 +36,6 @@ def run_measured(cmd: list[str]) -> tuple[float, float]:
 def demo_parquet(folder: Path, n: int) -> Path:
     """folder/notes-N.parquet: N rows of the demo snippets in order (note_id n0, n1, ...), written once."""
     import pandas as pd
-
     from bench_common import demo_frame
 
     data = folder / f"notes-{n}.parquet"

@@ -58,3 +58,16 @@ def test_report_html_is_self_contained(trained_run):
 @pytest.mark.parametrize("name", ["report.md", "report.html", "metrics.json"])
 def test_report_files_hold_no_text(trained_run, name):
     assert SECRET not in (trained_run / name).read_text()
+
+
+def test_report_markdown_renders_as_commonmark_without_raw_html(tmp_path):
+    from medclf.report import markdown_html
+
+    (tmp_path / "plot.png").write_bytes(b"\x89PNG fake")
+    page = markdown_html("# Run\n\n| class | note |\n|---|---|\n| a \\| b | *weak* and **strong** |\n\n"
+                         "- one\n- [two](other.md)\n\n<script>alert(1)</script>\n\n![plot](plot.png)\n\n"
+                         "![remote](https://example.org/x.png)\n", tmp_path, ["plot.png"])
+    assert "<td>a | b</td>" in page  # an escaped pipe stays inside its cell
+    assert "<em>weak</em>" in page and "<strong>strong</strong>" in page and "<li>one</li>" in page
+    assert "<script>" not in page and "&lt;script&gt;" in page  # raw HTML is shown, never run
+    assert 'src="data:image/png;base64,' in page and "example.org" not in page  # only the run's images, inlined

@@ -120,8 +120,8 @@ def test_metrics_count_requests_latency_and_batches(client):
     assert 'medclf_requests_total{endpoint="/v1/predict",method="POST",status="200"}' in text
     assert 'medclf_requests_total{endpoint="/v1/predict",method="POST",status="422"}' in text
     assert 'medclf_request_duration_seconds_bucket{endpoint="/v1/predict",le="+Inf"}' in text
-    assert "medclf_batch_texts_count" in text and "medclf_texts_total" in text and "medclf_queue_texts 0" in text
-    texts_total = int(next(line.split()[1] for line in text.splitlines() if line.startswith("medclf_texts_total")))
+    assert "medclf_batch_texts_count" in text and "medclf_texts_total" in text and "medclf_queue_texts 0.0" in text
+    texts_total = float(next(line.split()[1] for line in text.splitlines() if line.startswith("medclf_texts_total")))
     assert texts_total >= 2
     assert SECRET not in text
 
@@ -216,7 +216,7 @@ def test_a_full_queue_refuses_instead_of_growing():
         release.set()
         done = await asyncio.gather(first, *queued)
         await batcher.close()
-        return done, batcher.metrics.rejected_overload
+        return done, batcher.rejected
 
     done, rejected = asyncio.run(scenario())
     assert [d.shape for d in done] == [(4, 2)] * 3 and rejected == 1
@@ -316,6 +316,12 @@ def test_several_workers_each_load_the_model_and_answer(trained_run):
         answers = [httpx.post(base + "/v1/predict", json={"text": NOTE}, timeout=30) for _ in range(4)]
         assert all(a.status_code == 200 for a in answers)
         assert len({a.json()["label"] for a in answers}) == 1
+        # /metrics counts the whole server, whichever worker answers the scrape (prometheus_client multiprocess mode)
+        line = 'medclf_requests_total{endpoint="/v1/predict",method="POST",status="200"}'
+        for _ in range(6):
+            scrape = httpx.get(base + "/metrics", timeout=10).text
+            assert float(next(x for x in scrape.splitlines() if x.startswith(line)).split()[1]) == 4.0
+            assert float(next(x for x in scrape.splitlines() if x.startswith("medclf_texts_total")).split()[1]) >= 4.0
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
     finally:

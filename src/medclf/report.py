@@ -109,63 +109,26 @@ def training_png(history: list[dict[str, Any]], *, embeddings: bool) -> bytes:
 
 
 def markdown_html(text: str, directory: Path, images: list[str]) -> str:
-    """The report's markdown (headings, lists, tables, code blocks, images) as one self-contained HTML page:
-    PNGs are inlined as data: URIs and nothing is fetched from anywhere."""
+    """The report's markdown as one self-contained HTML page, rendered by markdown-it-py (CommonMark and tables; raw
+    HTML in the markdown is not passed through): the run's PNGs are inlined as data: URIs, any other image is left
+    as its alt text, and nothing is fetched from anywhere (the page's content security policy says so too)."""
     import base64
-    import html
-    import re
 
-    def inline(value: str) -> str:
-        value = html.escape(value)
-        value = re.sub(r"`([^`]+)`", r"<code>\1</code>", value)
-        return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", value)
+    from markdown_it import MarkdownIt
+    from markdown_it.common.utils import escapeHtml
 
-    out: list[str] = []
-    in_code = in_list = False
-    table: list[list[str]] = []
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
 
-    def flush() -> None:
-        nonlocal in_list, table
-        if in_list:
-            out.append("</ul>")
-            in_list = False
-        if table:
-            head, *body = table
-            out.append("<table><thead><tr>" + "".join(f"<th>{inline(c)}</th>" for c in head) + "</tr></thead><tbody>")
-            out.extend("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in row) + "</tr>" for row in body)
-            out.append("</tbody></table>")
-            table = []
+    def image(_renderer: Any, tokens: Any, idx: int, options: Any, env: Any) -> str:
+        token = tokens[idx]
+        alt = escapeHtml("".join(child.content for child in token.children or []))
+        src = str(token.attrGet("src") or "")
+        if src not in images:
+            return alt
+        data = base64.b64encode((directory / src).read_bytes()).decode("ascii")
+        return f'<img alt="{alt}" src="data:image/png;base64,{data}">'
 
-    for line in text.splitlines():
-        if line.startswith("```"):
-            flush()
-            out.append("</pre>" if in_code else "<pre>")
-            in_code = not in_code
-            continue
-        if in_code:
-            out.append(html.escape(line))
-            continue
-        image = re.fullmatch(r"!\[([^\]]*)\]\(([^)]+)\)", line.strip())
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if not all(re.fullmatch(r":?-+:?", c) for c in cells):
-                table.append(cells)
-            continue
-        flush()
-        if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            out.append(f"<h{level}>{inline(line[level:].strip())}</h{level}>")
-        elif line.startswith("- "):
-            if not in_list:
-                out.append("<ul>")
-                in_list = True
-            out.append(f"<li>{inline(line[2:])}</li>")
-        elif image and image.group(2) in images:
-            data = base64.b64encode((directory / image.group(2)).read_bytes()).decode("ascii")
-            out.append(f'<p><img alt="{html.escape(image.group(1))}" src="data:image/png;base64,{data}"></p>')
-        elif line.strip():
-            out.append(f"<p>{inline(line)}</p>")
-    flush()
+    md.add_render_rule("image", image)
     style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}"
              "table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.2rem .5rem;"
              "text-align:right}td:first-child,th:first-child{text-align:left}pre{background:#f5f5f5;padding:.75rem;"
@@ -173,7 +136,7 @@ def markdown_html(text: str, directory: Path, images: list[str]) -> str:
     return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
             "style-src 'unsafe-inline'\"><title>medclf run report</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
+            f"<style>{style}</style></head><body>\n" + md.render(text) + "</body></html>\n")
 
 
 def _calibration_lines(cal: dict[str, Any], config: TrainConfig, multi: bool) -> list[str]:

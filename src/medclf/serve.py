@@ -23,18 +23,20 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from medclf.batching import unpaired_surrogate
 from medclf.errors import MedclfError
+from medclf.serve_metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from medclf.serve_metrics import MULTIPROC_ENV, Metrics
 
 log = logging.getLogger(__name__)
 SETTINGS_ENV = "MEDCLF_SERVE_SETTINGS"
@@ -114,73 +116,6 @@ class ServeSettings:
         return self.threads or max(1, (os.cpu_count() or 1) // self.workers)
 
 
-# ---------------------------------------------------------------- metrics
-
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-
-
-class _Histogram:
-    def __init__(self, buckets: tuple) -> None:
-        self.buckets = buckets
-        self.counts = [0] * len(buckets)
-        self.total = 0
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.total += 1
-        self.sum += value
-        for i, bound in enumerate(self.buckets):
-            if value <= bound:
-                self.counts[i] += 1
-
-    def lines(self, name: str, labels: str = "") -> list[str]:
-        sep = "," if labels else ""
-        out = [f'{name}_bucket{{{labels}{sep}le="{bound:g}"}} {count}' for bound, count in zip(self.buckets, self.counts)]
-        out.append(f'{name}_bucket{{{labels}{sep}le="+Inf"}} {self.total}')
-        suffix = f"{{{labels}}}" if labels else ""
-        out += [f"{name}_sum{suffix} {self.sum:.6f}", f"{name}_count{suffix} {self.total}"]
-        return out
-
-
-@dataclass
-class Metrics:
-    """Prometheus counters and histograms, updated on the event loop (no locks needed)."""
-
-    requests: collections.Counter = field(default_factory=collections.Counter)
-    latency: dict[str, _Histogram] = field(default_factory=dict)
-    batch_texts: _Histogram = field(default_factory=lambda: _Histogram(BATCH_BUCKETS))
-    inference_seconds: _Histogram = field(default_factory=lambda: _Histogram(LATENCY_BUCKETS))
-    texts: int = 0
-    rejected_overload: int = 0
-    queued: Callable[[], int] = lambda: 0
-
-    def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
-        self.requests[(endpoint, method, status)] += 1
-        self.latency.setdefault(endpoint, _Histogram(LATENCY_BUCKETS)).observe(seconds)
-
-    def render(self) -> str:
-        lines = ["# HELP medclf_requests_total HTTP requests by endpoint, method and status.",
-                 "# TYPE medclf_requests_total counter"]
-        for (endpoint, method, status), count in sorted(self.requests.items()):
-            lines.append(f'medclf_requests_total{{endpoint="{endpoint}",method="{method}",status="{status}"}} {count}')
-        lines += ["# HELP medclf_request_duration_seconds Time from request to response.",
-                  "# TYPE medclf_request_duration_seconds histogram"]
-        for endpoint, hist in sorted(self.latency.items()):
-            lines += hist.lines("medclf_request_duration_seconds", f'endpoint="{endpoint}"')
-        lines += ["# HELP medclf_batch_texts Texts per forward pass of the server's batcher.",
-                  "# TYPE medclf_batch_texts histogram", *self.batch_texts.lines("medclf_batch_texts"),
-                  "# HELP medclf_inference_seconds Time per batch in the model (tokenization included).",
-                  "# TYPE medclf_inference_seconds histogram", *self.inference_seconds.lines("medclf_inference_seconds"),
-                  "# HELP medclf_texts_total Texts classified.", "# TYPE medclf_texts_total counter",
-                  f"medclf_texts_total {self.texts}",
-                  "# HELP medclf_rejected_overload_total Requests refused with 503 because the queue was full.",
-                  "# TYPE medclf_rejected_overload_total counter", f"medclf_rejected_overload_total {self.rejected_overload}",
-                  "# HELP medclf_queue_texts Texts waiting for the model.", "# TYPE medclf_queue_texts gauge",
-                  f"medclf_queue_texts {self.queued()}"]
-        return "\n".join(lines) + "\n"
-
-
 # ---------------------------------------------------------------- batching
 
 
@@ -213,8 +148,9 @@ class MicroBatcher:
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self.metrics = metrics or Metrics()
-        self.metrics.queued = lambda: self.queued
         self.queued = 0
+        self.rejected = 0
+        """Requests refused because the queue was full (also counted in the metrics)."""
         self._pending: collections.deque[_Job] = collections.deque()
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medclf-infer")
@@ -226,11 +162,13 @@ class MicroBatcher:
 
     async def submit(self, texts: list[str]) -> np.ndarray:
         if self._closing or self.queued + len(texts) > self.max_queue:
-            self.metrics.rejected_overload += 1
+            self.rejected += 1
+            self.metrics.rejected_overload.inc()
             raise Overloaded
         job = _Job(texts, asyncio.get_running_loop().create_future())
         self._pending.append(job)
         self.queued += len(texts)
+        self.metrics.queue.set(self.queued)
         self._wakeup.set()
         return await job.future
 
@@ -242,6 +180,7 @@ class MicroBatcher:
             n += len(job.texts)
             jobs.append(job)
         self.queued -= n
+        self.metrics.queue.set(self.queued)
         return jobs
 
     async def _run(self) -> None:
@@ -269,7 +208,7 @@ class MicroBatcher:
                 continue
             self.metrics.inference_seconds.observe(time.perf_counter() - started)
             self.metrics.batch_texts.observe(len(texts))
-            self.metrics.texts += len(texts)
+            self.metrics.texts.inc(len(texts))
             start = 0
             for job in jobs:
                 if not job.future.done():
@@ -504,8 +443,8 @@ def create_app(settings: ServeSettings) -> Any:
         return JSONResponse({"status": "not ready"}, status_code=503)
 
     @app.get("/metrics", response_class=PlainTextResponse)
-    async def prometheus() -> PlainTextResponse:
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     @app.get("/v1/model", dependencies=[Depends(authorize)])
     async def model_info() -> dict[str, Any]:
@@ -629,7 +568,16 @@ def serve(settings: ServeSettings) -> None:
     common = {"host": settings.host, "port": settings.port, "timeout_graceful_shutdown": settings.graceful_timeout_s,
               "server_header": False}
     if settings.workers > 1:
+        import shutil
+        import tempfile
+
         os.environ[SETTINGS_ENV] = settings.to_json()
-        uvicorn.run("medclf.serve:app_from_env", factory=True, workers=settings.workers, **common)
+        # the workers' metrics go to files in a fresh folder that /metrics sums (prometheus_client multiprocess mode)
+        shared = tempfile.mkdtemp(prefix="medclf-metrics-")
+        os.environ[MULTIPROC_ENV] = shared
+        try:
+            uvicorn.run("medclf.serve:app_from_env", factory=True, workers=settings.workers, **common)
+        finally:
+            shutil.rmtree(shared, ignore_errors=True)
     else:
         uvicorn.run(create_app(settings), **common)

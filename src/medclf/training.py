@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import math
@@ -30,9 +31,9 @@ from medclf.artifacts import (
     save_pretrained_atomic,
     staging_dir,
 )
-from medclf.calibration import calibration_summary, fold_temperature, scale_thresholds, temperature_for
 from medclf.baseline import tfidf_probabilities
 from medclf.batching import Encoded, collate, encode, length_grouped_batches, pool_logits, pool_logits_torch
+from medclf.calibration import calibration_summary, fold_temperature, scale_thresholds, temperature_for
 from medclf.config import TrainConfig
 from medclf.data import LabeledData, check_classes, check_label_sets, demo_data_path, load_labeled, stratified_split
 from medclf.errors import MedclfError
@@ -44,8 +45,8 @@ from medclf.modeling import (
     choose_precision,
     freeze_embeddings,
     load_classifier,
-    release_memory,
     load_tokenizer,
+    release_memory,
     resolve_model,
 )
 from medclf.predict import batched_logits, forward_batches
@@ -517,7 +518,7 @@ def _finetune(
     y_train_t = torch.as_tensor(y_train)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.name == "fp16")
     generator = torch.Generator().manual_seed(config.seed)
-    amp = lambda: autocast(device, precision)
+    amp = functools.partial(autocast, device, precision)
 
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"macro_f1": -1.0}
