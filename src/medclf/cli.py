@@ -154,10 +154,10 @@ def train(
     options = dict(locals())
 
     def run() -> None:
+        import os
+
         from medclf.metrics import format_table
         from medclf.training import train as train_fn
-
-        import os
 
         if num_processes > 1 and "WORLD_SIZE" not in os.environ:
             raise typer.Exit(_launch(num_processes))

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from medclf.artifacts import atomic_write_json
-from medclf.data import load_labeled
 from medclf.config import TRAIN_DEFAULTS
+from medclf.data import load_labeled
 from medclf.errors import MedclfError
 from medclf.predict import TextClassifier
 

@@ -11,11 +11,11 @@ import numpy as np
 import torch
 
 from medclf.artifacts import CONFIG_FILE, MODEL_DIR, is_run_dir, read_json
-from medclf.config import TRAIN_DEFAULTS
-from medclf.runspec import RunSpec
 from medclf.batching import Encoded, collate, encode, pool_logits, sorted_batches, unpaired_surrogate
+from medclf.config import TRAIN_DEFAULTS
 from medclf.errors import MedclfError
 from medclf.modeling import choose_device, load_classifier, load_tokenizer
+from medclf.runspec import RunSpec
 from medclf.tasks import softmax, task_for
 
 log = logging.getLogger(__name__)
