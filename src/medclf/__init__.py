@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from medclf._version import __version__
 from medclf.config import TrainConfig
 from medclf.errors import MedclfError
 

@@ -127,34 +127,3 @@ def calibration_summary(raw_logits: np.ndarray, y: np.ndarray, task: Task, tempe
         "brier_before": brier_score(before, y, task), "brier_after": brier_score(after, y, task),
         "reliability_before": rb, "reliability_after": ra,
     }
-
-
-def reliability_png(summary: dict[str, Any], *, title: str) -> bytes:
-    """Reliability diagram: observed frequency against mean confidence per bin, before and after scaling."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, hist) = plt.subplots(2, 1, figsize=(6, 7), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
-    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
-    for key, name, style in (("reliability_before", "before", "o-"), ("reliability_after", "after", "s-")):
-        r = summary[key]
-        keep = [i for i, c in enumerate(r["count"]) if c > 0]
-        ece = summary["ece_before" if name == "before" else "ece_after"]
-        label = (f"{name} (ECE {ece:.3f})" if name == "before"
-                 else f"after, T = {summary['temperature']:.2f} (ECE {ece:.3f})")
-        ax.plot([r["confidence"][i] for i in keep], [r["frequency"][i] for i in keep], style, label=label)
-    ax.set_ylabel("observed frequency (share right)")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_title(title)
-    ax.legend(loc="upper left")
-    edges = np.linspace(0, 1, summary["bins"] + 1)
-    hist.bar(edges[:-1], summary["reliability_after"]["count"], width=1 / summary["bins"], align="edge",
-             color="tab:orange", alpha=0.7, label="after")
-    hist.set_xlabel("confidence (mean predicted probability in the bin)")
-    hist.set_ylabel("predictions")
-    from medclf.report import figure_png
-
-    return figure_png(fig)

@@ -14,9 +14,10 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from medclf import __version__
+from medclf._version import __version__
 from medclf.config import TrainConfig
 from medclf.errors import MedclfError
+from medclf.logs import configure_logging
 
 app = typer.Typer(
     name="medclf",
@@ -40,17 +41,6 @@ BackendOpt = Annotated[
 ]
 
 
-def _configure_logging(quiet: bool, verbose: bool) -> None:
-    logger = logging.getLogger("medclf")
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
-    logger.propagate = False
-
-
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"medclf {__version__}")
@@ -68,7 +58,7 @@ def _main(
 ) -> None:
     _state["debug"] = debug
     _state["quiet"] = quiet
-    _configure_logging(quiet, verbose)
+    configure_logging(quiet=quiet, verbose=verbose)
 
 
 def _guard(fn: Callable[[], T]) -> T:
@@ -343,7 +333,7 @@ def explain(
     """Which words pushed the model toward a label: per-word attribution scores, as HTML or JSON."""
 
     def run() -> None:
-        from medclf.explain import explain_file
+        from medclf.predict_io import explain_file
 
         count = explain_file(run_dir, texts=texts, input=input, output=output, method=method, target=target,
                              steps=steps, text_columns=text_column, drop_empty=drop_empty, backend=backend,

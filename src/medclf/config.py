@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from medclf.errors import MedclfError
 
@@ -26,7 +26,6 @@ MAX_WINDOW_TOKENS_PER_STEP = 65_536
 """chunk: most tokens one training step may hold (batch_size x max_chunks x max_length). The default step
 (16 x 256 tokens, no chunking) peaked at 2.7 GiB on MiniLM; activations grow with tokens per step."""
 
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 @dataclass(kw_only=True)

@@ -90,9 +90,9 @@ class Explainer:
     def _probabilities(self, variants: list[list[list[int]]]) -> np.ndarray:
         """The run's probabilities for texts given as their sequences (any backend), in order."""
         clf = self.clf
-        logits = clf._sequence_logits([seq for variant in variants for seq in variant])
+        logits = clf.sequence_logits([seq for variant in variants for seq in variant])
         owner = [v for v, variant in enumerate(variants) for _ in variant]
-        return clf.task.probabilities(clf._document_logits(logits, owner if clf.long_text == "chunk" else None,
+        return clf.task.probabilities(clf.document_logits(logits, owner if clf.long_text == "chunk" else None,
                                                            len(variants)))
 
     def explain(self, text: str, *, method: str = "integrated-gradients", target: str | None = None,
@@ -132,22 +132,10 @@ class Explainer:
             scores[seen] = base - probs[:, k]
         return scores
 
-    def _torch_model(self) -> torch.nn.Module:
-        clf = self.clf
-        if clf.backend == "torch":
-            return clf.model
-        if getattr(clf, "_torch_twin", None) is None:  # ONNX has no gradients: the run's PyTorch model
-            from medclf.predict import TextClassifier
-
-            if clf.run_dir is None:
-                raise MedclfError("Integrated gradients need the PyTorch model; load the run with backend='torch'.")
-            clf._torch_twin = TextClassifier.load(clf.run_dir, backend="torch", device="cpu").model
-        return clf._torch_twin
-
     def _integrated_gradients(self, sequences: list[list[int]], token_words: list[list[int]], n_words: int, k: int,
                               steps: int) -> tuple[np.ndarray, float]:
         clf = self.clf
-        model = self._torch_model()
+        model = clf.torch_model()
         device = next(model.parameters()).device
         inputs = {key: v.to(device) for key, v in collate(sequences, clf.pad_id).items()}
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
@@ -255,45 +243,3 @@ def explanations_html(explanations: list[Explanation]) -> str:
             "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">"
             f"<title>medclf explanations</title><style>{style}</style></head><body>\n<h1>medclf explanations</h1>\n"
             + "\n".join(blocks) + "\n</body></html>\n")
-
-
-EXPLAIN_FORMATS = {".html": "html", ".htm": "html", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-
-
-def explain_file(
-    run_dir: str, *, texts: list[str] | None = None, input: str | None = None, output: str | None = None,
-    method: str = "integrated-gradients", target: str | None = None, steps: int = DEFAULT_STEPS,
-    text_columns: list[str] | None = None, drop_empty: bool = False, backend: str = "torch",
-    long_text: str | None = None,
-) -> int:
-    """Explain texts from arguments or a file; write HTML, JSON or JSONL to `output` (atomically) or JSONL to
-    stdout. Returns the number of texts explained."""
-    import json
-    import sys
-
-    from medclf.artifacts import atomic_write_text
-    from medclf.predict import TextClassifier
-    from medclf.predict_io import output_format, read_inputs
-
-    fmt = output_format(output, EXPLAIN_FORMATS)
-    if method not in METHODS:
-        raise MedclfError(f"--method must be one of {', '.join(METHODS)}, not {method!r}.")
-    clf = TextClassifier.load(run_dir, backend=backend, long_text=long_text)
-    if target is not None and target not in clf.labels:
-        raise MedclfError(f"--target {target!r} is not a label of this model; its labels are: {', '.join(clf.labels)}.")
-    _, batch, _ = read_inputs(input, texts, text_columns=text_columns,
-                              default_columns=clf.spec.text_columns if clf.spec else None, drop_empty=drop_empty)
-    explainer = Explainer(clf)
-    found = [explainer.explain(text, method=method, target=target, steps=steps) for text in batch]
-    if fmt == "html":
-        text = explanations_html(found)
-    elif fmt == "json":
-        text = json.dumps([e.to_dict() for e in found], ensure_ascii=False, indent=1) + "\n"
-    else:
-        text = "".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in found)
-    if output is None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    else:
-        atomic_write_text(output, text)
-    return len(found)

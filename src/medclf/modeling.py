@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from medclf.batching import collate, sorted_batches
 from medclf.errors import MedclfError
 
 log = logging.getLogger(__name__)
@@ -313,3 +315,32 @@ def embeds_forward_inputs(model: torch.nn.Module, attention_mask: torch.Tensor) 
         first[:, 0] = 1
         return {"global_attention_mask": first}
     return {}
+
+
+def forward_batches(
+    model: torch.nn.Module, input_ids: list[list[int]], *, batch_size: int, pad_id: int, device: torch.device
+) -> Iterator[tuple[list[int], Any]]:
+    """Run the model in eval mode over batches sorted by length and padded per batch.
+
+    Yields (the batch's indices into input_ids, the model's outputs); the caller runs it under
+    torch.inference_mode. The model's train/eval mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in sorted_batches([len(ids) for ids in input_ids], batch_size):
+            inputs = collate([input_ids[i] for i in batch], pad_id)
+            yield batch, model(**{k: v.to(device) for k, v in inputs.items()})
+    finally:
+        model.train(was_training)
+
+
+@torch.inference_mode()
+def batched_logits(
+    model: torch.nn.Module, input_ids: list[list[int]], *, batch_size: int, pad_id: int, device: torch.device
+) -> np.ndarray:
+    """Logits for pre-tokenized texts, in input order."""
+    out = np.zeros((len(input_ids), model.config.num_labels), dtype=np.float32)
+    for batch, outputs in forward_batches(model, input_ids, batch_size=batch_size, pad_id=pad_id, device=device):
+        out[batch] = outputs.logits.float().cpu().numpy()
+    return out

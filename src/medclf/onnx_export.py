@@ -1,4 +1,4 @@
-"""ONNX export (fp32 and int8) with a self-check, and the ONNX Runtime backend that serves it.
+"""ONNX export (fp32 and int8) with a self-check (the runtime that serves it: medclf.onnx_runtime).
 
 `export_onnx(run_dir)` writes `RUN/onnx/` (or `--output`):
 
@@ -21,7 +21,6 @@ probability of the check texts; the folder is built beside its final path and re
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import shutil
 import time
@@ -37,13 +36,10 @@ import torch
 from medclf.artifacts import CONFIG_FILE, MODEL_DIR, atomic_write_json, is_run_dir, publish_dir, staging_dir
 from medclf.batching import collate, sorted_batches
 from medclf.errors import MedclfError
+from medclf.onnx_runtime import EXPORT_INFO, FP32_FILE, INT8_FILE, ONNX_DIR, OnnxRunner, onnxruntime_available
 
 log = logging.getLogger(__name__)
 
-ONNX_DIR = "onnx"
-FP32_FILE = "model.onnx"
-INT8_FILE = "model.int8.onnx"
-EXPORT_INFO = "export.json"
 PARITY_TOLERANCE = 1e-4
 """Largest allowed |p_onnx - p_torch| over every class probability of every check text (fp32)."""
 MIN_AGREEMENT = 0.99
@@ -54,43 +50,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 INT8_RECIPES = ("dynamic", "blockwise-128", "blockwise-32")
 """int8 recipes, fastest first (see _recipes)."""
 FUSABLE_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "electra": "bert", "distilbert": "bert"}
-
-
-# ---------------------------------------------------------------- runtime
-
-
-def onnxruntime_available() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-class OnnxRunner:
-    """One ONNX Runtime session on the CPU: padded token ids and mask in, float32 logits out."""
-
-    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise MedclfError("The ONNX backend needs onnxruntime; `pip install onnxruntime` or use backend='torch'.") from None
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        options.log_severity_level = 3
-        self.path = Path(path)
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise MedclfError(f"{path} is not a loadable ONNX model ({type(exc).__name__}); run `medclf export` again.") from None
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        if set(self.input_names) - {"input_ids", "attention_mask"}:
-            raise MedclfError(f"{path} needs inputs {self.input_names}; medclf exports input_ids and attention_mask only.")
-
-    def __call__(self, inputs: dict[str, torch.Tensor]) -> np.ndarray:
-        feed = {name: inputs[name].numpy() for name in self.input_names}
-        return self.session.run(None, feed)[0].astype(np.float32, copy=False)
 
 
 # ---------------------------------------------------------------- export
@@ -163,7 +122,7 @@ def export_onnx(
     encoded = clf.encode(texts).input_ids  # for long_text='chunk', windows: the check compares window by window
     pad_id = clf.pad_id
     probabilities = clf.task.probabilities  # softmax, or sigmoid for a multi-label run
-    reference = probabilities(_run_batches(lambda inputs: clf._run_batch(inputs), encoded, pad_id))
+    reference = probabilities(_run_batches(lambda inputs: clf.run_batch(inputs), encoded, pad_id))
 
     staging = staging_dir(final)
     try:
@@ -386,14 +345,14 @@ def _copy_model_files(model_dir: Path, dest: Path) -> None:
 def _export_info(clf: Any, result: ExportResult) -> dict[str, Any]:
     import onnxruntime
 
-    import medclf
+    from medclf._version import __version__
 
     return {
         "format": "onnx",
         "opset": OPSET,
         "exporter": f"torch.onnx (TorchScript, eager attention), torch {torch.__version__}",
         "onnxruntime": onnxruntime.__version__,
-        "medclf": medclf.__version__,
+        "medclf": __version__,
         "inputs": {"input_ids": "int64 [batch, sequence]", "attention_mask": "int64 [batch, sequence]"},
         "outputs": {"logits": "float32 [batch, n_labels]; probabilities = sigmoid(logits), a label is predicted where "
                                "its probability >= its threshold" if clf.multi_label else
@@ -408,9 +367,3 @@ def _export_info(clf: Any, result: ExportResult) -> dict[str, Any]:
         "check": {"parity_tolerance": PARITY_TOLERANCE, "min_int8_agreement": MIN_AGREEMENT, **result.to_dict()},
     }
 
-
-def read_export_info(onnx_dir: str | Path) -> dict[str, Any] | None:
-    path = Path(onnx_dir) / EXPORT_INFO
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))

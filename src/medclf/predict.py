@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, overload
 
@@ -15,6 +15,7 @@ from medclf.batching import Encoded, collate, encode, pool_logits, sorted_batche
 from medclf.config import TRAIN_DEFAULTS
 from medclf.errors import MedclfError
 from medclf.modeling import choose_device, load_classifier, load_tokenizer
+from medclf.onnx_runtime import OnnxRunner, onnx_file
 from medclf.runspec import RunSpec
 from medclf.tasks import softmax, task_for
 
@@ -81,7 +82,7 @@ class TextClassifier:
             self.model: Any = model.to(self.device).eval()
             id2label = model.config.id2label
             labels = labels or [str(id2label[i]) for i in range(len(id2label))]
-        else:  # an ONNX Runtime session (medclf.onnx_export.OnnxRunner) or any callable giving logits
+        else:  # an ONNX Runtime session (medclf.onnx_runtime.OnnxRunner) or any callable giving logits
             self.device = torch.device("cpu")
             self.model = model
             if not labels:
@@ -156,14 +157,12 @@ class TextClassifier:
                   "multi_label": spec.multi_label, "temperature": spec.temperature,
                   "thresholds": spec.threshold_list(_config_labels(model_dir))}
         tokenizer = load_tokenizer(str(model_dir), trust_remote_code=trust_remote_code)
-        onnx_file = _onnx_file(model_dir.parent, backend, device)
-        if onnx_file is not None:
-            from medclf.onnx_export import OnnxRunner
-
+        onnx_path = onnx_file(model_dir.parent, backend, device)
+        if onnx_path is not None:
             labels = _config_labels(model_dir)
-            log.info("Backend: ONNX Runtime (%s).", onnx_file.name)
-            runner = OnnxRunner(onnx_file, threads=threads)
-            clf = cls(runner, tokenizer, labels=labels, backend="onnx-int8" if ".int8." in onnx_file.name else "onnx",
+            log.info("Backend: ONNX Runtime (%s).", onnx_path.name)
+            runner = OnnxRunner(onnx_path, threads=threads)
+            clf = cls(runner, tokenizer, labels=labels, backend="onnx-int8" if ".int8." in onnx_path.name else "onnx",
                       **common)
             clf.run_dir = model_dir.parent
             return clf
@@ -177,7 +176,7 @@ class TextClassifier:
         clf.run_dir = model_dir.parent
         return clf
 
-    def _run_batch(self, inputs: dict[str, torch.Tensor]) -> np.ndarray:
+    def run_batch(self, inputs: dict[str, torch.Tensor]) -> np.ndarray:
         """Logits (float32) for one padded batch."""
         if self.backend == "torch":
             with torch.inference_mode():
@@ -187,17 +186,17 @@ class TextClassifier:
 
     def _logits(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
         window_logits, encoded = self._window_logits(texts, batch_size)
-        return self._document_logits(window_logits, encoded.doc_of, encoded.n_docs)
+        return self.document_logits(window_logits, encoded.doc_of, encoded.n_docs)
 
-    def _document_logits(self, window_logits: np.ndarray, doc_of: list[int] | None, n_docs: int) -> np.ndarray:
+    def document_logits(self, window_logits: np.ndarray, doc_of: list[int] | None, n_docs: int) -> np.ndarray:
         """One (calibrated) row per text: the windows' logits pooled as the run pools them, divided by T."""
         return pool_logits(window_logits, doc_of, n_docs, self.pool) / self.temperature
 
-    def _sequence_logits(self, sequences: list[list[int]], batch_size: int | None = None) -> np.ndarray:
+    def sequence_logits(self, sequences: list[list[int]], batch_size: int | None = None) -> np.ndarray:
         """Logits per token-id sequence, in order: length-sorted batches, each padded to its longest."""
         out = np.zeros((len(sequences), len(self._labels)), dtype=np.float32)
         for batch in sorted_batches([len(s) for s in sequences], batch_size or self.batch_size):
-            out[batch] = self._run_batch(collate([sequences[i] for i in batch], self.pad_id))
+            out[batch] = self.run_batch(collate([sequences[i] for i in batch], self.pad_id))
         return out
 
     def _window_logits(self, texts: list[str], batch_size: int | None = None) -> tuple[np.ndarray, Encoded]:
@@ -210,7 +209,7 @@ class TextClassifier:
                 raise MedclfError(f"Text {i} holds an unpaired surrogate code point at character {at}, which is not "
                                   "valid Unicode; decode the text correctly (as UTF-8) before passing it.")
         encoded = self.encode(texts) if texts else Encoded([], 0, 0, 0)
-        return self._sequence_logits(encoded.input_ids, batch_size), encoded
+        return self.sequence_logits(encoded.input_ids, batch_size), encoded
 
     def predict_with_windows(
         self, texts: list[str], *, batch_size: int | None = None
@@ -219,7 +218,7 @@ class TextClassifier:
         the predicted label (multi-label: the most probable label) is highest (long_text='chunk'; None per
         text otherwise). Spans, never text."""
         window_logits, encoded = self._window_logits(list(texts), batch_size)
-        probs = self.task.probabilities(self._document_logits(window_logits, encoded.doc_of, encoded.n_docs))
+        probs = self.task.probabilities(self.document_logits(window_logits, encoded.doc_of, encoded.n_docs))
         if encoded.doc_of is None or encoded.char_spans is None:
             return probs, [None] * len(texts)
         best: list[tuple[int, int] | None] = [None] * len(texts)
@@ -271,29 +270,21 @@ class TextClassifier:
 
         return Explainer(self).explain(text, method=method, target=target, steps=steps)
 
+    def torch_model(self) -> torch.nn.Module:
+        """The PyTorch model behind this classifier (what gradients need): its own with the torch backend; for ONNX,
+        the run's PyTorch model, loaded on the CPU once."""
+        if self.backend == "torch":
+            assert isinstance(self.model, torch.nn.Module)
+            return self.model
+        if self._torch_twin is None:
+            if self.run_dir is None:
+                raise MedclfError("Integrated gradients need the PyTorch model; load the run with backend='torch'.")
+            self._torch_twin = type(self).load(self.run_dir, backend="torch", device="cpu").model
+        return self._torch_twin
+
     def decide(self, probs: np.ndarray) -> list[Any]:
         """predict_proba's rows turned into predictions: a label each, or (multi-label) a list of labels each."""
         return [self.task.names(row, self._labels) for row in self.task.decide(probs, self._thresholds)]
-
-
-def _onnx_file(run_dir: Path, backend: str, device: str) -> Path | None:
-    """The ONNX model `backend` asks for in RUN/onnx/, or None for PyTorch."""
-    from medclf.onnx_export import FP32_FILE, INT8_FILE, ONNX_DIR, onnxruntime_available
-
-    folder = run_dir / ONNX_DIR
-    if backend == "torch":
-        return None
-    if backend == "auto":
-        if device not in ("auto", "cpu") or not onnxruntime_available():
-            return None
-        return next((folder / name for name in (INT8_FILE, FP32_FILE) if (folder / name).is_file()), None)
-    if device not in ("auto", "cpu"):
-        raise MedclfError(f"The ONNX backend runs on the CPU; use backend='torch' for device {device!r}.")
-    name = INT8_FILE if backend == "onnx-int8" else FP32_FILE
-    if not (folder / name).is_file():
-        flag = " --quantize int8" if backend == "onnx-int8" else ""
-        raise MedclfError(f"{run_dir} has no {ONNX_DIR}/{name}; run `medclf export {run_dir}{flag}` first, or use backend 'torch'.")
-    return folder / name
 
 
 def _config_labels(model_dir: Path) -> list[str]:
@@ -301,33 +292,4 @@ def _config_labels(model_dir: Path) -> list[str]:
     return [str(id2label[str(i)]) for i in range(len(id2label))]
 
 
-def forward_batches(
-    model: torch.nn.Module, input_ids: list[list[int]], *, batch_size: int, pad_id: int, device: torch.device
-) -> Iterator[tuple[list[int], Any]]:
-    """Run the model in eval mode over batches sorted by length and padded per batch.
-
-    Yields (the batch's indices into input_ids, the model's outputs); the caller runs it under
-    torch.inference_mode. The model's train/eval mode is restored afterwards.
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in sorted_batches([len(ids) for ids in input_ids], batch_size):
-            inputs = collate([input_ids[i] for i in batch], pad_id)
-            yield batch, model(**{k: v.to(device) for k, v in inputs.items()})
-    finally:
-        model.train(was_training)
-
-
-@torch.inference_mode()
-def batched_logits(
-    model: torch.nn.Module, input_ids: list[list[int]], *, batch_size: int, pad_id: int, device: torch.device
-) -> np.ndarray:
-    """Logits for pre-tokenized texts, in input order."""
-    out = np.zeros((len(input_ids), model.config.num_labels), dtype=np.float32)
-    for batch, outputs in forward_batches(model, input_ids, batch_size=batch_size, pad_id=pad_id, device=device):
-        out[batch] = outputs.logits.float().cpu().numpy()
-    return out
-
-
-__all__ = ["BACKENDS", "DEFAULT_BATCH_SIZE", "TextClassifier", "batched_logits", "forward_batches", "softmax"]
+__all__ = ["BACKENDS", "DEFAULT_BATCH_SIZE", "TextClassifier", "softmax"]

@@ -21,6 +21,7 @@ import pandas as pd
 from medclf.artifacts import atomic_write_text
 from medclf.data import iter_table, join_texts, read_table, resolve_columns, table_format
 from medclf.errors import MedclfError
+from medclf.explain import DEFAULT_STEPS
 from medclf.predict import TextClassifier
 
 log = logging.getLogger(__name__)
@@ -336,3 +337,40 @@ def _plain(record: dict[str, Any]) -> dict[str, Any]:
             value = str(value)
         out[str(key)] = value
     return out
+
+
+EXPLAIN_FORMATS = {".html": "html", ".htm": "html", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+def explain_file(
+    run_dir: str, *, texts: list[str] | None = None, input: str | None = None, output: str | None = None,
+    method: str = "integrated-gradients", target: str | None = None, steps: int = DEFAULT_STEPS,
+    text_columns: list[str] | None = None, drop_empty: bool = False, backend: str = "torch",
+    long_text: str | None = None,
+) -> int:
+    """Explain texts from arguments or a file; write HTML, JSON or JSONL to `output` (atomically) or JSONL to
+    stdout. Returns the number of texts explained."""
+    from medclf.explain import METHODS, Explainer, explanations_html
+
+    fmt = output_format(output, EXPLAIN_FORMATS)
+    if method not in METHODS:
+        raise MedclfError(f"--method must be one of {', '.join(METHODS)}, not {method!r}.")
+    clf = TextClassifier.load(run_dir, backend=backend, long_text=long_text)
+    if target is not None and target not in clf.labels:
+        raise MedclfError(f"--target {target!r} is not a label of this model; its labels are: {', '.join(clf.labels)}.")
+    _, batch, _ = read_inputs(input, texts, text_columns=text_columns,
+                              default_columns=clf.spec.text_columns if clf.spec else None, drop_empty=drop_empty)
+    explainer = Explainer(clf)
+    found = [explainer.explain(text, method=method, target=target, steps=steps) for text in batch]
+    if fmt == "html":
+        text = explanations_html(found)
+    elif fmt == "json":
+        text = json.dumps([e.to_dict() for e in found], ensure_ascii=False, indent=1) + "\n"
+    else:
+        text = "".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in found)
+    if output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        atomic_write_text(output, text)
+    return len(found)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from medclf.artifacts import (
     CALIBRATION_FILE,
     CONFUSION_FILE,
@@ -108,6 +110,35 @@ def training_png(history: list[dict[str, Any]], *, embeddings: bool) -> bytes:
     return figure_png(fig)
 
 
+def reliability_png(summary: dict[str, Any], *, title: str) -> bytes:
+    """Reliability diagram: observed frequency against mean confidence per bin, before and after scaling."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(6, 7), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    for key, name, style in (("reliability_before", "before", "o-"), ("reliability_after", "after", "s-")):
+        r = summary[key]
+        keep = [i for i, c in enumerate(r["count"]) if c > 0]
+        ece = summary["ece_before" if name == "before" else "ece_after"]
+        label = (f"{name} (ECE {ece:.3f})" if name == "before"
+                 else f"after, T = {summary['temperature']:.2f} (ECE {ece:.3f})")
+        ax.plot([r["confidence"][i] for i in keep], [r["frequency"][i] for i in keep], style, label=label)
+    ax.set_ylabel("observed frequency (share right)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(loc="upper left")
+    edges = np.linspace(0, 1, summary["bins"] + 1)
+    hist.bar(edges[:-1], summary["reliability_after"]["count"], width=1 / summary["bins"], align="edge",
+             color="tab:orange", alpha=0.7, label="after")
+    hist.set_xlabel("confidence (mean predicted probability in the bin)")
+    hist.set_ylabel("predictions")
+    return figure_png(fig)
+
+
 def markdown_html(text: str, directory: Path, images: list[str]) -> str:
     """The report's markdown as one self-contained HTML page, rendered by markdown-it-py (CommonMark and tables; raw
     HTML in the markdown is not passed through): the run's PNGs are inlined as data: URIs, any other image is left
@@ -195,8 +226,6 @@ def write_report(directory: Path, *, metrics: dict[str, Any], config: TrainConfi
         )
     cal = test.get("calibration")
     if plots and cal is not None:
-        from medclf.calibration import reliability_png
-
         atomic_write_bytes(directory / CALIBRATION_FILE, reliability_png(
             cal, title=f"Test reliability ({'every label' if multi else 'top label'}, n={test['n']})"))
     timing = metrics["timing"]

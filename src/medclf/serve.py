@@ -305,7 +305,7 @@ def page_html() -> str:
 
 def create_app(settings: ServeSettings) -> Any:
     """The FastAPI app for one run directory; the model loads when the app starts (lifespan)."""
-    from medclf import __version__
+    from medclf._version import __version__
     from medclf.predict import TextClassifier
     from medclf.predict_io import prediction_records
 
@@ -540,20 +540,20 @@ def app_from_env() -> Any:
     """uvicorn's factory for --workers > 1: each worker process builds its app from the settings in the environment.
 
     Worker processes are started afresh by uvicorn, so the CLI's logging setup is repeated here."""
-    from medclf.cli import _configure_logging
+    from medclf.logs import configure_logging
 
-    _configure_logging(quiet=False, verbose=False)
+    configure_logging()
     return create_app(ServeSettings.from_json(os.environ[SETTINGS_ENV]))
 
 
 def check(settings: ServeSettings) -> None:
     """Fail before binding a port: the run loads, the backend exists, the key is set."""
     from medclf.artifacts import is_run_dir
-    from medclf.predict import _onnx_file
+    from medclf.onnx_runtime import onnx_file
 
     if not is_run_dir(settings.run_dir):
         raise MedclfError(f"{settings.run_dir} is not a medclf run directory; pass the --output of `medclf train`.")
-    _onnx_file(Path(settings.run_dir), settings.backend, "cpu")
+    onnx_file(Path(settings.run_dir), settings.backend, "cpu")
     settings.api_key()
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medclf import __version__
+from medclf._version import __version__
 from medclf.artifacts import (
     LOG_FILE,
     METRICS_FILE,
@@ -40,16 +40,17 @@ from medclf.errors import MedclfError
 from medclf.metrics import bootstrap_intervals, headline
 from medclf.modeling import (
     autocast,
+    batched_logits,
     check_max_length,
     choose_device,
     choose_precision,
+    forward_batches,
     freeze_embeddings,
     load_classifier,
     load_tokenizer,
     release_memory,
     resolve_model,
 )
-from medclf.predict import batched_logits, forward_batches
 from medclf.runspec import RunSpec
 from medclf.tasks import Task, task_for
 
