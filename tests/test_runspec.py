@@ -88,3 +88,18 @@ def test_explain_reads_long_texts_as_asked(trained_run, tmp_path):
         assert result.exit_code == 0, result.output
     chunk, truncate = (json.loads((tmp_path / f"{m}.json").read_text())[0] for m in ("chunk", "truncate"))
     assert all(w["seen"] for w in chunk["words"]) and not all(w["seen"] for w in truncate["words"])
+
+
+def test_load_options_are_validated_where_they_are_built_and_reach_the_classifier(trained_run):
+    from medclf.config import LoadOptions
+
+    for bad, fragment in (({"backend": "tpu"}, "backend must be one of"), ({"batch_size": 0}, "batch_size must be"),
+                          ({"long_text": "windows"}, "long_text must be one of"), ({"threads": -1}, "threads must be")):
+        with pytest.raises(MedclfError, match=fragment):
+            LoadOptions(**bad)
+    options = LoadOptions(backend="torch", batch_size=5, long_text="chunk")
+    clf = TextClassifier.load(trained_run, options)
+    assert (clf.backend, clf.batch_size, clf.long_text) == ("torch", 5, "chunk")
+    # the keywords are shorthand for fields of the options
+    assert TextClassifier.load(trained_run, options, long_text="truncate").long_text == "truncate"
+    assert options.replace(batch_size=None) == options

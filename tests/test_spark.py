@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from medclf import MedclfError, TextClassifier
 from medclf.cli import app
+from medclf.config import LoadOptions
 
 pyspark = pytest.importorskip("pyspark", reason="pyspark is an optional extra: pip install 'medclf[spark]'")
 if shutil.which("java") is None:
@@ -91,9 +92,9 @@ def test_the_udf_reads_long_texts_as_asked(spark, trained_run):
     text = " ".join(["patient seen today history reviewed"] * 80) + " chest pain troponin"
     df = spark.createDataFrame(pd.DataFrame({"text": [text]}))
     for mode in ("chunk", "truncate"):
-        got = add_predictions(df, trained_run, long_text=mode).toPandas()
+        got = add_predictions(df, trained_run, options=LoadOptions(long_text=mode)).toPandas()
         clf = TextClassifier.load(trained_run, long_text=mode)
         probs = got[[prob_column(lab) for lab in clf.labels]].to_numpy()
         assert np.abs(probs - clf.predict_proba([text])).max() < 1e-5
     with pytest.raises(MedclfError, match="long_text must be one of"):
-        add_predictions(df, trained_run, long_text="windows")
+        add_predictions(df, trained_run, options=LoadOptions(long_text="windows"))

@@ -15,7 +15,7 @@ from typing import Annotated, TypeVar
 import typer
 
 from medclf._version import __version__
-from medclf.config import TrainConfig
+from medclf.config import INFER_BATCH_SIZE, LoadOptions, TrainConfig
 from medclf.errors import MedclfError
 from medclf.logs import configure_logging
 
@@ -30,7 +30,7 @@ log = logging.getLogger("medclf")
 _state = {"debug": False, "quiet": False}
 T = TypeVar("T")
 D = TrainConfig()  # the CLI's defaults are the config's defaults
-INFER_BATCH = 16  # = medclf.predict.DEFAULT_BATCH_SIZE (not imported here: it would load torch for --help)
+INFER_BATCH = INFER_BATCH_SIZE
 LongTextOpt = Annotated[
     str | None,
     typer.Option("--long-text", help="truncate | head-tail | chunk for texts over the run's --max-length. Default: as the run was trained (chunk reads a long text in windows and pools them, even with a run trained on short texts)."),
@@ -245,7 +245,8 @@ def evaluate(
 
         metrics = evaluate_fn(
             run_dir, data=data, text_columns=text_column, label_column=label_column,
-            drop_empty=drop_empty, batch_size=batch_size, output=output, backend=backend, long_text=long_text,
+            drop_empty=drop_empty, output=output,
+            options=LoadOptions(backend=backend, batch_size=batch_size, long_text=long_text),
         )
         typer.echo(format_table(metrics))
         if "confusion_matrix" in metrics:
@@ -286,6 +287,7 @@ def predict(
 
         if engine not in ("local", "spark"):
             raise MedclfError(f"--engine must be local or spark, not {engine!r}.")
+        options = LoadOptions(backend=backend, batch_size=batch_size, long_text=long_text)
         if engine == "spark":
             from medclf.spark import predict_spark_file
 
@@ -297,15 +299,13 @@ def predict(
                 raise MedclfError(f"--engine spark does not take {', '.join(local_only)} (Spark splits, retries and "
                                   "writes the job itself); leave them out or use --engine local.")
             count = predict_spark_file(run_dir, input=input, output=output, text_columns=text_column,
-                                       keep_text=keep_text, backend=backend, batch_size=batch_size, master=spark_master,
-                                       long_text=long_text)
+                                       keep_text=keep_text, master=spark_master, options=options)
             log.info("Wrote %d predictions to %s", count, output)
             return
 
         count = predict_file(
             run_dir, texts=texts, input=input, output=output, text_columns=text_column, top_k=top_k,
-            batch_size=batch_size, keep_text=keep_text, drop_empty=drop_empty, backend=backend, long_text=long_text,
-            chunk_rows=chunk_rows, resume=resume, progress=_progress() and output is not None,
+            keep_text=keep_text, drop_empty=drop_empty, chunk_rows=chunk_rows, options=options, resume=resume, progress=_progress() and output is not None,
         )
         if output:
             log.info("Wrote %d predictions to %s", count, output)
@@ -336,8 +336,8 @@ def explain(
         from medclf.predict_io import explain_file
 
         count = explain_file(run_dir, texts=texts, input=input, output=output, method=method, target=target,
-                             steps=steps, text_columns=text_column, drop_empty=drop_empty, backend=backend,
-                             long_text=long_text)
+                             steps=steps, text_columns=text_column, drop_empty=drop_empty,
+                             options=LoadOptions(backend=backend, long_text=long_text))
         if output:
             log.info("Wrote %d explanations to %s", count, output)
 

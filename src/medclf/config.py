@@ -22,6 +22,10 @@ LONG_TEXT = ("truncate", "head-tail", "chunk")
 POOLS = ("mean", "max")
 METHODS = ("finetune", "embeddings")
 
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
+INFER_BATCH_SIZE = 16
+"""Texts per forward pass at inference on the CPU (measured faster than 8 or 32 on MiniLM; benchmarks/bench_inference.py)."""
+
 MAX_WINDOW_TOKENS_PER_STEP = 65_536
 """chunk: most tokens one training step may hold (batch_size x max_chunks x max_length). The default step
 (16 x 256 tokens, no chunking) peaked at 2.7 GiB on MiniLM; activations grow with tokens per step."""
@@ -220,6 +224,34 @@ class TrainConfig:
                 f"Unknown training option(s) {', '.join(unknown)}; known options are: {', '.join(sorted(known))}."
             )
         return cls(**values)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadOptions:
+    """How a run is loaded for inference, one value passed whole to every inference path: TextClassifier.load,
+    evaluate, predict and explain (files), the server and Spark. Validated where it is built."""
+
+    backend: str = "auto"
+    """auto (int8 ONNX if exported, else fp32 ONNX, else PyTorch) | torch | onnx | onnx-int8."""
+    device: str = "auto"
+    batch_size: int = INFER_BATCH_SIZE
+    threads: int | None = None
+    """Inference threads (ONNX Runtime's intra-op threads; PyTorch's are the process's). None: one per core."""
+    long_text: str | None = None
+    """truncate | head-tail | chunk at inference; None: as the run was trained."""
+
+    def __post_init__(self) -> None:
+        _choice("backend", self.backend, BACKENDS)
+        _choice("device", self.device, DEVICES)
+        _positive_int("batch_size", self.batch_size)
+        if self.threads is not None:
+            _positive_int("threads", self.threads)
+        if self.long_text is not None:
+            _choice("long_text", self.long_text, LONG_TEXT)
+
+    def replace(self, **changes: Any) -> LoadOptions:
+        """These options with the given fields changed (None leaves a field as it is); validated again."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
 TRAIN_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainConfig)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from medclf.artifacts import atomic_write_json
-from medclf.config import TRAIN_DEFAULTS
+from medclf.config import TRAIN_DEFAULTS, LoadOptions
 from medclf.data import load_labeled
 from medclf.errors import MedclfError
 from medclf.predict import TextClassifier
@@ -21,20 +21,18 @@ def evaluate(
     text_columns: list[str] | None = None,
     label_column: str | list[str] | None = None,
     drop_empty: bool = False,
-    batch_size: int = 16,
     output: str | Path | None = None,
-    backend: str = "auto",
+    options: LoadOptions | None = None,
     classifier: TextClassifier | None = None,
-    long_text: str | None = None,
 ) -> dict[str, Any]:
     """Accuracy, macro/weighted F1, per-class figures, confusion matrix, loss and ROC-AUC on `data`;
     for a multi-label run, micro/macro/samples F1, subset accuracy, Hamming loss and per-label figures
     at the run's thresholds.
 
-    Column names (and the label separator) default to the ones the run was trained with; long_text
-    overrides how the run cuts or windows long texts (default: as trained).
+    Column names (and the label separator) default to the ones the run was trained with; `options` say how the
+    run is loaded (backend, batch size, long_text: how it cuts or windows long texts, default as trained).
     """
-    clf = classifier or TextClassifier.load(run_dir, batch_size=batch_size, backend=backend, long_text=long_text)
+    clf = classifier or TextClassifier.load(run_dir, options)
     spec = clf.spec
     part = load_labeled(
         data,
@@ -55,7 +53,7 @@ def evaluate(
             f"the model knows: {', '.join(labels)}."
         )
     y = clf.task.targets(part.labels, labels)
-    probs = clf.predict_proba(part.texts, batch_size=batch_size)
+    probs = clf.predict_proba(part.texts)
     thresholds = None if clf.thresholds is None else np.array([clf.thresholds[lab] for lab in labels])
     metrics = clf.task.metrics(y, probs, labels, thresholds)
     metrics["data_file"] = str(data)

@@ -12,7 +12,7 @@ import torch
 
 from medclf.artifacts import CONFIG_FILE, MODEL_DIR, is_run_dir, read_json
 from medclf.batching import Encoded, collate, encode, pool_logits, sorted_batches, unpaired_surrogate
-from medclf.config import TRAIN_DEFAULTS
+from medclf.config import BACKENDS, INFER_BATCH_SIZE, TRAIN_DEFAULTS, LoadOptions
 from medclf.errors import MedclfError
 from medclf.modeling import choose_device, load_classifier, load_tokenizer
 from medclf.onnx_runtime import OnnxRunner, onnx_file
@@ -20,12 +20,11 @@ from medclf.runspec import RunSpec
 from medclf.tasks import softmax, task_for
 
 log = logging.getLogger(__name__)
-DEFAULT_BATCH_SIZE = 16
+DEFAULT_BATCH_SIZE = INFER_BATCH_SIZE
 """Measured on 2 CPU cores, 578 abstracts of ~219 tokens, fp32: batch 8 29.8, 12 30.1, 16 29.4-31.1,
 32 25.8, 64 25.4 texts/s (probably cache: a smaller batch's activations stay in it)."""
 
 
-BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 
 
 class TextClassifier:
@@ -115,15 +114,17 @@ class TextClassifier:
     def load(
         cls,
         path: str | Path,
+        options: LoadOptions | None = None,
         *,
-        backend: str = "auto",
-        device: str = "auto",
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        backend: str | None = None,
+        device: str | None = None,
+        batch_size: int | None = None,
         threads: int | None = None,
-        trust_remote_code: bool = False,
         long_text: str | None = None,
+        trust_remote_code: bool = False,
     ) -> TextClassifier:
-        """Load a run directory written by `medclf train` (or its model/ folder).
+        """Load a run directory written by `medclf train` (or its model/ folder), as `options` say
+        (config.LoadOptions; the keywords are shorthand that change those fields).
 
         backend: "torch"; "onnx" or "onnx-int8" (the files `medclf export` wrote into RUN/onnx/);
         "auto": onnx-int8 if exported, else onnx if exported, else torch (ONNX only with onnxruntime
@@ -132,12 +133,10 @@ class TextClassifier:
         'truncate' | 'head-tail' | 'chunk' (default: as the run was trained). A run trained on short
         texts can read long ones in windows (chunk, with the run's --pool or max) without retraining.
         """
-        from medclf.config import LONG_TEXT
-
-        if long_text is not None and long_text not in LONG_TEXT:
-            raise MedclfError(f"long_text must be one of {', '.join(LONG_TEXT)}, not {long_text!r}.")
-        if backend not in BACKENDS:
-            raise MedclfError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}.")
+        options = (options or LoadOptions()).replace(backend=backend, device=device, batch_size=batch_size,
+                                                     threads=threads, long_text=long_text)
+        backend, device, batch_size = options.backend, options.device, options.batch_size
+        threads, long_text = options.threads, options.long_text
         path = Path(path)
         if not path.exists():
             raise MedclfError(f"Run directory {path} does not exist; pass the --output of a `medclf train` run.")

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from medclf.artifacts import atomic_write_text
+from medclf.config import LoadOptions
 from medclf.data import iter_table, join_texts, read_table, resolve_columns, table_format
 from medclf.errors import MedclfError
 from medclf.explain import DEFAULT_STEPS
@@ -131,12 +132,10 @@ def predict_file(
     output: str | None = None,
     text_columns: list[str] | None = None,
     top_k: int | None = None,
-    batch_size: int = 16,
     keep_text: bool = False,
     drop_empty: bool = False,
-    backend: str = "auto",
+    options: LoadOptions | None = None,
     classifier: TextClassifier | None = None,
-    long_text: str | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     resume: bool = False,
     progress: bool = False,
@@ -155,11 +154,11 @@ def predict_file(
     fmt = output_format(output, OUTPUT_FORMATS)
     if resume and (output is None or input is None):
         raise MedclfError("--resume continues an interrupted --input file job with an --output file; pass both.")
-    clf = classifier or TextClassifier.load(run_dir, batch_size=batch_size, backend=backend, long_text=long_text)
+    clf = classifier or TextClassifier.load(run_dir, options)
     chunks = iter_inputs(input, texts, text_columns=text_columns, drop_empty=drop_empty,
                          default_columns=clf.spec.text_columns if clf.spec else None, chunk_rows=chunk_rows)
     k = None if top_k is None else min(top_k, len(clf.labels))
-    render = functools.partial(_render_chunk, clf, fmt=fmt, top_k=k, keep_text=keep_text, batch_size=batch_size)
+    render = functools.partial(_render_chunk, clf, fmt=fmt, top_k=k, keep_text=keep_text)
     if output is None:  # stdout: each chunk as soon as it is done
         count = 0
         for frame, batch, columns in chunks:
@@ -189,11 +188,11 @@ def predict_file(
 
 def _render_chunk(
     clf: TextClassifier, frame: pd.DataFrame, batch: list[str], columns: list[str], *, fmt: str, top_k: int | None,
-    keep_text: bool, batch_size: int,
+    keep_text: bool,
 ) -> Any:
     """One chunk's predictions: JSONL text, CSV text, or (Parquet) a DataFrame."""
     labels = clf.labels
-    probs, windows = clf.predict_with_windows(batch, batch_size=batch_size)
+    probs, windows = clf.predict_with_windows(batch)
     records = prediction_records(labels, probs, top_k, windows if clf.long_text == "chunk" else None,
                                  predicted=clf.decide(probs) if clf.multi_label else None)
     kept = frame if keep_text else frame.drop(columns=[c for c in columns if c in frame.columns])
@@ -345,8 +344,7 @@ EXPLAIN_FORMATS = {".html": "html", ".htm": "html", ".json": "json", ".jsonl": "
 def explain_file(
     run_dir: str, *, texts: list[str] | None = None, input: str | None = None, output: str | None = None,
     method: str = "integrated-gradients", target: str | None = None, steps: int = DEFAULT_STEPS,
-    text_columns: list[str] | None = None, drop_empty: bool = False, backend: str = "torch",
-    long_text: str | None = None,
+    text_columns: list[str] | None = None, drop_empty: bool = False, options: LoadOptions | None = None,
 ) -> int:
     """Explain texts from arguments or a file; write HTML, JSON or JSONL to `output` (atomically) or JSONL to
     stdout. Returns the number of texts explained."""
@@ -355,7 +353,7 @@ def explain_file(
     fmt = output_format(output, EXPLAIN_FORMATS)
     if method not in METHODS:
         raise MedclfError(f"--method must be one of {', '.join(METHODS)}, not {method!r}.")
-    clf = TextClassifier.load(run_dir, backend=backend, long_text=long_text)
+    clf = TextClassifier.load(run_dir, options or LoadOptions(backend="torch"))
     if target is not None and target not in clf.labels:
         raise MedclfError(f"--target {target!r} is not a label of this model; its labels are: {', '.join(clf.labels)}.")
     _, batch, _ = read_inputs(input, texts, text_columns=text_columns,

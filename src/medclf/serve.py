@@ -34,6 +34,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from pydantic import BaseModel, ConfigDict, Field
 
 from medclf.batching import unpaired_surrogate
+from medclf.config import BACKENDS, LoadOptions
 from medclf.errors import MedclfError
 from medclf.serve_metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from medclf.serve_metrics import MULTIPROC_ENV, Metrics
@@ -72,8 +73,6 @@ class ServeSettings:
     """truncate | head-tail | chunk at inference; None: as the run was trained."""
 
     def __post_init__(self) -> None:
-        from medclf.predict import BACKENDS
-
         if self.backend not in BACKENDS:
             raise MedclfError(f"--backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}.")
         for name, low in (("port", 0), ("max_batch", 1), ("max_chars", 1), ("max_queue", 1), ("workers", 1),
@@ -111,6 +110,11 @@ class ServeSettings:
     @classmethod
     def from_json(cls, text: str) -> "ServeSettings":
         return cls(**json.loads(text))
+
+    def load_options(self) -> LoadOptions:
+        """How each worker loads the run: on the CPU, with its share of the cores."""
+        return LoadOptions(backend=self.backend, device="cpu", batch_size=self.inference_batch,
+                           threads=self.inference_threads(), long_text=self.long_text)
 
     def inference_threads(self) -> int:
         return self.threads or max(1, (os.cpu_count() or 1) // self.workers)
@@ -320,9 +324,7 @@ def create_app(settings: ServeSettings) -> Any:
         import torch
 
         torch.set_num_threads(settings.inference_threads())
-        clf = TextClassifier.load(settings.run_dir, backend=settings.backend, device="cpu",
-                                  batch_size=settings.inference_batch, threads=settings.inference_threads(),
-                                  long_text=settings.long_text)
+        clf = TextClassifier.load(settings.run_dir, settings.load_options())
         clf.predict_proba(["warm-up"])  # first-call costs (allocations, kernel choice) before the first user
         state["clf"] = clf
         state["info"] = _model_info(clf, settings, __version__)

@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from medclf.config import LoadOptions
 from medclf.errors import MedclfError
 
 _LOADED: dict[tuple[str, str, int, int | None], Any] = {}
@@ -32,18 +33,16 @@ def _require_pyspark() -> Any:
     return pyspark
 
 
-def _classifier(run_dir: str, backend: str, batch_size: int, threads: int | None = None,
-                long_text: str | None = None) -> Any:
-    key = (run_dir, backend, batch_size, threads, long_text)
+def _classifier(run_dir: str, options: LoadOptions) -> Any:
+    key = (run_dir, options)
     if key not in _LOADED:
         from medclf.predict import TextClassifier
 
-        if threads is not None:  # several Python workers share the machine's cores
+        if options.threads is not None:  # several Python workers share the machine's cores
             import torch
 
-            torch.set_num_threads(threads)
-        _LOADED[key] = TextClassifier.load(run_dir, backend=backend, batch_size=batch_size, device="cpu",
-                                           threads=threads, long_text=long_text)
+            torch.set_num_threads(options.threads)
+        _LOADED[key] = TextClassifier.load(run_dir, options.replace(device="cpu"))
     return _LOADED[key]
 
 
@@ -62,16 +61,12 @@ def prob_column(label: str) -> str:
     return "prob_" + re.sub(r"[^0-9A-Za-z_]", "_", label)
 
 
-def predict_udf(run_dir: str | Path, *, backend: str = "auto", batch_size: int = 16, threads: int | None = None,
-                long_text: str | None = None) -> Any:
+def predict_udf(run_dir: str | Path, options: LoadOptions | None = None) -> Any:
     """A pandas UDF from a text column to a struct: label and score (multi-label: labels, an array), and
     prob_<label> for every label. The run directory must be readable at the same path on every executor.
-    threads: inference threads per Python worker (default: the library's own choice). long_text: as
-    TextClassifier.load (default: as the run was trained)."""
-    from medclf.config import LONG_TEXT
-
-    if long_text is not None and long_text not in LONG_TEXT:
-        raise MedclfError(f"long_text must be one of {', '.join(LONG_TEXT)}, not {long_text!r}.")
+    options: as TextClassifier.load takes them (options.threads: inference threads per Python worker; default: the
+    library's own choice); the device is always the CPU."""
+    options = options or LoadOptions()
     _require_pyspark()
     import pandas as pd
     from pyspark.sql.functions import pandas_udf
@@ -84,7 +79,7 @@ def predict_udf(run_dir: str | Path, *, backend: str = "auto", batch_size: int =
     schema = StructType(head + [StructField(prob_column(lab), DoubleType()) for lab in labels])
 
     def predict(texts: pd.Series) -> pd.DataFrame:
-        clf = _classifier(run, backend, batch_size, threads, long_text)
+        clf = _classifier(run, options)
         batch = ["" if t is None else str(t) for t in texts]
         probs = clf.predict_proba(batch)
         out = pd.DataFrame({prob_column(lab): probs[:, i].astype(float) for i, lab in enumerate(clf.labels)})
@@ -102,15 +97,14 @@ def predict_udf(run_dir: str | Path, *, backend: str = "auto", batch_size: int =
     return pandas_udf(schema)(predict)  # type: ignore[call-overload]
 
 
-def add_predictions(df: Any, run_dir: str | Path, *, text_column: str = "text", backend: str = "auto",
-                    batch_size: int = 16, threads: int | None = None, long_text: str | None = None) -> Any:
+def add_predictions(df: Any, run_dir: str | Path, *, text_column: str = "text", options: LoadOptions | None = None) -> Any:
     """`df` with the prediction columns of predict_udf appended (label, score, prob_<label>...); an input
     column with one of those names (a true `label`, say) is kept as input_<name>."""
     from pyspark.sql import functions as F
 
     if text_column not in df.columns:
         raise MedclfError(f"Text column '{text_column}' is not in the DataFrame; its columns are: {', '.join(df.columns)}.")
-    udf = predict_udf(run_dir, backend=backend, batch_size=batch_size, threads=threads, long_text=long_text)
+    udf = predict_udf(run_dir, options)
     added = udf.returnType.fieldNames()
     for name in set(added) & set(df.columns):  # an input column named like an output one (a true `label`) is kept
         df = df.withColumnRenamed(name, f"input_{name}")
@@ -125,7 +119,7 @@ SPARK_FORMATS = {".csv": "csv", ".jsonl": "json", ".ndjson": "json", ".json": "j
 
 def predict_spark_file(
     run_dir: str, *, input: str, output: str, text_columns: list[str] | None = None, keep_text: bool = False,
-    backend: str = "auto", batch_size: int = 16, master: str = "local[*]", long_text: str | None = None,
+    master: str = "local[*]", options: LoadOptions | None = None,
 ) -> int:
     """`medclf predict --engine spark`: read `input` with Spark, add the predictions, and write `output` as a
     Spark output folder (part files) of the format its extension names; the folder is written under a
@@ -161,8 +155,8 @@ def predict_spark_file(
         df = df.repartition(parallelism)
     threads = max(1, (os.cpu_count() or 1) // parallelism) if master.startswith("local") else None
     df = df.withColumn("__text", F.concat_ws("\n", *[F.col(c) for c in columns]) if len(columns) > 1 else F.col(columns[0]))
-    scored = add_predictions(df, run_dir, text_column="__text", backend=backend, batch_size=batch_size,
-                             threads=threads, long_text=long_text).drop("__text")
+    options = (options or LoadOptions()).replace(threads=threads)
+    scored = add_predictions(df, run_dir, text_column="__text", options=options).drop("__text")
     if not keep_text:
         scored = scored.drop(*columns)
     tmp = final.with_name(f".{final.name}.partial")
