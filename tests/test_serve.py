@@ -239,7 +239,7 @@ def test_an_inference_failure_is_a_500_without_text(trained_run, caplog):
         raise RuntimeError(SECRET)
 
     with TestClient(create_app(ServeSettings(run_dir=str(trained_run))), raise_server_exceptions=False) as c:
-        c.app.state.medclf["batcher"].infer = broken
+        c.app.state.medclf.batcher.infer = broken
         response = c.post("/v1/predict", json={"text": NOTE})
         assert c.post("/v1/predict", json={"texts": []}).status_code == 422  # the server goes on
     assert response.status_code == 500 and "RuntimeError" in response.text

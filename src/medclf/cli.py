@@ -31,6 +31,9 @@ _state = {"debug": False, "quiet": False}
 T = TypeVar("T")
 D = TrainConfig()  # the CLI's defaults are the config's defaults
 INFER_BATCH = INFER_BATCH_SIZE
+RunDirArg = Annotated[str, typer.Argument(help="A run directory written by `medclf train`.")]
+InputOpt = Annotated[str | None, typer.Option("--input", "-i", help="A .txt file (one text per line) or a CSV/TSV/JSONL/Parquet table.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Inference batch size.")]
 LongTextOpt = Annotated[
     str | None,
     typer.Option("--long-text", help="truncate | head-tail | chunk for texts over the run's --max-length. Default: as the run was trained (chunk reads a long text in windows and pools them, even with a run trained on short texts)."),
@@ -226,12 +229,12 @@ def _register_cv() -> None:
 
 @app.command()
 def evaluate(
-    run_dir: Annotated[str, typer.Argument(help="A run directory written by `medclf train`.")],
+    run_dir: RunDirArg,
     data: Annotated[str, typer.Option("--data", help="Labelled table to evaluate on (CSV, TSV, JSONL, Parquet).")],
     text_column: TextColOpt = None,
     label_column: LabelColOpt = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="Write the metrics as JSON to this file.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Inference batch size.")] = INFER_BATCH,
+    batch_size: BatchOpt = INFER_BATCH,
     drop_empty: Annotated[bool, typer.Option("--drop-empty", help="Skip rows with an empty text or label.")] = False,
     backend: BackendOpt = "auto",
     long_text: LongTextOpt = None,
@@ -264,13 +267,13 @@ def evaluate(
 
 @app.command()
 def predict(
-    run_dir: Annotated[str, typer.Argument(help="A run directory written by `medclf train`.")],
+    run_dir: RunDirArg,
     texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify (or use --input).")] = None,
-    input: Annotated[str | None, typer.Option("--input", "-i", help="A .txt file (one text per line) or a CSV/TSV/JSONL/Parquet table.")] = None,
+    input: InputOpt = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="Write CSV, JSONL or Parquet (by extension); it appears only when complete. Default: JSONL on stdout.")] = None,
     text_column: TextColOpt = None,
     top_k: Annotated[int | None, typer.Option("--top-k", help="Give only the K most probable classes per text.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Inference batch size.")] = INFER_BATCH,
+    batch_size: BatchOpt = INFER_BATCH,
     keep_text: Annotated[bool, typer.Option("--keep-text", help="Copy the text column(s) into the output (off: outputs carry no text).")] = False,
     drop_empty: Annotated[bool, typer.Option("--drop-empty", help="Skip empty texts instead of refusing the input.")] = False,
     backend: BackendOpt = "auto",
@@ -318,9 +321,9 @@ def predict(
 
 @app.command()
 def explain(
-    run_dir: Annotated[str, typer.Argument(help="A run directory written by `medclf train`.")],
+    run_dir: RunDirArg,
     texts: Annotated[list[str] | None, typer.Argument(help="Texts to explain (or use --input).")] = None,
-    input: Annotated[str | None, typer.Option("--input", "-i", help="A .txt file (one text per line) or a CSV/TSV/JSONL/Parquet table.")] = None,
+    input: InputOpt = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="F.html (words shaded by score, probabilities on top), F.json or F.jsonl (words, character offsets, scores). Default: JSONL on stdout.")] = None,
     method: Annotated[str, typer.Option("--method", help="integrated-gradients (gradients along a path from a blank input; needs PyTorch) | occlusion (the probability lost when a word is taken out).")] = "integrated-gradients",
     target: Annotated[str | None, typer.Option("--target", help="The label to explain. Default: the predicted (most probable) label.")] = None,
@@ -349,7 +352,7 @@ def explain(
 
 @app.command()
 def export(
-    run_dir: Annotated[str, typer.Argument(help="A run directory written by `medclf train`.")],
+    run_dir: RunDirArg,
     format: Annotated[str, typer.Option("--format", help="Export format; onnx is the one there is.")] = "onnx",
     quantize: Annotated[str, typer.Option("--quantize", help="none | int8: also write model.int8.onnx (int8 weights), checked for top-label agreement.")] = "int8",
     output: Annotated[str | None, typer.Option("--output", "-o", help="Folder to write. Default: RUN_DIR/onnx (where --backend auto finds it).")] = None,
@@ -387,7 +390,7 @@ def export(
 
 @app.command()
 def serve(
-    run_dir: Annotated[str, typer.Argument(help="A run directory written by `medclf train`.")],
+    run_dir: RunDirArg,
     host: Annotated[str, typer.Option("--host", help="Address to listen on. 127.0.0.1 (this machine only) by default; 0.0.0.0 opens it to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
     backend: BackendOpt = "auto",

@@ -14,6 +14,7 @@
 
 import asyncio
 import collections
+import functools
 import hmac
 import importlib.resources
 import json
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -303,21 +304,177 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+@functools.lru_cache(maxsize=1)
 def page_html() -> str:
     return importlib.resources.files("medclf").joinpath("static/index.html").read_text(encoding="utf-8")
+
+
+@dataclass
+class Served:
+    """What one app serves: its settings and metrics, and once started, the classifier and its batcher. Kept on
+    `app.state.medclf` (routes read it from the request; tests and embedding applications may too)."""
+
+    settings: ServeSettings
+    metrics: Metrics
+    api_key: str | None
+    ready: bool = False
+    clf: Any = None
+    info: dict[str, Any] | None = None
+    batcher: MicroBatcher | None = None
+    explain_lock: asyncio.Lock | None = None
+    """One explanation at a time: each is dozens of forward and backward passes."""
+
+
+def _served(request: Request) -> Served:
+    return request.app.state.medclf
+
+
+def _error(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def _field_error(status: int, loc: list[Any], msg: str, kind: str) -> JSONResponse:
+    return _error(status, [{"loc": ["body", *loc], "msg": msg, "type": kind}])
+
+
+def _authorize(request: Request) -> None:
+    api_key = _served(request).api_key
+    if api_key is None:
+        return
+    given = request.headers.get("x-api-key") or ""
+    auth = request.headers.get("authorization") or ""
+    if auth.lower().startswith("bearer "):
+        given = given or auth[7:].strip()
+    if not given or not hmac.compare_digest(given.encode(), api_key.encode()):
+        raise HTTPException(401, "Missing or wrong API key; send it as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'.",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+def _text_problem(text: str, loc: list[Any], settings: ServeSettings) -> JSONResponse | None:
+    """A 413 or 422 for a text the model must not get (too long, empty, not valid Unicode), else None."""
+    if len(text) > settings.max_chars:
+        return _field_error(413, loc, f"The text has {len(text)} characters; the limit is {settings.max_chars}.",
+                            "too_long")
+    if not text.strip():
+        return _field_error(422, loc, "The text is empty.", "value_error")
+    if unpaired_surrogate(text) is not None:
+        return _field_error(422, loc, SURROGATE_MESSAGE, "unicode_error")
+    return None
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    text: str | None = Field(None, description="One text; the answer is one prediction.")
+    texts: list[str] | None = Field(None, description="Several texts; the answer is a list of predictions in order.")
+    top_k: int | None = Field(None, ge=1, description="Give only the K most probable classes per text.")
+
+
+class ExplainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    text: str = Field(..., description="The text to explain.")
+    method: str = Field("integrated-gradients", description="integrated-gradients | occlusion.")
+    target: str | None = Field(None, description="The label to explain; default: the predicted one.")
+    steps: int = Field(32, ge=2, le=256, description="integrated-gradients: interpolation steps.")
+
+
+api = APIRouter(prefix="/v1", dependencies=[Depends(_authorize)])
+"""The model's API: /v1/predict, /v1/explain, /v1/model (behind the API key when one is set)."""
+probes = APIRouter()
+"""What operators and browsers need, open and text-free: the page, /healthz, /readyz, /metrics."""
+PAGE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
+               "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+@api.post("/predict")
+async def predict(body: PredictRequest, served: Served = Depends(_served)) -> Any:
+    from medclf.predict_io import prediction_records
+
+    settings = served.settings
+    if (body.text is None) == (body.texts is None):
+        return _field_error(422, [], "Send either 'text' (one string) or 'texts' (a list of strings).", "value_error")
+    single = body.text is not None
+    texts = [body.text] if single else list(body.texts or [])
+    if not texts:
+        return _field_error(422, ["texts"], f"'texts' is empty; send 1 to {settings.max_batch} texts.", "too_short")
+    if len(texts) > settings.max_batch:
+        return _field_error(413, ["texts"], f"{len(texts)} texts in one request; the limit is {settings.max_batch}.",
+                            "too_long")
+    for i, text in enumerate(texts):
+        problem = _text_problem(text, ["text"] if single else ["texts", i], settings)
+        if problem is not None:
+            return problem
+    assert served.batcher is not None
+    try:
+        probs = await served.batcher.submit(texts)
+    except Overloaded:
+        return _error(503, f"The server is at capacity ({settings.max_queue} texts queued); retry shortly.",
+                      headers={"Retry-After": "1"})
+    clf = served.clf
+    k = None if body.top_k is None else min(body.top_k, len(clf.labels))
+    windows = None
+    if isinstance(probs, tuple):  # chunk: (probabilities, the deciding window's character span per text)
+        probs, windows = probs
+    records = prediction_records(clf.labels, probs, k, windows, predicted=clf.decide(probs) if clf.multi_label else None)
+    return records[0] if single else {"predictions": records}
+
+
+@api.post("/explain")
+async def explain(body: ExplainRequest, served: Served = Depends(_served)) -> Any:
+    """Per-word attribution scores for one text (the same JSON as `medclf explain`)."""
+    from fastapi.concurrency import run_in_threadpool
+
+    from medclf.explain import METHODS, Explainer
+
+    clf = served.clf
+    problem = _text_problem(body.text, ["text"], served.settings)
+    if problem is not None:
+        return problem
+    if body.method not in METHODS:
+        return _field_error(422, ["method"], f"'method' must be one of {', '.join(METHODS)}.", "value_error")
+    if body.target is not None and body.target not in clf.labels:
+        return _field_error(422, ["target"], f"'target' must be one of the model's labels: {', '.join(clf.labels)}.",
+                            "value_error")
+    assert served.explain_lock is not None
+    async with served.explain_lock:
+        found = await run_in_threadpool(Explainer(clf).explain, body.text, method=body.method, target=body.target,
+                                        steps=body.steps)
+    return found.to_dict()
+
+
+@api.get("/model")
+async def model_info(served: Served = Depends(_served)) -> dict[str, Any]:
+    return served.info or {}
+
+
+@probes.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def index() -> HTMLResponse:
+    return HTMLResponse(page_html(), headers={"Content-Security-Policy": PAGE_POLICY})
+
+
+@probes.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@probes.get("/readyz")
+async def readyz(served: Served = Depends(_served)) -> JSONResponse:
+    if served.ready:
+        return JSONResponse({"status": "ready"})
+    return JSONResponse({"status": "not ready"}, status_code=503)
+
+
+@probes.get("/metrics", response_class=PlainTextResponse)
+async def prometheus(served: Served = Depends(_served)) -> Response:
+    return Response(served.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
 
 def create_app(settings: ServeSettings) -> Any:
     """The FastAPI app for one run directory; the model loads when the app starts (lifespan)."""
     from medclf._version import __version__
     from medclf.predict import TextClassifier
-    from medclf.predict_io import prediction_records
 
-    api_key = settings.api_key()
-    metrics = Metrics()
-    state: dict[str, Any] = {"ready": False}
-    page = page_html()
-    body_limit = settings.max_batch * settings.max_chars * 6 + 65_536  # JSON may escape a character as \\uXXXX
+    served = Served(settings=settings, metrics=Metrics(), api_key=settings.api_key())
+    body_limit = settings.max_batch * settings.max_chars * 6 + 65_536  # JSON may escape a character as \uXXXX
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -326,30 +483,25 @@ def create_app(settings: ServeSettings) -> Any:
         torch.set_num_threads(settings.inference_threads())
         clf = TextClassifier.load(settings.run_dir, settings.load_options())
         clf.predict_proba(["warm-up"])  # first-call costs (allocations, kernel choice) before the first user
-        state["clf"] = clf
-        state["info"] = _model_info(clf, settings, __version__)
         infer = clf.predict_with_windows if clf.long_text == "chunk" else clf.predict_proba
-        batcher = MicroBatcher(_trimming(infer), max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000,
-                               max_queue=settings.max_queue, metrics=metrics)
-        batcher.start()
-        state["batcher"] = batcher
-        state["ready"] = True
+        served.clf, served.info = clf, _model_info(clf, settings, __version__)
+        served.batcher = MicroBatcher(_trimming(infer), max_batch=settings.max_batch,
+                                      max_wait_s=settings.max_wait_ms / 1000, max_queue=settings.max_queue,
+                                      metrics=served.metrics)
+        served.batcher.start()
+        served.explain_lock = asyncio.Lock()
+        served.ready = True
         log.info("Serving %s (%s backend, %d labels).", settings.run_dir, clf.backend, len(clf.labels))
         try:
             yield
         finally:
-            state["ready"] = False
-            await batcher.close()
+            served.ready = False
+            await served.batcher.close()
 
     app = FastAPI(title="medclf", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
-    app.state.medclf = state  # the loaded classifier and batcher, for tests and embedding applications
-
-    def error(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
-        return JSONResponse({"detail": detail}, status_code=status, headers=headers)
-
-    def field_error(status: int, loc: list[Any], msg: str, kind: str) -> JSONResponse:
-        return error(status, [{"loc": ["body", *loc], "msg": msg, "type": kind}])
-
+    app.state.medclf = served
+    app.include_router(probes)
+    app.include_router(api)
     too_large = (f"The request body is over {body_limit} bytes; send at most {settings.max_batch} texts "
                  f"of at most {settings.max_chars} characters each.")
     app.add_middleware(BodyLimit, limit=body_limit, message=too_large)  # inside `observe`, which counts its 413s
@@ -358,9 +510,8 @@ def create_app(settings: ServeSettings) -> Any:
     async def observe(request: Request, call_next: Callable) -> Any:
         started = time.perf_counter()
         response = await call_next(request)
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", "unmatched")
-        metrics.observe_request(endpoint, request.method, response.status_code, time.perf_counter() - started)
+        endpoint = getattr(request.scope.get("route"), "path", "unmatched")
+        served.metrics.observe_request(endpoint, request.method, response.status_code, time.perf_counter() - started)
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Cache-Control"] = "no-store"
         return response
@@ -370,121 +521,12 @@ def create_app(settings: ServeSettings) -> Any:
         # FastAPI's default body repeats the offending input (patient text): keep only where and what.
         details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "invalid"), "type": e.get("type", "invalid")}
                    for e in exc.errors()]
-        return error(422, details)
+        return _error(422, details)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("Unexpected %s while answering %s %s.", type(exc).__name__, request.method, request.url.path)
-        return error(500, f"Internal error ({type(exc).__name__}); see the server log.")
-
-    def authorize(request: Request) -> None:
-        if api_key is None:
-            return
-        given = request.headers.get("x-api-key") or ""
-        auth = request.headers.get("authorization") or ""
-        if auth.lower().startswith("bearer "):
-            given = given or auth[7:].strip()
-        if not given or not hmac.compare_digest(given.encode(), api_key.encode()):
-            raise HTTPException(401, "Missing or wrong API key; send it as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'.",
-                                headers={"WWW-Authenticate": "Bearer"})
-
-    class PredictRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid", strict=True)
-        text: str | None = Field(None, description="One text; the answer is one prediction.")
-        texts: list[str] | None = Field(None, description="Several texts; the answer is a list of predictions in order.")
-        top_k: int | None = Field(None, ge=1, description="Give only the K most probable classes per text.")
-
-    class ExplainRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid", strict=True)
-        text: str = Field(..., description="The text to explain.")
-        method: str = Field("integrated-gradients", description="integrated-gradients | occlusion.")
-        target: str | None = Field(None, description="The label to explain; default: the predicted one.")
-        steps: int = Field(32, ge=2, le=256, description="integrated-gradients: interpolation steps.")
-
-    explain_lock = asyncio.Lock()  # one explanation at a time: each is dozens of forward and backward passes
-
-    @app.post("/v1/explain", dependencies=[Depends(authorize)])
-    async def explain(body: ExplainRequest) -> Any:
-        """Per-word attribution scores for one text (the same JSON as `medclf explain`)."""
-        from fastapi.concurrency import run_in_threadpool
-
-        from medclf.explain import METHODS, Explainer
-
-        clf = state["clf"]
-        if len(body.text) > settings.max_chars:
-            return field_error(413, ["text"], f"The text has {len(body.text)} characters; the limit is {settings.max_chars}.",
-                               "too_long")
-        if not body.text.strip():
-            return field_error(422, ["text"], "The text is empty.", "value_error")
-        if unpaired_surrogate(body.text) is not None:
-            return field_error(422, ["text"], SURROGATE_MESSAGE, "unicode_error")
-        if body.method not in METHODS:
-            return field_error(422, ["method"], f"'method' must be one of {', '.join(METHODS)}.", "value_error")
-        if body.target is not None and body.target not in clf.labels:
-            return field_error(422, ["target"], f"'target' must be one of the model's labels: {', '.join(clf.labels)}.",
-                               "value_error")
-        async with explain_lock:
-            found = await run_in_threadpool(Explainer(clf).explain, body.text, method=body.method, target=body.target,
-                                            steps=body.steps)
-        return found.to_dict()
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def index() -> HTMLResponse:
-        return HTMLResponse(page, headers={"Content-Security-Policy": (
-            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
-            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")})
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    async def readyz() -> JSONResponse:
-        if state["ready"]:
-            return JSONResponse({"status": "ready"})
-        return JSONResponse({"status": "not ready"}, status_code=503)
-
-    @app.get("/metrics", response_class=PlainTextResponse)
-    async def prometheus() -> Response:
-        return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
-
-    @app.get("/v1/model", dependencies=[Depends(authorize)])
-    async def model_info() -> dict[str, Any]:
-        return state["info"]
-
-    @app.post("/v1/predict", dependencies=[Depends(authorize)])
-    async def predict(body: PredictRequest) -> Any:
-        if (body.text is None) == (body.texts is None):
-            return field_error(422, [], "Send either 'text' (one string) or 'texts' (a list of strings).", "value_error")
-        single = body.text is not None
-        texts = [body.text] if single else list(body.texts or [])
-        field_name = "text" if single else "texts"
-        if not texts:
-            return field_error(422, ["texts"], f"'texts' is empty; send 1 to {settings.max_batch} texts.", "too_short")
-        if len(texts) > settings.max_batch:
-            return field_error(413, ["texts"], f"{len(texts)} texts in one request; the limit is {settings.max_batch}.",
-                               "too_long")
-        for i, text in enumerate(texts):
-            loc = [field_name] if single else ["texts", i]
-            if len(text) > settings.max_chars:
-                return field_error(413, loc, f"The text has {len(text)} characters; the limit is {settings.max_chars}.",
-                                   "too_long")
-            if not text.strip():
-                return field_error(422, loc, "The text is empty.", "value_error")
-            if unpaired_surrogate(text) is not None:
-                return field_error(422, loc, SURROGATE_MESSAGE, "unicode_error")
-        try:
-            probs = await state["batcher"].submit(texts)
-        except Overloaded:
-            return error(503, f"The server is at capacity ({settings.max_queue} texts queued); retry shortly.",
-                         headers={"Retry-After": "1"})
-        clf = state["clf"]
-        k = None if body.top_k is None else min(body.top_k, len(clf.labels))
-        windows = None
-        if isinstance(probs, tuple):  # chunk: (probabilities, the deciding window's character span per text)
-            probs, windows = probs
-        records = prediction_records(clf.labels, probs, k, windows, predicted=clf.decide(probs) if clf.multi_label else None)
-        return records[0] if single else {"predictions": records}
+        return _error(500, f"Internal error ({type(exc).__name__}); see the server log.")
 
     return app
 
