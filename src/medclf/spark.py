@@ -20,7 +20,7 @@ from typing import Any
 from medclf.config import LoadOptions
 from medclf.errors import MedclfError
 
-_LOADED: dict[tuple[str, str, int, int | None], Any] = {}
+_LOADED: dict[tuple[str, LoadOptions], Any] = {}
 """TextClassifiers loaded in this (executor) process, by (run dir, backend, batch size)."""
 
 
