@@ -167,13 +167,14 @@ def _check_header(path: str, fmt: str, source: Any) -> None:
                     break  # the parser says where, with its own error
     else:
         return
+    _refuse_repeated(path, repeated)
+
+
+def _refuse_repeated(path: str, repeated: list[str]) -> None:
     if repeated:
         names = ", ".join(f"'{n}'" for n in dict.fromkeys(repeated))
-        raise MedclfError(f"{_shown(path)} names the column {names} more than once; rename or remove the repeated column.")
-
-
-def _shown(path: str) -> str:
-    return "The standard input" if path == "-" else path
+        shown = "The standard input" if path == "-" else path
+        raise MedclfError(f"{shown} names the column {names} more than once; rename or remove the repeated column.")
 
 
 def _csv_options(fmt: str) -> dict[str, Any]:
@@ -207,10 +208,7 @@ def read_table(path: str, *, allow_txt: bool = False) -> pd.DataFrame:
 
 
 def _check_columns(frame: pd.DataFrame, path: str) -> None:
-    repeated = _repeated(list(frame.columns))  # Parquet (and Arrow) allow one name on several columns
-    if repeated:
-        names = ", ".join(f"'{n}'" for n in repeated)
-        raise MedclfError(f"{path} names the column {names} more than once; rename or remove the repeated column.")
+    _refuse_repeated(path, _repeated(list(frame.columns)))  # Parquet (and Arrow) allow one name on several columns
 
 
 def iter_table(path: str, *, chunk_rows: int, allow_txt: bool = False) -> Iterator[pd.DataFrame]:
