@@ -44,7 +44,7 @@ def peak_rss_gib() -> float:
 def model_source(model: str) -> str:
     """'default' -> the packaged MiniLM directory; anything else as given."""
     if model == "default":
-        from medclf.modeling import default_model_dir
+        from medclf.model.modeling import default_model_dir
 
         return str(default_model_dir())
     return model
@@ -54,7 +54,7 @@ def demo_frame(quick: int | None = None) -> Any:
     """The packaged demo snippets (text, specialty); with quick, about that many, every specialty kept."""
     import pandas as pd
 
-    from medclf.data import demo_data_path
+    from medclf.core.data import demo_data_path
 
     frame = pd.read_csv(demo_data_path())
     if quick:

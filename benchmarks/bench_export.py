@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import numpy as np
 
-    from medclf.predict import TextClassifier
+    from medclf.inference.classifier import TextClassifier
 
     out = Path(args.out)
     run = out / "run"

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     model_dir = str(Path(args.run) / "model")
     result: dict = {"system": f"{args.system}-inference", "n": len(texts)}
     if args.system == "medclf":
-        from medclf.predict import TextClassifier
+        from medclf.inference.classifier import TextClassifier
 
         clf = TextClassifier.load(args.run, **({"batch_size": args.batch_size} if args.batch_size else {}))
         batch = clf.batch_size

@@ -132,7 +132,7 @@ def write_split(data: str, text_column: str, label_column: str, directory: Path,
     """The protocol's stratified 80/20 split (seed 42), via medclf's own loader and splitter, as CSV text,label."""
     import pandas as pd
 
-    from medclf.data import load_labeled, stratified_split
+    from medclf.core.data import load_labeled, stratified_split
 
     rows = load_labeled(data, text_columns=[text_column], label_column=label_column, drop_empty=False)
     if quick and len(rows.labels) > quick_rows:
@@ -288,7 +288,7 @@ def measure_roofline(model_dir: Path, rows: list[dict[str, Any]]) -> dict[str, A
     fp32 = gflops(torch.float32, m)
     bf16 = None
     try:
-        from medclf.modeling import choose_precision
+        from medclf.model.modeling import choose_precision
 
         if choose_precision("auto", torch.device("cpu")).name == "bf16":
             bf16 = gflops(torch.bfloat16, m)

@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> None:
     import numpy as np
     import pandas as pd
 
-    from medclf.calibration import reliability
-    from medclf.tasks import SINGLE_LABEL
+    from medclf.core.calibration import reliability
+    from medclf.core.tasks import SINGLE_LABEL
 
     confidence = pd.read_csv(Path(args.run) / "predictions_test.csv")["score"].to_numpy()
     probs = np.stack([confidence, 1 - confidence], axis=1)

@@ -7,7 +7,7 @@ Reads the run's test part (the rows of predictions_test.csv, looked up in the ru
 are exactly the test texts the run never trained on), takes a seeded sample of --texts of them, and for each
 method explains the predicted label, then takes out the k words with the highest scores, or k words chosen
 at random (seeded), and records how much the predicted label's probability falls
-(`medclf.explain.deletion_check`). If the explanations point at what the model uses, the first fall is
+(`medclf.inference.explain.deletion_check`). If the explanations point at what the model uses, the first fall is
 the larger. Reports both means, the share of texts where top-k beat random-k, and seconds per text.
 """
 
@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     import pandas as pd
 
     from medclf import TextClassifier
-    from medclf.data import join_texts, read_table
-    from medclf.explain import deletion_check
+    from medclf.core.data import join_texts, read_table
+    from medclf.inference.explain import deletion_check
 
     run = Path(args.run)
     info = json.loads((run / "train_config.json").read_text())["run"]

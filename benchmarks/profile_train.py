@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     import pandas as pd
     import torch
 
-    from medclf.batching import collate, encode, length_grouped_batches
-    from medclf.modeling import default_model_dir, load_classifier, load_tokenizer, quiet_transformers
+    from medclf.model.batching import collate, encode, length_grouped_batches
+    from medclf.model.modeling import default_model_dir, load_classifier, load_tokenizer, quiet_transformers
 
     texts = pd.read_csv(args.data)[args.text_column].astype(str).tolist()
     source = str(default_model_dir())

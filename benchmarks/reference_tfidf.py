@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--result", default="bench-out/tfidf.json")
     args = parser.parse_args(argv)
 
-    from medclf.baseline import tfidf_pipeline
+    from medclf.core.baseline import tfidf_pipeline
 
     train_texts, train_labels = read_split(args.train)
     test_texts, test_labels = read_split(args.test)

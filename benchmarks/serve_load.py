@@ -57,7 +57,7 @@ def read_pool(path: str | None) -> list[str]:
     import pandas as pd
 
     if path is None:
-        from medclf.data import demo_data_path
+        from medclf.core.data import demo_data_path
 
         path = str(demo_data_path())
     frame = pd.read_csv(path, keep_default_na=False)
@@ -69,7 +69,7 @@ def offline_texts_per_s(run: str, backend: str, pool_file: Path) -> dict[str, An
     """Classify the pool in a fresh process (so it does not share the CPU with anything)."""
     code = textwrap.dedent(f"""
         import json, time
-        from medclf.predict import TextClassifier
+        from medclf.inference.classifier import TextClassifier
         texts = json.load(open({str(pool_file)!r}))
         clf = TextClassifier.load({run!r}, backend={backend!r})
         clf.predict_proba(texts[:16])

@@ -32,7 +32,7 @@ elif CPU_MODE != "native":
 def pytest_report_header(config: pytest.Config) -> str:
     import torch
 
-    from medclf.modeling import choose_precision
+    from medclf.model.modeling import choose_precision
 
     auto = choose_precision("auto", torch.device("cpu"))
     return (f"medclf CPU mode: {CPU_MODE} (torch kernels {torch.backends.cpu.get_cpu_capability()}); "
@@ -72,7 +72,7 @@ def build_tiny_bert(path: Path, *, max_positions: int = 512, width: int = 32) ->
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from medclf.modeling import default_model_dir
+    from medclf.model.modeling import default_model_dir
 
     tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
     config = BertConfig(
@@ -125,7 +125,7 @@ def embedding_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, sma
     """A `--method embeddings` run of the tiny model, trained through the CLI."""
     from typer.testing import CliRunner
 
-    from medclf.cli import app
+    from medclf.cli.main import app
 
     out = tmp_path_factory.mktemp("emb") / "run"
     result = CliRunner().invoke(app, ["train", "--method", "embeddings", "--data", str(small_csv), "--model", tiny_model,
@@ -186,7 +186,7 @@ def build_tiny_family(family: str, path: Path) -> str:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from medclf.modeling import default_model_dir
+    from medclf.model.modeling import default_model_dir
 
     byte_level = family in ("roberta", "xlm-roberta", "longformer")
     tok = _byte_level_tokenizer(path) if byte_level else AutoTokenizer.from_pretrained(default_model_dir())

@@ -8,7 +8,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "medclf"
 
 
 def _modules():
-    return sorted(SRC.glob("*.py"))
+    return sorted(SRC.rglob("*.py"))
 
 
 def test_no_module_imports_a_private_name_from_another():
@@ -16,7 +16,7 @@ def test_no_module_imports_a_private_name_from_another():
     for path in _modules():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("medclf"):
-                found += [f"{path.name}: from {node.module} import {a.name}" for a in node.names
+                found += [f"{path.relative_to(SRC)}: from {node.module} import {a.name}" for a in node.names
                           if a.name.startswith("_") and not a.name.startswith("__")]
     assert not found, found
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from medclf.batching import collate, encode, length_grouped_batches, sorted_batches
-from medclf.metrics import classification_metrics, cross_entropy
+from medclf.core.metrics import classification_metrics, cross_entropy
+from medclf.model.batching import collate, encode, length_grouped_batches, sorted_batches
 
 
 def test_length_grouped_batches_cover_every_item_once_and_cut_padding():

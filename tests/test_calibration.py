@@ -11,7 +11,8 @@ from conftest import make_rows, write_csv
 from typer.testing import CliRunner
 
 from medclf import TextClassifier, TrainConfig, train
-from medclf.calibration import (
+from medclf.cli.main import app
+from medclf.core.calibration import (
     brier_score,
     expected_calibration_error,
     fit_temperature,
@@ -20,8 +21,7 @@ from medclf.calibration import (
     scale_thresholds,
     temperature_for,
 )
-from medclf.cli import app
-from medclf.tasks import MULTI_LABEL, SINGLE_LABEL, sigmoid, softmax
+from medclf.core.tasks import MULTI_LABEL, SINGLE_LABEL, sigmoid, softmax
 
 runner = CliRunner()
 
@@ -114,8 +114,8 @@ def test_every_inference_path_gives_the_same_calibrated_probabilities(runs, cal_
     from fastapi.testclient import TestClient
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from medclf.onnx_export import export_onnx
-    from medclf.serve import ServeSettings, create_app
+    from medclf.export.onnx import export_onnx
+    from medclf.serving.app import ServeSettings, create_app
 
     on, _ = runs
     run = tmp_path / "run"

@@ -11,7 +11,7 @@ from conftest import SECRET, make_rows, write_csv
 from typer.testing import CliRunner
 
 from medclf import __version__
-from medclf.cli import app
+from medclf.cli.main import app
 
 runner = CliRunner()
 
@@ -180,12 +180,12 @@ def test_evaluate_refuses_labels_the_model_never_saw(trained_run, bad_files):
 
 
 def test_unexpected_errors_exit_1_without_traceback_unless_debug(monkeypatch, trained_run):
-    import medclf.predict_io
+    import medclf.inference.files
 
     def broken(*args, **kwargs):
         raise RuntimeError(f"internal detail {SECRET}")
 
-    monkeypatch.setattr(medclf.predict_io, "predict_file", broken)
+    monkeypatch.setattr(medclf.inference.files, "predict_file", broken)
     result = invoke("predict", trained_run, "x")
     assert result.exit_code == 1
     assert "unexpected RuntimeError" in result.stderr and "--debug" in result.stderr

@@ -10,10 +10,10 @@ from conftest import SECRET, make_rows, write_csv
 from typer.testing import CliRunner
 
 from medclf import MedclfError, TrainConfig
-from medclf.cli import app
-from medclf.cv import mean_interval
-from medclf.data import kfold_indices
-from medclf.training import prepare_splits
+from medclf.cli.main import app
+from medclf.core.data import kfold_indices
+from medclf.training.cv import mean_interval
+from medclf.training.pipeline import prepare_splits
 
 runner = CliRunner()
 
@@ -113,7 +113,7 @@ def test_cv_refusals_exit_2(tmp_path, tiny_model, grouped_csv, extra, message):
 
 
 def test_folds_in_parallel_processes_give_the_same_figures_as_one_after_another(tmp_path, tiny_model, grouped_csv):
-    from medclf.cv import cross_validate
+    from medclf.training.cv import cross_validate
 
     config = TrainConfig(data=str(grouped_csv), model=tiny_model, max_steps=2, max_length=32, precision="fp32")
     one = cross_validate(TrainConfig(**{**config.to_dict(), "output": str(tmp_path / "a")}), folds=2, workers=1)

@@ -5,7 +5,7 @@ import pytest
 from conftest import SECRET, make_rows, write_csv
 
 from medclf import MedclfError
-from medclf.data import check_classes, demo_data_path, load_labeled, read_table, stratified_split
+from medclf.core.data import check_classes, demo_data_path, load_labeled, read_table, stratified_split
 
 OPTS = {"text_columns": None, "label_column": None, "drop_empty": False}
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from medclf.cli import app
-from medclf.embeddings import C_GRID, fit_logistic
-from medclf.predict import TextClassifier
+from medclf.cli.main import app
+from medclf.inference.classifier import TextClassifier
+from medclf.model.embeddings import C_GRID, fit_logistic
 
 runner = CliRunner()
 

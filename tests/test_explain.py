@@ -11,8 +11,8 @@ from conftest import SECRET
 from typer.testing import CliRunner
 
 from medclf import MedclfError, TextClassifier
-from medclf.cli import app
-from medclf.explain import deletion_check
+from medclf.cli.main import app
+from medclf.inference.explain import deletion_check
 
 runner = CliRunner()
 TEXT = f"  Patient {SECRET}:  chest pain, troponin up;\nECG  changes.  "
@@ -90,7 +90,7 @@ def test_explain_through_the_cli(embedding_run, tmp_path, clf):
 def test_explain_over_http(embedding_run):
     from fastapi.testclient import TestClient
 
-    from medclf.serve import ServeSettings, create_app
+    from medclf.serving.app import ServeSettings, create_app
 
     with TestClient(create_app(ServeSettings(run_dir=str(embedding_run), backend="torch"))) as client:
         answer = client.post("/v1/explain", json={"text": TEXT, "method": "occlusion"})

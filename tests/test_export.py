@@ -9,10 +9,10 @@ import pytest
 from conftest import SECRET
 from typer.testing import CliRunner
 
-from medclf import onnx_export
-from medclf.cli import app
+from medclf.cli.main import app
 from medclf.errors import MedclfError
-from medclf.predict import TextClassifier
+from medclf.export import onnx as onnx_export
+from medclf.inference.classifier import TextClassifier
 
 runner = CliRunner()
 NEW_TEXTS = ["crushing chest pain and troponin rise", "itchy rash with silvery plaques on the elbows",

@@ -11,8 +11,8 @@ import pytest
 from conftest import FAMILIES, SECRET, build_tiny_family, make_rows, write_csv
 from typer.testing import CliRunner
 
-from medclf.cli import app
-from medclf.predict import TextClassifier
+from medclf.cli.main import app
+from medclf.inference.classifier import TextClassifier
 
 runner = CliRunner()
 LONG = (f"{SECRET} patient seen today history reviewed medications listed allergies none vitals stable plan "

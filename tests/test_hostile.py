@@ -15,7 +15,7 @@ import pytest
 from conftest import SECRET, free_port, wait_ready
 from typer.testing import CliRunner
 
-from medclf.cli import app
+from medclf.cli.main import app
 
 runner = CliRunner()
 ROWS = [(f"patient {SECRET} chest pain {i}", "cardio") for i in range(10)] + \

@@ -10,9 +10,9 @@ import torch
 from conftest import SECRET, write_csv
 from typer.testing import CliRunner
 
-from medclf.batching import encode, pool_logits, pool_logits_torch, window_starts
-from medclf.cli import app
-from medclf.predict import TextClassifier
+from medclf.cli.main import app
+from medclf.inference.classifier import TextClassifier
+from medclf.model.batching import encode, pool_logits, pool_logits_torch, window_starts
 
 runner = CliRunner()
 KEYS = {"cardio": "chest pain troponin", "derm": "itchy rash plaques", "neuro": "seizure tremor stroke"}
@@ -149,7 +149,7 @@ def test_chunk_predictions_survive_save_and_load(chunk_run):
 def test_chunk_runs_export_to_onnx_with_the_same_document_outputs(chunk_run, tmp_path):
     import shutil
 
-    from medclf.onnx_export import export_onnx
+    from medclf.export.onnx import export_onnx
 
     out, data = chunk_run
     run = tmp_path / "run"
@@ -194,7 +194,7 @@ def test_predict_points_at_the_deciding_window_by_character_offsets(chunk_run, t
 def test_the_server_returns_the_window_too(chunk_run):
     from fastapi.testclient import TestClient
 
-    from medclf.serve import ServeSettings, create_app
+    from medclf.serving.app import ServeSettings, create_app
 
     out, data = chunk_run
     text = pd.read_csv(data)["text"].tolist()[0]
@@ -235,7 +235,7 @@ def test_a_run_trained_on_short_texts_reads_long_ones_in_windows_when_asked(tiny
 
 
 def test_an_unknown_long_text_at_inference_exits_2(trained_run):
-    from medclf.serve import ServeSettings
+    from medclf.serving.app import ServeSettings
 
     result = runner.invoke(app, ["predict", str(trained_run), "some text", "--long-text", "windows"])
     assert result.exit_code == 2 and "long_text must be one of truncate, head-tail, chunk" in result.output

@@ -3,8 +3,9 @@ import json
 import pytest
 import torch
 
-from medclf import MedclfError, modeling
-from medclf.modeling import choose_precision, resolve_model
+from medclf import MedclfError
+from medclf.model import modeling
+from medclf.model.modeling import choose_precision, resolve_model
 
 
 def test_default_model_resolves_to_the_installed_package():
@@ -86,7 +87,7 @@ def test_hub_id_with_the_hub_unreachable_fails_fast_in_one_sentence(monkeypatch)
 def test_release_memory_uses_glibc_malloc_trim_where_there_is_one():
     import platform
 
-    from medclf.modeling import _malloc_trim, release_memory
+    from medclf.model.modeling import _malloc_trim, release_memory
 
     release_memory()  # never raises, whatever the platform
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":

@@ -12,10 +12,10 @@ from conftest import SECRET, WORDS, write_csv
 from typer.testing import CliRunner
 
 from medclf import MedclfError, TextClassifier, TrainConfig, train
-from medclf.cli import app
-from medclf.data import check_label_sets, indicator_labels, split_labels, stratified_split
-from medclf.metrics import multilabel_metrics
-from medclf.tasks import MULTI_LABEL, sigmoid, tune_thresholds
+from medclf.cli.main import app
+from medclf.core.data import check_label_sets, indicator_labels, split_labels, stratified_split
+from medclf.core.metrics import multilabel_metrics
+from medclf.core.tasks import MULTI_LABEL, sigmoid, tune_thresholds
 
 runner = CliRunner()
 
@@ -284,7 +284,7 @@ def test_evaluate_and_predict_through_the_cli(ml_run, ml_data, tmp_path):
 def test_serve_answers_with_label_lists(ml_emb_run, ml_data):
     from fastapi.testclient import TestClient
 
-    from medclf.serve import ServeSettings, create_app
+    from medclf.serving.app import ServeSettings, create_app
 
     texts = pd.read_csv(ml_data)["text"].tolist()[:4]
     with TestClient(create_app(ServeSettings(run_dir=str(ml_emb_run)))) as client:
@@ -302,7 +302,7 @@ def test_serve_answers_with_label_lists(ml_emb_run, ml_data):
 def test_multilabel_runs_export_to_onnx_with_the_same_decisions(ml_run, ml_data, tmp_path):
     import shutil
 
-    from medclf.onnx_export import export_onnx
+    from medclf.export.onnx import export_onnx
 
     run = tmp_path / "run"
     shutil.copytree(ml_run, run)

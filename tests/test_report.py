@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import SECRET
 
-from medclf.metrics import bootstrap_intervals
+from medclf.core.metrics import bootstrap_intervals
 
 
 def test_bootstrap_interval_of_perfect_predictions_is_a_point():
@@ -61,7 +61,7 @@ def test_report_files_hold_no_text(trained_run, name):
 
 
 def test_report_markdown_renders_as_commonmark_without_raw_html(tmp_path):
-    from medclf.report import markdown_html
+    from medclf.reporting.report import markdown_html
 
     (tmp_path / "plot.png").write_bytes(b"\x89PNG fake")
     page = markdown_html("# Run\n\n| class | note |\n|---|---|\n| a \\| b | *weak* and **strong** |\n\n"

@@ -7,7 +7,7 @@ import pytest
 
 from medclf import MedclfError, TextClassifier
 from medclf.config import TRAIN_DEFAULTS, TrainConfig
-from medclf.runspec import RUN_SPEC_VERSION, RunSpec
+from medclf.run.runspec import RUN_SPEC_VERSION, RunSpec
 
 
 def test_a_trained_run_reads_back_as_it_was_written(trained_run, tmp_path):
@@ -25,7 +25,7 @@ def test_a_trained_run_reads_back_as_it_was_written(trained_run, tmp_path):
 def test_inference_defaults_are_the_training_defaults(tiny_model):
     from transformers import AutoTokenizer
 
-    from medclf.modeling import load_classifier
+    from medclf.model.modeling import load_classifier
 
     clf = TextClassifier(load_classifier(tiny_model, labels=["a", "b"]), AutoTokenizer.from_pretrained(tiny_model))
     assert (clf.long_text, clf.pool, clf.max_length, clf.max_chunks) == tuple(
@@ -79,7 +79,7 @@ def test_damaged_json_is_a_user_error(trained_run, tmp_path):
 def test_explain_reads_long_texts_as_asked(trained_run, tmp_path):
     from typer.testing import CliRunner
 
-    from medclf.cli import app
+    from medclf.cli.main import app
 
     text = " ".join(["patient seen today history reviewed"] * 80) + " chest pain troponin"
     for mode in ("chunk", "truncate"):

@@ -17,10 +17,10 @@ from conftest import SECRET, free_port, wait_ready
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from medclf.cli import app as cli_app
+from medclf.cli.main import app as cli_app
 from medclf.errors import MedclfError
-from medclf.predict import TextClassifier
-from medclf.serve import MicroBatcher, Overloaded, ServeSettings, create_app
+from medclf.inference.classifier import TextClassifier
+from medclf.serving.app import MicroBatcher, Overloaded, ServeSettings, create_app
 
 NOTE = f"patient {SECRET} crushing chest pain troponin ecg"
 KEY = "s3cret-key-for-tests"

@@ -10,7 +10,7 @@ from conftest import SECRET
 from typer.testing import CliRunner
 
 from medclf import MedclfError, TextClassifier
-from medclf.cli import app
+from medclf.cli.main import app
 from medclf.config import LoadOptions
 
 pyspark = pytest.importorskip("pyspark", reason="pyspark is an optional extra: pip install 'medclf[spark]'")
@@ -31,7 +31,7 @@ def spark():
 
 
 def test_the_udf_gives_the_classifiers_labels_and_probabilities(spark, trained_run, small_csv):
-    from medclf.spark import add_predictions, prob_column
+    from medclf.inference.spark import add_predictions, prob_column
 
     frame = pd.concat([pd.read_csv(small_csv)] * 5, ignore_index=True)  # 300 rows
     scored = add_predictions(spark.createDataFrame(frame).repartition(3), trained_run, text_column="text").toPandas()
@@ -69,7 +69,7 @@ def test_without_pyspark_the_option_names_the_install(monkeypatch, trained_run):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_pyspark)
-    from medclf.spark import predict_udf
+    from medclf.inference.spark import predict_udf
 
     with pytest.raises(MedclfError, match=r"pip install 'medclf\[spark\]'"):
         predict_udf(trained_run)
@@ -87,7 +87,7 @@ def test_options_spark_cannot_honour_are_refused_not_ignored(trained_run, small_
 
 
 def test_the_udf_reads_long_texts_as_asked(spark, trained_run):
-    from medclf.spark import add_predictions, prob_column
+    from medclf.inference.spark import add_predictions, prob_column
 
     text = " ".join(["patient seen today history reviewed"] * 80) + " chest pain troponin"
     df = spark.createDataFrame(pd.DataFrame({"text": [text]}))

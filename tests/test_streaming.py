@@ -13,7 +13,7 @@ import pytest
 from conftest import SECRET, make_rows
 from typer.testing import CliRunner
 
-from medclf.cli import app
+from medclf.cli.main import app
 
 runner = CliRunner()
 BIG = 40_000

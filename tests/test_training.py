@@ -8,7 +8,7 @@ import torch
 from conftest import SECRET, make_rows, write_csv
 
 from medclf import MedclfError, TextClassifier, TrainConfig, train
-from medclf.artifacts import is_run_dir
+from medclf.run.artifacts import is_run_dir
 
 
 def test_tiny_model_overfits_ten_rows_and_save_load_keeps_predictions(tmp_path, tiny_model):
@@ -106,12 +106,12 @@ def test_existing_run_is_refused_unless_overwrite(tmp_path, tiny_model, small_cs
 
 
 def test_a_run_killed_while_writing_leaves_no_loadable_run(tmp_path, tiny_model, small_csv, monkeypatch):
-    import medclf.report
+    import medclf.reporting.report
 
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(medclf.report, "write_report", boom)
+    monkeypatch.setattr(medclf.reporting.report, "write_report", boom)
     out = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
         train(TrainConfig(data=str(small_csv), model=tiny_model, output=str(out), max_steps=1), progress=False)
@@ -159,14 +159,14 @@ def test_linear_probe_head_init_copies_the_fitted_probe_into_the_head(tiny_model
     from sklearn.linear_model import LogisticRegression
     from transformers import AutoTokenizer
 
-    import medclf.embeddings
-    from medclf.batching import collate, encode
-    from medclf.modeling import load_classifier
-    from medclf.training import fit_head_on_frozen_features
+    import medclf.model.embeddings
+    from medclf.model.batching import collate, encode
+    from medclf.model.modeling import load_classifier
+    from medclf.training.pipeline import fit_head_on_frozen_features
 
     seen = {}
-    fit = medclf.embeddings.fit_logistic
-    monkeypatch.setattr(medclf.embeddings, "fit_logistic", lambda x, y, *a, **k: seen.update(x=x.copy(), y=y) or fit(x, y, *a, **k))
+    fit = medclf.model.embeddings.fit_logistic
+    monkeypatch.setattr(medclf.model.embeddings, "fit_logistic", lambda x, y, *a, **k: seen.update(x=x.copy(), y=y) or fit(x, y, *a, **k))
     labels = ("cardio", "derm", "neuro")[:n_classes]
     rows = make_rows(10, labels=labels)
     tok = AutoTokenizer.from_pretrained(tiny_model)
@@ -260,7 +260,7 @@ def test_patience_stops_when_validation_stops_improving(tmp_path, tiny_model, sm
 
 
 def test_weight_average_is_the_running_mean_of_the_trainable_weights():
-    from medclf.training import WeightAverage
+    from medclf.training.pipeline import WeightAverage
 
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
     model[1].requires_grad_(False)

@@ -11,15 +11,15 @@ __all__ = ["MedclfError", "TextClassifier", "TrainConfig", "TrainResult", "__ver
 
 def __getattr__(name: str):  # lazy: `medclf --version` and `--help` should not import torch
     if name == "TextClassifier":
-        from medclf.predict import TextClassifier
+        from medclf.inference.classifier import TextClassifier
 
         return TextClassifier
     if name in ("train", "TrainResult"):
-        from medclf import training
+        from medclf.training import pipeline
 
-        return getattr(training, name)
+        return getattr(pipeline, name)
     if name == "evaluate":
-        from medclf.evaluation import evaluate
+        from medclf.inference.evaluation import evaluate
 
         return evaluate
     raise AttributeError(f"module 'medclf' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-from medclf.cli import main
+from medclf.cli.main import main
 
 if __name__ == "__main__":
     main()

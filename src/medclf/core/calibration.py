@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from medclf.tasks import Task, sigmoid
+from medclf.core.tasks import Task, sigmoid
 
 ECE_BINS = 15
 T_BOUNDS = (0.05, 20.0)
@@ -37,7 +37,7 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray, task: Task) -> float:
     """The T in T_BOUNDS that minimises the validation negative log-likelihood of task.probabilities(logits / T)."""
     from scipy.optimize import minimize_scalar
 
-    from medclf.metrics import binary_cross_entropy, cross_entropy
+    from medclf.core.metrics import binary_cross_entropy, cross_entropy
 
     logits = np.asarray(logits, dtype=np.float64)
     if len(logits) == 0:

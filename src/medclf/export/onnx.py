@@ -1,4 +1,4 @@
-"""ONNX export (fp32 and int8) with a self-check (the runtime that serves it: medclf.onnx_runtime).
+"""ONNX export (fp32 and int8) with a self-check (the runtime that serves it: medclf.inference.onnx_runtime).
 
 `export_onnx(run_dir)` writes `RUN/onnx/` (or `--output`):
 
@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from medclf.artifacts import CONFIG_FILE, MODEL_DIR, atomic_write_json, is_run_dir, publish_dir, staging_dir
-from medclf.batching import collate, sorted_batches
 from medclf.errors import MedclfError
-from medclf.onnx_runtime import EXPORT_INFO, FP32_FILE, INT8_FILE, ONNX_DIR, OnnxRunner, onnxruntime_available
+from medclf.inference.onnx_runtime import EXPORT_INFO, FP32_FILE, INT8_FILE, ONNX_DIR, OnnxRunner, onnxruntime_available
+from medclf.model.batching import collate, sorted_batches
+from medclf.run.artifacts import CONFIG_FILE, MODEL_DIR, atomic_write_json, is_run_dir, publish_dir, staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def export_onnx(
         raise MedclfError(f"{run_dir} is not a medclf run directory (no {CONFIG_FILE} and {MODEL_DIR}/); pass the --output of `medclf train`.")
     if not onnxruntime_available():
         raise MedclfError("ONNX export needs onnxruntime and onnx; `pip install onnxruntime onnx`.")
-    from medclf.predict import TextClassifier
+    from medclf.inference.classifier import TextClassifier
 
     started = time.perf_counter()
     final = Path(output) if output is not None else default_onnx_dir(run_dir)
@@ -156,10 +156,10 @@ def export_onnx(
 
 
 def _check_texts(clf: Any, data: str | None, text_columns: list[str] | None, limit: int, seed: int) -> tuple[list[str], str]:
-    from medclf.predict_io import read_inputs
+    from medclf.inference.files import read_inputs
 
     if data is None:
-        from medclf.data import demo_data_path
+        from medclf.core.data import demo_data_path
 
         data, source = str(demo_data_path()), "packaged demo notes"
     else:

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medclf.artifacts import atomic_write_text
 from medclf.config import LoadOptions
-from medclf.data import iter_table, join_texts, read_table, resolve_columns, table_format
+from medclf.core.data import iter_table, join_texts, read_table, resolve_columns, table_format
 from medclf.errors import MedclfError
-from medclf.explain import DEFAULT_STEPS
-from medclf.predict import TextClassifier
+from medclf.inference.classifier import TextClassifier
+from medclf.inference.explain import DEFAULT_STEPS
+from medclf.run.artifacts import atomic_write_text
 
 log = logging.getLogger(__name__)
 DEFAULT_CHUNK_ROWS = 10_000
@@ -239,7 +239,7 @@ def _row_bar(input: str | None, enabled: bool) -> Any:
         return None
     from tqdm.auto import tqdm
 
-    from medclf.data import count_rows
+    from medclf.core.data import count_rows
 
     return tqdm(total=count_rows(input), unit="row", unit_scale=True, desc="predict", dynamic_ncols=True)
 
@@ -348,7 +348,7 @@ def explain_file(
 ) -> int:
     """Explain texts from arguments or a file; write HTML, JSON or JSONL to `output` (atomically) or JSONL to
     stdout. Returns the number of texts explained."""
-    from medclf.explain import METHODS, Explainer, explanations_html
+    from medclf.inference.explain import METHODS, Explainer, explanations_html
 
     fmt = output_format(output, EXPLAIN_FORMATS)
     if method not in METHODS:

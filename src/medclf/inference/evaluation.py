@@ -7,11 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from medclf.artifacts import atomic_write_json
 from medclf.config import TRAIN_DEFAULTS, LoadOptions
-from medclf.data import load_labeled
+from medclf.core.data import load_labeled
 from medclf.errors import MedclfError
-from medclf.predict import TextClassifier
+from medclf.inference.classifier import TextClassifier
+from medclf.run.artifacts import atomic_write_json
 
 
 def evaluate(

@@ -10,14 +10,14 @@ from typing import Any, overload
 import numpy as np
 import torch
 
-from medclf.artifacts import CONFIG_FILE, MODEL_DIR, is_run_dir, read_json
-from medclf.batching import Encoded, collate, encode, pool_logits, sorted_batches, unpaired_surrogate
 from medclf.config import BACKENDS, INFER_BATCH_SIZE, TRAIN_DEFAULTS, LoadOptions
+from medclf.core.tasks import softmax, task_for
 from medclf.errors import MedclfError
-from medclf.modeling import choose_device, load_classifier, load_tokenizer
-from medclf.onnx_runtime import OnnxRunner, onnx_file
-from medclf.runspec import RunSpec
-from medclf.tasks import softmax, task_for
+from medclf.inference.onnx_runtime import OnnxRunner, onnx_file
+from medclf.model.batching import Encoded, collate, encode, pool_logits, sorted_batches, unpaired_surrogate
+from medclf.model.modeling import choose_device, load_classifier, load_tokenizer
+from medclf.run.artifacts import CONFIG_FILE, MODEL_DIR, is_run_dir, read_json
+from medclf.run.runspec import RunSpec
 
 log = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = INFER_BATCH_SIZE
@@ -81,7 +81,7 @@ class TextClassifier:
             self.model: Any = model.to(self.device).eval()
             id2label = model.config.id2label
             labels = labels or [str(id2label[i]) for i in range(len(id2label))]
-        else:  # an ONNX Runtime session (medclf.onnx_runtime.OnnxRunner) or any callable giving logits
+        else:  # an ONNX Runtime session (medclf.inference.onnx_runtime.OnnxRunner) or any callable giving logits
             self.device = torch.device("cpu")
             self.model = model
             if not labels:
@@ -165,7 +165,7 @@ class TextClassifier:
                       **common)
             clf.run_dir = model_dir.parent
             return clf
-        from medclf.embeddings import EmbeddingClassifier, is_embedding_model
+        from medclf.model.embeddings import EmbeddingClassifier, is_embedding_model
 
         if is_embedding_model(model_dir):  # --method embeddings: frozen encoder + linear head
             model = EmbeddingClassifier.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
@@ -261,11 +261,11 @@ class TextClassifier:
 
     def explain(self, text: str, *, method: str = "integrated-gradients", target: str | None = None,
                 steps: int = 32) -> Any:
-        """Per-word attribution scores for the predicted label (or `target`): a medclf.explain.Explanation
+        """Per-word attribution scores for the predicted label (or `target`): a medclf.inference.explain.Explanation
         with the label, its probability, every label's probability, and {"word", "start", "end", "score",
         "seen"} per word. method: "integrated-gradients" (needs PyTorch; an ONNX-loaded classifier loads the
         run's PyTorch model for it) or "occlusion" (any backend)."""
-        from medclf.explain import Explainer
+        from medclf.inference.explain import Explainer
 
         return Explainer(self).explain(text, method=method, target=target, steps=steps)
 

@@ -1,6 +1,6 @@
 """The ONNX Runtime backend: where `medclf export` puts its models in a run, and the session that runs them.
 
-Inference reads it; the exporter (medclf.onnx_export) writes what it reads. It imports no torch model code.
+Inference reads it; the exporter (medclf.export.onnx) writes what it reads. It imports no torch model code.
 """
 
 from __future__ import annotations

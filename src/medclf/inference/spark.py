@@ -1,6 +1,6 @@
 """Batch prediction on Apache Spark: a pandas UDF that loads the classifier once per executor process.
 
-    from medclf.spark import add_predictions, predict_udf
+    from medclf.inference.spark import add_predictions, predict_udf
     scored = add_predictions(df, "runs/notes", text_column="text")   # + label, score, prob_<label> columns
     udf = predict_udf("runs/notes")                                   # or the UDF itself: a struct column
     df.withColumn("pred", udf("text"))
@@ -36,7 +36,7 @@ def _require_pyspark() -> Any:
 def _classifier(run_dir: str, options: LoadOptions) -> Any:
     key = (run_dir, options)
     if key not in _LOADED:
-        from medclf.predict import TextClassifier
+        from medclf.inference.classifier import TextClassifier
 
         if options.threads is not None:  # several Python workers share the machine's cores
             import torch
@@ -47,8 +47,8 @@ def _classifier(run_dir: str, options: LoadOptions) -> Any:
 
 
 def _run_labels(run_dir: str) -> tuple[list[str], bool]:
-    from medclf.artifacts import is_run_dir
-    from medclf.runspec import RunSpec
+    from medclf.run.artifacts import is_run_dir
+    from medclf.run.runspec import RunSpec
 
     if not is_run_dir(run_dir):
         raise MedclfError(f"{run_dir} is not a medclf run directory; pass the --output of `medclf train`.")

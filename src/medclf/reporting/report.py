@@ -8,7 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from medclf.artifacts import (
+from medclf.config import TrainConfig
+from medclf.core.metrics import format_table
+from medclf.run.artifacts import (
     CALIBRATION_FILE,
     CONFUSION_FILE,
     REPORT_FILE,
@@ -17,8 +19,6 @@ from medclf.artifacts import (
     atomic_write_bytes,
     atomic_write_text,
 )
-from medclf.config import TrainConfig
-from medclf.metrics import format_table
 
 
 def figure_png(fig: Any) -> bytes:

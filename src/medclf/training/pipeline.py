@@ -19,26 +19,22 @@ import numpy as np
 import torch
 
 from medclf._version import __version__
-from medclf.artifacts import (
-    LOG_FILE,
-    METRICS_FILE,
-    MODEL_DIR,
-    PREDICTIONS_FILE,
-    atomic_write_json,
-    atomic_write_text,
-    check_output_dir,
-    publish,
-    save_pretrained_atomic,
-    staging_dir,
-)
-from medclf.baseline import tfidf_probabilities
-from medclf.batching import Encoded, collate, encode, length_grouped_batches, pool_logits, pool_logits_torch
-from medclf.calibration import calibration_summary, fold_temperature, scale_thresholds, temperature_for
 from medclf.config import TrainConfig
-from medclf.data import LabeledData, check_classes, check_label_sets, demo_data_path, load_labeled, stratified_split
+from medclf.core.baseline import tfidf_probabilities
+from medclf.core.calibration import calibration_summary, fold_temperature, scale_thresholds, temperature_for
+from medclf.core.data import (
+    LabeledData,
+    check_classes,
+    check_label_sets,
+    demo_data_path,
+    load_labeled,
+    stratified_split,
+)
+from medclf.core.metrics import bootstrap_intervals, headline
+from medclf.core.tasks import Task, task_for
 from medclf.errors import MedclfError
-from medclf.metrics import bootstrap_intervals, headline
-from medclf.modeling import (
+from medclf.model.batching import Encoded, collate, encode, length_grouped_batches, pool_logits, pool_logits_torch
+from medclf.model.modeling import (
     autocast,
     batched_logits,
     check_max_length,
@@ -51,8 +47,19 @@ from medclf.modeling import (
     release_memory,
     resolve_model,
 )
-from medclf.runspec import RunSpec
-from medclf.tasks import Task, task_for
+from medclf.run.artifacts import (
+    LOG_FILE,
+    METRICS_FILE,
+    MODEL_DIR,
+    PREDICTIONS_FILE,
+    atomic_write_json,
+    atomic_write_text,
+    check_output_dir,
+    publish,
+    save_pretrained_atomic,
+    staging_dir,
+)
+from medclf.run.runspec import RunSpec
 
 log = logging.getLogger(__name__)
 TRIM_EVERY = 8
@@ -224,7 +231,7 @@ def fit_head_on_frozen_features(
     class ids, or (multi-label) a 0/1 matrix: then one logistic regression per label.
     `amp` gives the autocast context for the feature pass (training precision: the features only seed
     the head, and fine-tuning follows). Returns False (nothing changed) when the head is not a single linear layer."""
-    from medclf.embeddings import fit_logistic
+    from medclf.model.embeddings import fit_logistic
 
     head = getattr(model, "classifier", None)
     if not isinstance(head, torch.nn.Linear):
@@ -275,14 +282,14 @@ class Prepared:
     device: torch.device
     task: Task
     dist: Any = None
-    """medclf.distributed.Dist of a multi-process run (None: one process)."""
+    """medclf.training.distributed.Dist of a multi-process run (None: one process)."""
 
 
 def train(config: TrainConfig, *, progress: bool = True, splits: Splits | None = None, plots: bool = True) -> TrainResult:
     """Train a classifier as `config` says (fine-tuning or frozen embeddings), evaluate it on the test
     part, and write the run directory. `splits`: parts made by the caller (`medclf cv` folds) instead of
     reading and splitting `config.data`. plots: write the report's PNG figures (cross-validation folds skip them)."""
-    from medclf.distributed import distributed_state
+    from medclf.training.distributed import distributed_state
 
     started = time.perf_counter()
     dist = distributed_state()
@@ -443,7 +450,7 @@ def train(config: TrainConfig, *, progress: bool = True, splits: Splits | None =
         atomic_write_text(stage / LOG_FILE, runlog.text())
         atomic_write_text(stage / PREDICTIONS_FILE, _predictions_csv(splits.test, labels, task, test_probs, thresholds,
                                                                      config.label_sep))
-        from medclf.report import write_report
+        from medclf.reporting.report import write_report
 
         metrics["timing"]["total_seconds"] = time.perf_counter() - started
         write_report(stage, metrics=metrics, config=config, run_info=run_info, plots=plots)
@@ -493,7 +500,7 @@ def _finetune(
         else:
             runlog.info("Linear-probe head init skipped: this model's head is not a single linear layer.")
 
-    from medclf.distributed import SINGLE
+    from medclf.training.distributed import SINGLE
 
     dist = prep.dist or SINGLE
     accum = config.grad_accum
@@ -644,8 +651,8 @@ def _fit_embeddings(
     progress: bool,
 ) -> Fitted:
     """Logistic regression on frozen, mean-pooled embeddings; the regularisation strength is picked on validation."""
-    from medclf.embeddings import C_GRID, EmbeddingClassifier, embed_texts, fit_logistic
-    from medclf.modeling import load_encoder
+    from medclf.model.embeddings import C_GRID, EmbeddingClassifier, embed_texts, fit_logistic
+    from medclf.model.modeling import load_encoder
 
     device, enc = prep.device, prep.enc
     model = EmbeddingClassifier(load_encoder(source, trust_remote_code=config.trust_remote_code), labels).to(device)

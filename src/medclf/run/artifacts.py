@@ -117,7 +117,7 @@ def save_pretrained_atomic(model: Any, tokenizer: Any, directory: Path) -> None:
     """Save model (safetensors) and tokenizer into a temporary folder, then rename it to `directory`."""
     directory = Path(directory)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    from medclf.modeling import quiet_transformers
+    from medclf.model.modeling import quiet_transformers
 
     try:
         with quiet_transformers():

@@ -149,8 +149,8 @@ def train(
     def run() -> None:
         import os
 
-        from medclf.metrics import format_table
-        from medclf.training import train as train_fn
+        from medclf.core.metrics import format_table
+        from medclf.training.pipeline import train as train_fn
 
         if num_processes > 1 and "WORLD_SIZE" not in os.environ:
             raise typer.Exit(_launch(num_processes))
@@ -194,7 +194,7 @@ def cv(folds: int = 5, workers: int | None = None, **options: object) -> None:
     --group-column so no patient's rows sit on both sides); per-fold figures, mean and 95% interval."""
 
     def run() -> None:
-        from medclf.cv import CV_FILE, CV_TABLE, cross_validate
+        from medclf.training.cv import CV_FILE, CV_TABLE, cross_validate
 
         if int(options.get("num_processes", 1) or 1) > 1:  # type: ignore[call-overload]
             raise MedclfError("--num-processes does not apply to cv; --workers runs folds in parallel instead.")
@@ -243,8 +243,8 @@ def evaluate(
     (multi-label runs: micro/macro/samples F1, subset accuracy, Hamming loss, per-label figures)."""
 
     def run() -> None:
-        from medclf.evaluation import evaluate as evaluate_fn
-        from medclf.metrics import format_table
+        from medclf.core.metrics import format_table
+        from medclf.inference.evaluation import evaluate as evaluate_fn
 
         metrics = evaluate_fn(
             run_dir, data=data, text_columns=text_column, label_column=label_column,
@@ -286,13 +286,13 @@ def predict(
     """Label new texts: the predicted label and the probability of every class, for each text."""
 
     def run() -> None:
-        from medclf.predict_io import predict_file
+        from medclf.inference.files import predict_file
 
         if engine not in ("local", "spark"):
             raise MedclfError(f"--engine must be local or spark, not {engine!r}.")
         options = LoadOptions(backend=backend, batch_size=batch_size, long_text=long_text)
         if engine == "spark":
-            from medclf.spark import predict_spark_file
+            from medclf.inference.spark import predict_spark_file
 
             if input is None or output is None:
                 raise MedclfError("--engine spark reads --input and writes --output; pass both.")
@@ -336,7 +336,7 @@ def explain(
     """Which words pushed the model toward a label: per-word attribution scores, as HTML or JSON."""
 
     def run() -> None:
-        from medclf.predict_io import explain_file
+        from medclf.inference.files import explain_file
 
         count = explain_file(run_dir, texts=texts, input=input, output=output, method=method, target=target,
                              steps=steps, text_columns=text_column, drop_empty=drop_empty,
@@ -365,7 +365,7 @@ def export(
     def run() -> None:
         if format != "onnx":
             raise MedclfError(f"--format must be onnx, not {format!r}.")
-        from medclf.onnx_export import PARITY_TOLERANCE, export_onnx
+        from medclf.export.onnx import PARITY_TOLERANCE, export_onnx
 
         result = export_onnx(run_dir, quantize=quantize, output=output, data=data, text_columns=text_column,
                              int8_recipe=int8_recipe)
@@ -406,8 +406,8 @@ def serve(
     """Serve a run over HTTP: POST /v1/predict, GET /v1/model, /healthz, /readyz, /metrics, and a page at /."""
 
     def run() -> None:
-        from medclf.serve import ServeSettings
-        from medclf.serve import serve as serve_fn
+        from medclf.serving.app import ServeSettings
+        from medclf.serving.app import serve as serve_fn
 
         settings = ServeSettings(
             run_dir=run_dir, host=host, port=port, backend=backend, max_batch=max_batch, max_chars=max_chars,
@@ -436,9 +436,9 @@ def demo(
     """Train on the embedded demo data (invented snippets), predict three new texts, print the test metrics."""
 
     def run() -> None:
-        from medclf.metrics import format_table
-        from medclf.predict import TextClassifier
-        from medclf.training import train as train_fn
+        from medclf.core.metrics import format_table
+        from medclf.inference.classifier import TextClassifier
+        from medclf.training.pipeline import train as train_fn
 
         result = train_fn(TrainConfig(output=output, overwrite=overwrite), progress=_progress())
         clf = TextClassifier.load(result.run_dir)

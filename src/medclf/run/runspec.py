@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medclf.artifacts import CONFIG_FILE, atomic_write_json, read_json
 from medclf.config import TrainConfig
 from medclf.errors import MedclfError
+from medclf.run.artifacts import CONFIG_FILE, atomic_write_json, read_json
 
 RUN_SPEC_VERSION = 1
 """Layout version of train_config.json. Raise it when a field changes meaning; add a reader for the old one."""

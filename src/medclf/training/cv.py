@@ -19,10 +19,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from medclf.artifacts import atomic_write_json, atomic_write_text, check_output_dir, publish, staging_dir
 from medclf.config import TrainConfig
-from medclf.data import kfold_indices
+from medclf.core.data import kfold_indices
 from medclf.errors import MedclfError
+from medclf.run.artifacts import atomic_write_json, atomic_write_text, check_output_dir, publish, staging_dir
 
 log = logging.getLogger(__name__)
 CV_FILE = "cv.json"
@@ -58,7 +58,7 @@ def default_workers(config: TrainConfig, folds: int) -> int:
     """One fold per core on a CPU; one at a time on a GPU (it is shared)."""
     import os
 
-    from medclf.modeling import choose_device
+    from medclf.model.modeling import choose_device
 
     if choose_device(config.device).type != "cpu":
         return 1
@@ -66,7 +66,7 @@ def default_workers(config: TrainConfig, folds: int) -> int:
 
 
 def _run_fold(config: TrainConfig, splits: Any, progress: bool, threads: int | None = None) -> dict[str, Any]:
-    from medclf.training import train
+    from medclf.training.pipeline import train
 
     if threads is not None:
         import torch
@@ -82,7 +82,7 @@ def cross_validate(config: TrainConfig, *, folds: int = 5, progress: bool = Fals
     workers: folds trained at once, in separate processes (default: one per CPU core, 1 on a GPU)."""
     import os
 
-    from medclf.training import Splits, check_training_labels, read_training_data, split_off
+    from medclf.training.pipeline import Splits, check_training_labels, read_training_data, split_off
 
     if config.test_data is not None:
         raise MedclfError("--test-data does not apply to cross-validation: every row is tested once, in its fold.")

@@ -34,11 +34,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from medclf.batching import unpaired_surrogate
 from medclf.config import BACKENDS, LoadOptions
 from medclf.errors import MedclfError
-from medclf.serve_metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from medclf.serve_metrics import MULTIPROC_ENV, Metrics
+from medclf.model.batching import unpaired_surrogate
+from medclf.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from medclf.serving.metrics import MULTIPROC_ENV, Metrics
 
 log = logging.getLogger(__name__)
 SETTINGS_ENV = "MEDCLF_SERVE_SETTINGS"
@@ -387,7 +387,7 @@ PAGE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsaf
 
 @api.post("/predict")
 async def predict(body: PredictRequest, served: Served = Depends(_served)) -> Any:
-    from medclf.predict_io import prediction_records
+    from medclf.inference.files import prediction_records
 
     settings = served.settings
     if (body.text is None) == (body.texts is None):
@@ -423,7 +423,7 @@ async def explain(body: ExplainRequest, served: Served = Depends(_served)) -> An
     """Per-word attribution scores for one text (the same JSON as `medclf explain`)."""
     from fastapi.concurrency import run_in_threadpool
 
-    from medclf.explain import METHODS, Explainer
+    from medclf.inference.explain import METHODS, Explainer
 
     clf = served.clf
     problem = _text_problem(body.text, ["text"], served.settings)
@@ -471,7 +471,7 @@ async def prometheus(served: Served = Depends(_served)) -> Response:
 def create_app(settings: ServeSettings) -> Any:
     """The FastAPI app for one run directory; the model loads when the app starts (lifespan)."""
     from medclf._version import __version__
-    from medclf.predict import TextClassifier
+    from medclf.inference.classifier import TextClassifier
 
     served = Served(settings=settings, metrics=Metrics(), api_key=settings.api_key())
     body_limit = settings.max_batch * settings.max_chars * 6 + 65_536  # JSON may escape a character as \uXXXX
@@ -538,7 +538,7 @@ backend's RSS grew 775 -> 1171 MiB; ONNX Runtime's stayed flat (623 -> 625 MiB).
 
 
 def _trimming(infer: Callable[[list[str]], np.ndarray]) -> Callable[[list[str]], np.ndarray]:
-    from medclf.modeling import release_memory
+    from medclf.model.modeling import release_memory
 
     count = 0
 
@@ -555,7 +555,7 @@ def _trimming(infer: Callable[[list[str]], np.ndarray]) -> Callable[[list[str]],
 
 
 def _model_info(clf: Any, settings: ServeSettings, version: str) -> dict[str, Any]:
-    from medclf.artifacts import METRICS_FILE, read_json
+    from medclf.run.artifacts import METRICS_FILE, read_json
 
     run = Path(settings.run_dir)
     spec = clf.spec
@@ -592,8 +592,8 @@ def app_from_env() -> Any:
 
 def check(settings: ServeSettings) -> None:
     """Fail before binding a port: the run loads, the backend exists, the key is set."""
-    from medclf.artifacts import is_run_dir
-    from medclf.onnx_runtime import onnx_file
+    from medclf.inference.onnx_runtime import onnx_file
+    from medclf.run.artifacts import is_run_dir
 
     if not is_run_dir(settings.run_dir):
         raise MedclfError(f"{settings.run_dir} is not a medclf run directory; pass the --output of `medclf train`.")
@@ -620,7 +620,7 @@ def serve(settings: ServeSettings) -> None:
         shared = tempfile.mkdtemp(prefix="medclf-metrics-")
         os.environ[MULTIPROC_ENV] = shared
         try:
-            uvicorn.run("medclf.serve:app_from_env", factory=True, workers=settings.workers, **common)
+            uvicorn.run("medclf.serving.app:app_from_env", factory=True, workers=settings.workers, **common)
         finally:
             shutil.rmtree(shared, ignore_errors=True)
     else:

@@ -93,7 +93,7 @@ class SingleLabel:
 
     @staticmethod
     def metrics(y: np.ndarray, probs: np.ndarray, labels: list[str], thresholds: np.ndarray | None = None) -> dict[str, Any]:
-        from medclf.metrics import classification_metrics, cross_entropy
+        from medclf.core.metrics import classification_metrics, cross_entropy
 
         return classification_metrics(y, probs, labels, loss=cross_entropy(probs, y))
 
@@ -150,7 +150,7 @@ class MultiLabel:
 
     @staticmethod
     def metrics(y: np.ndarray, probs: np.ndarray, labels: list[str], thresholds: np.ndarray | None = None) -> dict[str, Any]:
-        from medclf.metrics import binary_cross_entropy, multilabel_metrics
+        from medclf.core.metrics import binary_cross_entropy, multilabel_metrics
 
         t = np.full(len(labels), DEFAULT_THRESHOLD) if thresholds is None else np.asarray(thresholds)
         return multilabel_metrics(y, probs, labels, thresholds=t, loss=binary_cross_entropy(probs, y))

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from medclf.batching import collate, pool_logits_torch
 from medclf.errors import MedclfError
-from medclf.modeling import embeds_forward_inputs
+from medclf.model.batching import collate, pool_logits_torch
+from medclf.model.modeling import embeds_forward_inputs
 
 METHODS = ("integrated-gradients", "occlusion")
 DEFAULT_STEPS = 32

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from medclf.batching import collate, sorted_batches
 from medclf.errors import MedclfError
+from medclf.model.batching import collate, sorted_batches
 
 HEAD_WEIGHTS = "head.safetensors"
 HEAD_CONFIG = "head.json"
@@ -100,7 +100,7 @@ class EmbeddingClassifier(torch.nn.Module):
     def from_pretrained(cls, directory: str | Path, *, trust_remote_code: bool = False) -> EmbeddingClassifier:
         from safetensors.torch import load_file
 
-        from medclf.modeling import load_encoder
+        from medclf.model.modeling import load_encoder
 
         directory = Path(directory)
         try:

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from medclf.batching import collate, sorted_batches
 from medclf.errors import MedclfError
+from medclf.model.batching import collate, sorted_batches
 
 log = logging.getLogger(__name__)
 

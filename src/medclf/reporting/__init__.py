@@ -1,0 +1,1 @@
+"""The run report (report.md and report.html) and every plot."""
