@@ -115,7 +115,8 @@ def test_every_inference_path_gives_the_same_calibrated_probabilities(runs, cal_
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from medclf.export.onnx import export_onnx
-    from medclf.serving.app import ServeSettings, create_app
+    from medclf.serving.app import create_app
+    from medclf.serving.settings import ServeSettings
 
     on, _ = runs
     run = tmp_path / "run"

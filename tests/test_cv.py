@@ -13,7 +13,7 @@ from medclf import MedclfError, TrainConfig
 from medclf.cli.main import app
 from medclf.core.data import kfold_indices
 from medclf.training.cv import mean_interval
-from medclf.training.pipeline import prepare_splits
+from medclf.training.splits import prepare_splits
 
 runner = CliRunner()
 

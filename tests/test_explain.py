@@ -90,7 +90,8 @@ def test_explain_through_the_cli(embedding_run, tmp_path, clf):
 def test_explain_over_http(embedding_run):
     from fastapi.testclient import TestClient
 
-    from medclf.serving.app import ServeSettings, create_app
+    from medclf.serving.app import create_app
+    from medclf.serving.settings import ServeSettings
 
     with TestClient(create_app(ServeSettings(run_dir=str(embedding_run), backend="torch"))) as client:
         answer = client.post("/v1/explain", json={"text": TEXT, "method": "occlusion"})

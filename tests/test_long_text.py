@@ -194,7 +194,8 @@ def test_predict_points_at_the_deciding_window_by_character_offsets(chunk_run, t
 def test_the_server_returns_the_window_too(chunk_run):
     from fastapi.testclient import TestClient
 
-    from medclf.serving.app import ServeSettings, create_app
+    from medclf.serving.app import create_app
+    from medclf.serving.settings import ServeSettings
 
     out, data = chunk_run
     text = pd.read_csv(data)["text"].tolist()[0]
@@ -235,7 +236,7 @@ def test_a_run_trained_on_short_texts_reads_long_ones_in_windows_when_asked(tiny
 
 
 def test_an_unknown_long_text_at_inference_exits_2(trained_run):
-    from medclf.serving.app import ServeSettings
+    from medclf.serving.settings import ServeSettings
 
     result = runner.invoke(app, ["predict", str(trained_run), "some text", "--long-text", "windows"])
     assert result.exit_code == 2 and "long_text must be one of truncate, head-tail, chunk" in result.output

@@ -284,7 +284,8 @@ def test_evaluate_and_predict_through_the_cli(ml_run, ml_data, tmp_path):
 def test_serve_answers_with_label_lists(ml_emb_run, ml_data):
     from fastapi.testclient import TestClient
 
-    from medclf.serving.app import ServeSettings, create_app
+    from medclf.serving.app import create_app
+    from medclf.serving.settings import ServeSettings
 
     texts = pd.read_csv(ml_data)["text"].tolist()[:4]
     with TestClient(create_app(ServeSettings(run_dir=str(ml_emb_run)))) as client:

@@ -20,7 +20,9 @@ from typer.testing import CliRunner
 from medclf.cli.main import app as cli_app
 from medclf.errors import MedclfError
 from medclf.inference.classifier import TextClassifier
-from medclf.serving.app import MicroBatcher, Overloaded, ServeSettings, create_app
+from medclf.serving.app import create_app
+from medclf.serving.batcher import MicroBatcher, Overloaded
+from medclf.serving.settings import ServeSettings
 
 NOTE = f"patient {SECRET} crushing chest pain troponin ecg"
 KEY = "s3cret-key-for-tests"

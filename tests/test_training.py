@@ -106,12 +106,12 @@ def test_existing_run_is_refused_unless_overwrite(tmp_path, tiny_model, small_cs
 
 
 def test_a_run_killed_while_writing_leaves_no_loadable_run(tmp_path, tiny_model, small_csv, monkeypatch):
-    import medclf.reporting.report
+    import medclf.training.pipeline
 
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(medclf.reporting.report, "write_report", boom)
+    monkeypatch.setattr(medclf.training.pipeline, "write_report", boom)
     out = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
         train(TrainConfig(data=str(small_csv), model=tiny_model, output=str(out), max_steps=1), progress=False)
@@ -162,7 +162,7 @@ def test_linear_probe_head_init_copies_the_fitted_probe_into_the_head(tiny_model
     import medclf.model.embeddings
     from medclf.model.batching import collate, encode
     from medclf.model.modeling import load_classifier
-    from medclf.training.pipeline import fit_head_on_frozen_features
+    from medclf.training.finetune import fit_head_on_frozen_features
 
     seen = {}
     fit = medclf.model.embeddings.fit_logistic
@@ -260,7 +260,7 @@ def test_patience_stops_when_validation_stops_improving(tmp_path, tiny_model, sm
 
 
 def test_weight_average_is_the_running_mean_of_the_trainable_weights():
-    from medclf.training.pipeline import WeightAverage
+    from medclf.training.finetune import WeightAverage
 
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
     model[1].requires_grad_(False)

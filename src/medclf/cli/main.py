@@ -34,6 +34,8 @@ INFER_BATCH = INFER_BATCH_SIZE
 RunDirArg = Annotated[str, typer.Argument(help="A run directory written by `medclf train`.")]
 InputOpt = Annotated[str | None, typer.Option("--input", "-i", help="A .txt file (one text per line) or a CSV/TSV/JSONL/Parquet table.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Inference batch size.")]
+TextsArg = Annotated[list[str] | None, typer.Argument(help="Texts to read (or use --input).")]
+DropEmptyOpt = Annotated[bool, typer.Option("--drop-empty", help="Skip empty texts instead of refusing the input.")]
 LongTextOpt = Annotated[
     str | None,
     typer.Option("--long-text", help="truncate | head-tail | chunk for texts over the run's --max-length. Default: as the run was trained (chunk reads a long text in windows and pools them, even with a run trained on short texts)."),
@@ -268,14 +270,14 @@ def evaluate(
 @app.command()
 def predict(
     run_dir: RunDirArg,
-    texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify (or use --input).")] = None,
+    texts: TextsArg = None,
     input: InputOpt = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="Write CSV, JSONL or Parquet (by extension); it appears only when complete. Default: JSONL on stdout.")] = None,
     text_column: TextColOpt = None,
     top_k: Annotated[int | None, typer.Option("--top-k", help="Give only the K most probable classes per text.")] = None,
     batch_size: BatchOpt = INFER_BATCH,
     keep_text: Annotated[bool, typer.Option("--keep-text", help="Copy the text column(s) into the output (off: outputs carry no text).")] = False,
-    drop_empty: Annotated[bool, typer.Option("--drop-empty", help="Skip empty texts instead of refusing the input.")] = False,
+    drop_empty: DropEmptyOpt = False,
     backend: BackendOpt = "auto",
     long_text: LongTextOpt = None,
     chunk_rows: Annotated[int, typer.Option("--chunk-rows", help="Rows of --input read, classified and written at a time (memory stays flat however large the file).")] = 10_000,
@@ -322,14 +324,14 @@ def predict(
 @app.command()
 def explain(
     run_dir: RunDirArg,
-    texts: Annotated[list[str] | None, typer.Argument(help="Texts to explain (or use --input).")] = None,
+    texts: TextsArg = None,
     input: InputOpt = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="F.html (words shaded by score, probabilities on top), F.json or F.jsonl (words, character offsets, scores). Default: JSONL on stdout.")] = None,
     method: Annotated[str, typer.Option("--method", help="integrated-gradients (gradients along a path from a blank input; needs PyTorch) | occlusion (the probability lost when a word is taken out).")] = "integrated-gradients",
     target: Annotated[str | None, typer.Option("--target", help="The label to explain. Default: the predicted (most probable) label.")] = None,
     steps: Annotated[int, typer.Option("--steps", help="integrated-gradients: interpolation steps (more: closer approximation, slower).")] = 32,
     text_column: TextColOpt = None,
-    drop_empty: Annotated[bool, typer.Option("--drop-empty", help="Skip empty texts instead of refusing the input.")] = False,
+    drop_empty: DropEmptyOpt = False,
     backend: BackendOpt = "torch",
     long_text: LongTextOpt = None,
 ) -> None:
@@ -406,8 +408,8 @@ def serve(
     """Serve a run over HTTP: POST /v1/predict, GET /v1/model, /healthz, /readyz, /metrics, and a page at /."""
 
     def run() -> None:
-        from medclf.serving.app import ServeSettings
         from medclf.serving.app import serve as serve_fn
+        from medclf.serving.settings import ServeSettings
 
         settings = ServeSettings(
             run_dir=run_dir, host=host, port=port, backend=backend, max_batch=max_batch, max_chars=max_chars,

@@ -86,10 +86,10 @@ def _parse_errors(path: str, fmt: str) -> Iterator[None]:
             f"{' (' + where.group(0) + ')' if where else ''}; check its delimiter and quoting."
         ) from None
     except ValueError:
-        where = _bad_json_line(path) if fmt == "jsonl" else None
+        line = _bad_json_line(path) if fmt == "jsonl" else None
         raise MedclfError(
             f"{path} could not be parsed as {fmt.upper()}"
-            + (f" (line {where} is not one complete JSON object)" if where else "")
+            + (f" (line {line} is not one complete JSON object)" if line else "")
             + "; check that the file matches its extension."
         ) from None
     except Exception as exc:  # pyarrow and friends raise many types for corrupt files
@@ -339,7 +339,7 @@ def resolve_columns(
     listing = ", ".join(columns)
     label_set = set(label_column) if isinstance(label_column, list) else {label_column}
     if label_column is not None:
-        for name in sorted(label_set):
+        for name in sorted(str(n) for n in label_set):
             if name not in columns:
                 raise MedclfError(f"Label column '{name}' is not in {source}; its columns are: {listing}.")
     elif need_label:

@@ -149,15 +149,17 @@ def format_table(metrics: dict[str, Any]) -> str:
     return f"{first}\n{intervals}\n{rest}"
 
 
+def _summary(metrics: dict[str, Any], first: str, auc_key: str) -> tuple[list[str], int]:
+    """The table's first line (figures, loss, ROC-AUC, n) and the width of its label column."""
+    line = (first + (f"   loss {metrics['loss']:.4f}" if metrics.get("loss") is not None else "")
+            + (f"   ROC-AUC {metrics[auc_key]:.4f}" if metrics.get(auc_key) is not None else "") + f"   (n={metrics['n']})")
+    return [line], max(10, *(len(label) for label in metrics["labels"]))
+
+
 def _format_single(metrics: dict[str, Any]) -> str:
-    lines = [
-        f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}   "
-        f"weighted-F1 {metrics['weighted_f1']:.4f}"
-        + (f"   loss {metrics['loss']:.4f}" if metrics.get("loss") is not None else "")
-        + (f"   ROC-AUC {metrics['roc_auc_ovr_macro']:.4f}" if metrics.get("roc_auc_ovr_macro") is not None else "")
-        + f"   (n={metrics['n']})",
-    ]
-    width = max(10, *(len(label) for label in metrics["labels"]))
+    first = (f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}   "
+             f"weighted-F1 {metrics['weighted_f1']:.4f}")
+    lines, width = _summary(metrics, first, "roc_auc_ovr_macro")
     lines.append(f"{'class':<{width}}  precision  recall     f1  support")
     for label in metrics["labels"]:
         row = metrics["per_class"][label]
@@ -168,13 +170,7 @@ def _format_single(metrics: dict[str, Any]) -> str:
 
 
 def _format_multilabel(metrics: dict[str, Any]) -> str:
-    lines = [
-        headline(metrics)
-        + (f"   loss {metrics['loss']:.4f}" if metrics.get("loss") is not None else "")
-        + (f"   ROC-AUC {metrics['roc_auc_macro']:.4f}" if metrics.get("roc_auc_macro") is not None else "")
-        + f"   (n={metrics['n']})",
-    ]
-    width = max(10, *(len(label) for label in metrics["labels"]))
+    lines, width = _summary(metrics, headline(metrics), "roc_auc_macro")
     lines.append(f"{'label':<{width}}  threshold  precision  recall     f1  support  ROC-AUC")
     for label in metrics["labels"]:
         row = metrics["per_class"][label]
@@ -220,7 +216,7 @@ def bootstrap_intervals(
             macro = _f1_from_counts(tp, fp, fn)[present].mean() if present.any() else 0.0
             return np.array([micro, macro, (t == p).all(axis=1).mean()])
     else:
-        names = ("accuracy", "macro_f1")
+        names = ("accuracy", "macro_f1")  # type: ignore[assignment]  # one tuple of names per task
         k = int(max(y_true.max(), y_pred.max())) + 1
 
         def figures(idx: np.ndarray) -> np.ndarray:

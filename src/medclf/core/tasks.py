@@ -63,6 +63,16 @@ class SingleLabel:
 
     multi_label = False
     name = "single-label"
+    headline_keys = ("accuracy", "macro_f1", "weighted_f1")
+    """The figures a run is summed up by (run log, TF-IDF baseline, cross-validation, served model info)."""
+    accuracy_key, accuracy_name = "accuracy", "acc"
+    auc_key = "roc_auc_ovr_macro"
+
+    @staticmethod
+    def probabilities_torch(logits: Any) -> Any:
+        import torch
+
+        return torch.softmax(logits, dim=-1)
 
     @staticmethod
     def probabilities(logits: np.ndarray) -> np.ndarray:
@@ -117,6 +127,16 @@ class MultiLabel:
 
     multi_label = True
     name = "multi-label"
+    headline_keys = ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss")
+    accuracy_key, accuracy_name = "subset_accuracy", "subset acc"
+    """Subset accuracy: the share of texts whose label set is exactly right."""
+    auc_key = "roc_auc_macro"
+
+    @staticmethod
+    def probabilities_torch(logits: Any) -> Any:
+        import torch
+
+        return torch.sigmoid(logits)
 
     @staticmethod
     def probabilities(logits: np.ndarray) -> np.ndarray:
@@ -178,3 +198,13 @@ Task = SingleLabel | MultiLabel
 
 def task_for(multi_label: bool) -> Task:
     return MULTI_LABEL if multi_label else SINGLE_LABEL
+
+
+def task_of(metrics: dict[str, Any]) -> Task:
+    """The task a metrics table (metrics.json's parts, `Task.metrics` output) was computed for."""
+    return MULTI_LABEL if metrics.get("task") == MULTI_LABEL.name else SINGLE_LABEL
+
+
+def headline_figures(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures of a metrics table, as its task names them."""
+    return {key: metrics[key] for key in task_of(metrics).headline_keys}

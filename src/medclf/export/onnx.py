@@ -199,7 +199,7 @@ class _LogitsOnly(torch.nn.Module):
 def _eager_attention(model: torch.nn.Module) -> Iterator[None]:
     """The eager attention graph (matmul + softmax) is the one ONNX Runtime's optimizer fuses."""
     # the outermost transformers model (the encoder of an EmbeddingClassifier) sets its submodules
-    target = next(m for m in model.modules() if hasattr(m, "set_attn_implementation"))
+    target: Any = next(m for m in model.modules() if hasattr(m, "set_attn_implementation"))
     before = getattr(target.config, "_attn_implementation", None)
     target.set_attn_implementation("eager")
     try:

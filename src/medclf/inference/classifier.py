@@ -79,7 +79,8 @@ class TextClassifier:
         if isinstance(model, torch.nn.Module):
             self.device = device or next(model.parameters()).device
             self.model: Any = model.to(self.device).eval()
-            id2label = model.config.id2label
+            config: Any = getattr(model, "config")  # a transformers config (torch types module attributes loosely)
+            id2label: dict[int, str] = config.id2label
             labels = labels or [str(id2label[i]) for i in range(len(id2label))]
         else:  # an ONNX Runtime session (medclf.inference.onnx_runtime.OnnxRunner) or any callable giving logits
             self.device = torch.device("cpu")
@@ -151,7 +152,7 @@ class TextClassifier:
             )
         if long_text is not None and long_text != spec.long_text:
             log.info("Long texts: %s at inference (the run was trained with %s).", long_text, spec.long_text)
-        common = {"max_length": spec.max_length, "long_text": long_text or spec.long_text, "stride": spec.stride,
+        common: dict[str, Any] = {"max_length": spec.max_length, "long_text": long_text or spec.long_text, "stride": spec.stride,
                   "max_chunks": spec.max_chunks, "pool": spec.pool, "batch_size": batch_size, "spec": spec,
                   "multi_label": spec.multi_label, "temperature": spec.temperature,
                   "thresholds": spec.threshold_list(_config_labels(model_dir))}
@@ -168,7 +169,7 @@ class TextClassifier:
         from medclf.model.embeddings import EmbeddingClassifier, is_embedding_model
 
         if is_embedding_model(model_dir):  # --method embeddings: frozen encoder + linear head
-            model = EmbeddingClassifier.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+            model: torch.nn.Module = EmbeddingClassifier.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         else:
             model = load_classifier(str(model_dir), trust_remote_code=trust_remote_code)
         clf = cls(model, tokenizer, device=choose_device(device), backend="torch", **common)
@@ -243,7 +244,7 @@ class TextClassifier:
         """Class probabilities: shape (n_labels,) for a string, (n_texts, n_labels) for a list.
         Multi-label: each label's own probability (rows need not sum to 1)."""
         single = isinstance(texts, str)
-        batch = [texts] if single else list(texts)
+        batch: list[str] = [texts] if isinstance(texts, str) else list(texts)
         probs = self.task.probabilities(self._logits(batch, batch_size))
         return probs[0] if single else probs
 

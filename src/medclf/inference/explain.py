@@ -160,7 +160,7 @@ class Explainer:
                 owner = torch.arange(a, device=device).repeat_interleave(n_seq)  # window -> interpolation point
                 pooled = pool_logits_torch(logits, owner, a, clf.pool) if n_seq > 1 else logits
                 pooled = pooled / clf.temperature
-                out = torch.sigmoid(pooled) if clf.multi_label else torch.softmax(pooled, dim=-1)
+                out = clf.task.probabilities_torch(pooled)
                 return out[:, k]
 
             alphas = (torch.arange(steps, dtype=torch.float32, device=device) + 0.5) / steps

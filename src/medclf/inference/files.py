@@ -118,8 +118,9 @@ def prediction_records(
             record["probabilities"] = {labels[i]: float(row[i]) for i in range(len(labels))}
         else:
             record["top_k"] = [{"label": labels[i], "probability": float(row[i])} for i in order[:top_k]]
-        if windows is not None and windows[n] is not None:
-            record["window"] = {"start": windows[n][0], "end": windows[n][1]}
+        span = None if windows is None else windows[n]
+        if span is not None:
+            record["window"] = {"start": span[0], "end": span[1]}
         records.append(record)
     return records
 

@@ -45,15 +45,16 @@ class EmbeddingClassifier(torch.nn.Module):
     """Frozen encoder + mean pooling + L2 normalisation + a linear head. `forward` returns `.logits`
     like a transformers sequence classifier, so medclf's batching and `TextClassifier` serve it unchanged."""
 
-    def __init__(self, encoder: torch.nn.Module, labels: list[str], *, normalize: bool = True) -> None:
+    def __init__(self, encoder: Any, labels: list[str], *, normalize: bool = True) -> None:
         super().__init__()
-        self.encoder = encoder
+        self.encoder: Any = encoder
+        """A transformers encoder (typed Any: its config and call are dynamic)."""
         self.normalize = normalize
         hidden = int(encoder.config.hidden_size)
         self.head = torch.nn.Linear(hidden, len(labels))
         torch.nn.init.zeros_(self.head.weight)
         torch.nn.init.zeros_(self.head.bias)
-        self.config = encoder.config
+        self.config: Any = encoder.config
         self.config.num_labels = len(labels)
         self.config.id2label = dict(enumerate(labels))
         self.config.label2id = {lab: i for i, lab in enumerate(labels)}

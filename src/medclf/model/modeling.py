@@ -12,10 +12,13 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 from medclf.errors import MedclfError
 from medclf.model.batching import collate, sorted_batches
@@ -140,7 +143,7 @@ def load_classifier(
     labels: list[str] | None = None,
     attention_dropout: float | None = None,
     trust_remote_code: bool = False,
-) -> torch.nn.Module:
+) -> PreTrainedModel:
     """A sequence classifier; with `labels`, a fresh head of that size and label map.
 
     attention_dropout, when given, replaces the dropout on attention probabilities (BERT's
@@ -189,7 +192,7 @@ def load_encoder(source: str, *, trust_remote_code: bool = False) -> torch.nn.Mo
     return from_pretrained(AutoModel, source, trust_remote_code=trust_remote_code)
 
 
-def freeze_embeddings(model: torch.nn.Module) -> int:
+def freeze_embeddings(model: PreTrainedModel) -> int:
     """Freeze the embedding block (token, position, type embeddings and their LayerNorm); returns the
     number of parameters frozen. Falls back to the input-embedding matrix alone."""
     base = getattr(model, "base_model", model)
@@ -337,7 +340,7 @@ def forward_batches(
 
 @torch.inference_mode()
 def batched_logits(
-    model: torch.nn.Module, input_ids: list[list[int]], *, batch_size: int, pad_id: int, device: torch.device
+    model: Any, input_ids: list[list[int]], *, batch_size: int, pad_id: int, device: torch.device
 ) -> np.ndarray:
     """Logits for pre-tokenized texts, in input order."""
     out = np.zeros((len(input_ids), model.config.num_labels), dtype=np.float32)

@@ -10,6 +10,7 @@ import numpy as np
 
 from medclf.config import TrainConfig
 from medclf.core.metrics import format_table
+from medclf.core.tasks import task_of
 from medclf.run.artifacts import (
     CALIBRATION_FILE,
     CONFUSION_FILE,
@@ -105,7 +106,7 @@ def training_png(history: list[dict[str, Any]], *, embeddings: bool) -> bytes:
     right.set_ylabel("macro-F1")
     right.set_ylim(0, 1)
     handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
-    ax.legend(handles, [h.get_label() for h in handles], loc="center right", fontsize=8)
+    ax.legend(handles, [str(h.get_label()) for h in handles], loc="center right", fontsize=8)
     ax.set_title("Training: loss and validation macro-F1")
     return figure_png(fig)
 
@@ -218,7 +219,7 @@ def write_report(directory: Path, *, metrics: dict[str, Any], config: TrainConfi
                  plots: bool = True) -> None:
     """report.md and report.html; with plots, also the PNGs they show (cross-validation folds skip them)."""
     test = metrics["test"]
-    multi = test.get("task") == "multi-label"
+    multi = task_of(test).multi_label
     if plots and not multi:  # a multi-label run has no single confusion matrix: its per-label table says the same
         atomic_write_bytes(
             directory / CONFUSION_FILE,

@@ -13,7 +13,6 @@
 """
 
 import asyncio
-import collections
 import functools
 import hmac
 import importlib.resources
@@ -22,9 +21,8 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,203 +32,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from medclf.config import BACKENDS, LoadOptions
 from medclf.errors import MedclfError
 from medclf.model.batching import unpaired_surrogate
+from medclf.serving.batcher import MicroBatcher, Overloaded
 from medclf.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from medclf.serving.metrics import MULTIPROC_ENV, Metrics
+from medclf.serving.settings import LOOPBACK, SETTINGS_ENV, ServeSettings
 
 log = logging.getLogger(__name__)
-SETTINGS_ENV = "MEDCLF_SERVE_SETTINGS"
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-
-
-# ---------------------------------------------------------------- settings
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    """Everything `medclf serve` needs; validated on creation, JSON-serialisable (for --workers > 1)."""
-
-    run_dir: str
-    host: str = "127.0.0.1"
-    port: int = 8000
-    backend: str = "auto"
-    max_batch: int = 64
-    """Most texts in one request, and in one forward pass of the server's batcher."""
-    max_chars: int = 20_000
-    """Most characters in one text."""
-    max_queue: int = 1024
-    """Most texts waiting for the model; beyond it requests get 503 + Retry-After."""
-    max_wait_ms: float = 5.0
-    """How long the batcher waits for more requests when fewer than max_batch texts are queued."""
-    api_key_env: str | None = None
-    workers: int = 1
-    threads: int | None = None
-    """Inference threads per worker (default: the cores divided among the workers)."""
-    inference_batch: int = 16
-    graceful_timeout_s: float = 30.0
-    long_text: str | None = None
-    """truncate | head-tail | chunk at inference; None: as the run was trained."""
-
-    def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise MedclfError(f"--backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}.")
-        for name, low in (("port", 0), ("max_batch", 1), ("max_chars", 1), ("max_queue", 1), ("workers", 1),
-                          ("inference_batch", 1)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise MedclfError(f"--{name.replace('_', '-')} must be an integer of at least {low}, not {value!r}.")
-        if self.port > 65535:
-            raise MedclfError(f"--port must be at most 65535, not {self.port}.")
-        if self.max_queue < self.max_batch:
-            raise MedclfError(f"--max-queue ({self.max_queue}) must be at least --max-batch ({self.max_batch}).")
-        if not 0 <= self.max_wait_ms <= 1000:
-            raise MedclfError(f"--max-wait-ms must be between 0 and 1000, not {self.max_wait_ms}.")
-        if self.threads is not None and self.threads < 1:
-            raise MedclfError(f"--threads must be at least 1, not {self.threads}.")
-        from medclf.config import LONG_TEXT
-
-        if self.long_text is not None and self.long_text not in LONG_TEXT:
-            raise MedclfError(f"--long-text must be one of {', '.join(LONG_TEXT)}, not {self.long_text!r}.")
-        if self.api_key_env is not None and not self.api_key_env.strip():
-            raise MedclfError("--api-key-env must name an environment variable.")
-
-    def api_key(self) -> str | None:
-        """The key from the named environment variable; an option that names an unset variable is an error."""
-        if self.api_key_env is None:
-            return None
-        key = os.environ.get(self.api_key_env, "")
-        if not key:
-            raise MedclfError(f"--api-key-env names {self.api_key_env}, which is not set; export it or leave the option out.")
-        return key
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> "ServeSettings":
-        return cls(**json.loads(text))
-
-    def load_options(self) -> LoadOptions:
-        """How each worker loads the run: on the CPU, with its share of the cores."""
-        return LoadOptions(backend=self.backend, device="cpu", batch_size=self.inference_batch,
-                           threads=self.inference_threads(), long_text=self.long_text)
-
-    def inference_threads(self) -> int:
-        return self.threads or max(1, (os.cpu_count() or 1) // self.workers)
-
-
-# ---------------------------------------------------------------- batching
-
-
-def _rows(result: Any, start: int, end: int) -> Any:
-    """Rows start:end of the model's answer: an array, or a tuple of per-text sequences."""
-    if isinstance(result, tuple):
-        return tuple(part[start:end] for part in result)
-    return result[start:end]
-
-
-class Overloaded(Exception):
-    """The queue is full (or the server is shutting down)."""
-
-
-@dataclass
-class _Job:
-    texts: list[str]
-    future: asyncio.Future
-
-
-class MicroBatcher:
-    """Collects the texts of concurrent requests and runs them through the model together."""
-
-    def __init__(
-        self, infer: Callable[[list[str]], np.ndarray], *, max_batch: int, max_wait_s: float, max_queue: int,
-        metrics: Metrics | None = None,
-    ) -> None:
-        self.infer = infer
-        self.max_batch = max_batch
-        self.max_wait_s = max_wait_s
-        self.max_queue = max_queue
-        self.metrics = metrics or Metrics()
-        self.queued = 0
-        self.rejected = 0
-        """Requests refused because the queue was full (also counted in the metrics)."""
-        self._pending: collections.deque[_Job] = collections.deque()
-        self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medclf-infer")
-        self._task: asyncio.Task | None = None
-        self._closing = False
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def submit(self, texts: list[str]) -> np.ndarray:
-        if self._closing or self.queued + len(texts) > self.max_queue:
-            self.rejected += 1
-            self.metrics.rejected_overload.inc()
-            raise Overloaded
-        job = _Job(texts, asyncio.get_running_loop().create_future())
-        self._pending.append(job)
-        self.queued += len(texts)
-        self.metrics.queue.set(self.queued)
-        self._wakeup.set()
-        return await job.future
-
-    def _take(self) -> list[_Job]:
-        jobs: list[_Job] = []
-        n = 0
-        while self._pending and (not jobs or n + len(self._pending[0].texts) <= self.max_batch):
-            job = self._pending.popleft()
-            n += len(job.texts)
-            jobs.append(job)
-        self.queued -= n
-        self.metrics.queue.set(self.queued)
-        return jobs
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self._pending:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            if self.queued < self.max_batch and self.max_wait_s > 0 and not self._closing:
-                await asyncio.sleep(self.max_wait_s)  # let concurrent requests join this batch
-            jobs = [job for job in self._take() if not job.future.done()]  # done: the client went away
-            if not jobs:
-                continue
-            texts = [text for job in jobs for text in job.texts]
-            started = time.perf_counter()
-            try:
-                probs = await loop.run_in_executor(self._executor, self.infer, texts)
-            except Exception as exc:  # noqa: BLE001 - every waiting request gets the failure, as a 500
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
-                continue
-            self.metrics.inference_seconds.observe(time.perf_counter() - started)
-            self.metrics.batch_texts.observe(len(texts))
-            self.metrics.texts.inc(len(texts))
-            start = 0
-            for job in jobs:
-                if not job.future.done():
-                    job.future.set_result(_rows(probs, start, start + len(job.texts)))
-                start += len(job.texts)
-
-    async def close(self) -> None:
-        """Refuse new work, finish what is queued, stop the worker thread."""
-        self._closing = True
-        self._wakeup.set()
-        if self._task is not None:
-            await self._task
-        self._executor.shutdown(wait=True)
-
-
-# ---------------------------------------------------------------- app
-
 
 SURROGATE_MESSAGE = ("The text holds an unpaired surrogate code point (\\ud800-\\udfff), which is not valid Unicode; "
                      "encode the text correctly.")
@@ -393,7 +202,7 @@ async def predict(body: PredictRequest, served: Served = Depends(_served)) -> An
     if (body.text is None) == (body.texts is None):
         return _field_error(422, [], "Send either 'text' (one string) or 'texts' (a list of strings).", "value_error")
     single = body.text is not None
-    texts = [body.text] if single else list(body.texts or [])
+    texts: list[str] = [body.text] if body.text is not None else list(body.texts or [])
     if not texts:
         return _field_error(422, ["texts"], f"'texts' is empty; send 1 to {settings.max_batch} texts.", "too_short")
     if len(texts) > settings.max_batch:
@@ -537,7 +346,7 @@ ever-different shapes stay in a fragmented heap: under benchmarks/serve_load.py'
 backend's RSS grew 775 -> 1171 MiB; ONNX Runtime's stayed flat (623 -> 625 MiB)."""
 
 
-def _trimming(infer: Callable[[list[str]], np.ndarray]) -> Callable[[list[str]], np.ndarray]:
+def _trimming(infer: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
     from medclf.model.modeling import release_memory
 
     count = 0
@@ -562,8 +371,7 @@ def _model_info(clf: Any, settings: ServeSettings, version: str) -> dict[str, An
     test: dict[str, Any] = {}
     if (run / METRICS_FILE).is_file():
         metrics = read_json(run / METRICS_FILE)
-        keys = (("n", "micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss", "roc_auc_macro")
-                if clf.multi_label else ("n", "accuracy", "macro_f1", "weighted_f1", "roc_auc_ovr_macro"))
+        keys = ("n", *clf.task.headline_keys, clf.task.auc_key)
         test = {k: metrics.get("test", {}).get(k) for k in keys}
     return {
         "model": spec.config.model if spec else None,
@@ -609,7 +417,7 @@ def serve(settings: ServeSettings) -> None:
     if settings.host not in LOOPBACK and settings.api_key_env is None:
         log.warning("Listening on %s without an API key: anyone who can reach this port can send texts. "
                     "Set --api-key-env, or keep the default host 127.0.0.1.", settings.host)
-    common = {"host": settings.host, "port": settings.port, "timeout_graceful_shutdown": settings.graceful_timeout_s,
+    common: dict[str, Any] = {"host": settings.host, "port": settings.port, "timeout_graceful_shutdown": settings.graceful_timeout_s,
               "server_header": False}
     if settings.workers > 1:
         import shutil

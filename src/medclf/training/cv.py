@@ -21,6 +21,7 @@ from typing import Any
 
 from medclf.config import TrainConfig
 from medclf.core.data import kfold_indices
+from medclf.core.tasks import headline_figures
 from medclf.errors import MedclfError
 from medclf.run.artifacts import atomic_write_json, atomic_write_text, check_output_dir, publish, staging_dir
 
@@ -37,9 +38,7 @@ class CVResult:
 
 
 def _figures(test: dict[str, Any]) -> dict[str, float]:
-    keys = (("micro_f1", "macro_f1", "samples_f1", "subset_accuracy") if test.get("task") == "multi-label"
-            else ("accuracy", "macro_f1", "weighted_f1"))
-    return {key: float(test[key]) for key in keys}
+    return {key: float(value) for key, value in headline_figures(test).items()}
 
 
 def mean_interval(values: list[float], level: float = 0.95) -> dict[str, float]:
@@ -82,7 +81,7 @@ def cross_validate(config: TrainConfig, *, folds: int = 5, progress: bool = Fals
     workers: folds trained at once, in separate processes (default: one per CPU core, 1 on a GPU)."""
     import os
 
-    from medclf.training.pipeline import Splits, check_training_labels, read_training_data, split_off
+    from medclf.training.splits import Splits, check_training_labels, read_training_data, split_off
 
     if config.test_data is not None:
         raise MedclfError("--test-data does not apply to cross-validation: every row is tested once, in its fold.")

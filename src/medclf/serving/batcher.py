@@ -1,0 +1,119 @@
+"""The micro-batcher: the texts of concurrent requests join a bounded queue, and one worker thread runs the model
+on up to `max_batch` of them at a time, so the event loop never runs the model."""
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from medclf.serving.metrics import Metrics
+
+
+def _rows(result: Any, start: int, end: int) -> Any:
+    """Rows start:end of the model's answer: an array, or a tuple of per-text sequences."""
+    if isinstance(result, tuple):
+        return tuple(part[start:end] for part in result)
+    return result[start:end]
+
+
+class Overloaded(Exception):
+    """The queue is full (or the server is shutting down)."""
+
+
+@dataclass
+class _Job:
+    texts: list[str]
+    future: asyncio.Future
+
+
+class MicroBatcher:
+    """Collects the texts of concurrent requests and runs them through the model together."""
+
+    def __init__(
+        self, infer: Callable[[list[str]], np.ndarray], *, max_batch: int, max_wait_s: float, max_queue: int,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.infer = infer
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self.metrics = metrics or Metrics()
+        self.queued = 0
+        self.rejected = 0
+        """Requests refused because the queue was full (also counted in the metrics)."""
+        self._pending: collections.deque[_Job] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medclf-infer")
+        self._task: asyncio.Task | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def submit(self, texts: list[str]) -> np.ndarray:
+        if self._closing or self.queued + len(texts) > self.max_queue:
+            self.rejected += 1
+            self.metrics.rejected_overload.inc()
+            raise Overloaded
+        job = _Job(texts, asyncio.get_running_loop().create_future())
+        self._pending.append(job)
+        self.queued += len(texts)
+        self.metrics.queue.set(self.queued)
+        self._wakeup.set()
+        return await job.future
+
+    def _take(self) -> list[_Job]:
+        jobs: list[_Job] = []
+        n = 0
+        while self._pending and (not jobs or n + len(self._pending[0].texts) <= self.max_batch):
+            job = self._pending.popleft()
+            n += len(job.texts)
+            jobs.append(job)
+        self.queued -= n
+        self.metrics.queue.set(self.queued)
+        return jobs
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self.queued < self.max_batch and self.max_wait_s > 0 and not self._closing:
+                await asyncio.sleep(self.max_wait_s)  # let concurrent requests join this batch
+            jobs = [job for job in self._take() if not job.future.done()]  # done: the client went away
+            if not jobs:
+                continue
+            texts = [text for job in jobs for text in job.texts]
+            started = time.perf_counter()
+            try:
+                probs = await loop.run_in_executor(self._executor, self.infer, texts)
+            except Exception as exc:  # noqa: BLE001 - every waiting request gets the failure, as a 500
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                continue
+            self.metrics.inference_seconds.observe(time.perf_counter() - started)
+            self.metrics.batch_texts.observe(len(texts))
+            self.metrics.texts.inc(len(texts))
+            start = 0
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_result(_rows(probs, start, start + len(job.texts)))
+                start += len(job.texts)
+
+    async def close(self) -> None:
+        """Refuse new work, finish what is queued, stop the worker thread."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        self._executor.shutdown(wait=True)

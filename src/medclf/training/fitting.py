@@ -1,0 +1,113 @@
+"""What every fitting method (fine-tuning, frozen embeddings) starts from and hands back, and the validation pass
+that decides which weights are kept."""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import torch
+
+from medclf.config import TrainConfig
+from medclf.core.tasks import Task
+from medclf.model.batching import Encoded, pool_logits
+from medclf.model.modeling import batched_logits, release_memory
+from medclf.training.distributed import SINGLE, Dist
+
+log = logging.getLogger(__name__)
+
+
+class RunLog:
+    """Log a message and keep it for the run's train.log (whatever the caller's logging setup)."""
+
+    def __init__(self, *, enabled: bool = True) -> None:
+        self.lines: list[str] = []
+        self.enabled = enabled
+        """False on the other processes of a multi-process run: the main process logs for all."""
+
+    def info(self, message: str, *args: Any) -> None:
+        if not self.enabled:
+            return
+        log.info(message, *args)
+        self.lines.append(f"{datetime.now().strftime('%H:%M:%S')} {message % args if args else message}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+@dataclass
+class Prepared:
+    """The tokenized parts and label ids every fitting method starts from."""
+
+    enc: dict[str, Encoded]
+    y_train: np.ndarray
+    """Class ids (n,), or (multi-label) a 0/1 float matrix (n, n_labels); likewise y_val and y_test."""
+    y_val: np.ndarray
+    y_test: np.ndarray
+    pad_id: int
+    device: torch.device
+    task: Task
+    dist: Dist = field(default_factory=lambda: SINGLE)
+    """The processes of a multi-process run (SINGLE: one process)."""
+
+
+@dataclass
+class Fitted:
+    """What a fitting method hands back to `train`: the model to save and how it got there."""
+
+    model: torch.nn.Module
+    precision: str
+    precision_reason: str
+    history: list[dict[str, Any]]
+    best_epoch: int
+    validation: dict[str, Any]
+    timing: dict[str, Any]
+    selected: str = ""
+    """Which weights were kept: 'epoch 2', 'average of epochs 1-3', 'C=0.1'."""
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def document_logits(model: torch.nn.Module, e: Encoded, config: TrainConfig, *, pad_id: int, device: torch.device,
+                    dist: Dist = SINGLE) -> np.ndarray:
+    """One row of logits per text: per sequence, then (chunk) pooled over each text's windows. With several
+    processes each runs its share of the texts and the rows are gathered (every text once, in order)."""
+    if not dist.active:
+        logits = batched_logits(model, e.input_ids, batch_size=config.eval_batch_size, pad_id=pad_id, device=device)
+        return pool_logits(logits, e.doc_of, e.n_docs, config.pool)
+    mine = dist.shard(e.n_docs)
+    windows = e.windows_of(mine)
+    logits = batched_logits(model, [e.input_ids[w] for w in windows], batch_size=config.eval_batch_size, pad_id=pad_id,
+                            device=device)
+    if e.doc_of is not None:
+        position = {d: i for i, d in enumerate(mine)}
+        logits = pool_logits(logits, [position[e.doc_of[w]] for w in windows], len(mine), config.pool)
+    return dist.gather_rows(mine, logits, e.n_docs)
+
+
+def validate(model: torch.nn.Module, prep: Prepared, labels: list[str], config: TrainConfig) -> dict[str, Any]:
+    """Validation figures that decide which weights are kept (multi-label: at thresholds tuned on them). Evaluation
+    runs in fp32, as TextClassifier does, so validation and test figures are what users get."""
+    logits = document_logits(model, prep.enc["val"], config, pad_id=prep.pad_id, device=prep.device, dist=prep.dist)
+    release_memory()
+    return prep.task.selection_metrics(prep.y_val, prep.task.probabilities(logits), labels)
+
+
+def accuracy(task: Task, metrics: dict[str, Any]) -> float:
+    """Accuracy, or (multi-label) subset accuracy: the share of texts whose label set is exactly right."""
+    return metrics[task.accuracy_key]
+
+
+def loss_text(value: float | None) -> str:
+    """A loss for the log: 'n/a' when it was not finite (metrics store None then)."""
+    return "n/a" if value is None else f"{value:.4f}"

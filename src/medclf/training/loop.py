@@ -1,0 +1,198 @@
+"""The fine-tuning step loop: AdamW, linear warmup and decay, clipping, gradient accumulation, dynamic padding,
+length-grouped batches. It yields an event after every batch and at the end of every epoch and decides nothing else:
+logging, validation, weight averaging, selection and early stopping sit with the caller (as in spaCy's
+`train_while_improving`), which stops the loop by leaving it."""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from medclf.config import TrainConfig
+from medclf.model.batching import Encoded, collate, length_grouped_batches, pool_logits_torch
+from medclf.model.modeling import PrecisionChoice, autocast, release_memory
+from medclf.training.distributed import SINGLE, Dist
+
+TRIM_EVERY = 8
+"""Optimizer steps between two `release_memory` calls (measured: peak RSS -0.2 GiB, same speed)."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How many optimizer steps a run takes, and over how many epochs."""
+
+    global_batch: int
+    """Texts per batch over all processes (every process takes its shard of each global batch)."""
+    accum: int
+    steps_per_epoch: int
+    total_steps: int
+    epochs: int
+    warmup: int
+
+    @classmethod
+    def plan(cls, config: TrainConfig, *, n_train: int, world: int = 1) -> Schedule:
+        global_batch = config.batch_size * world
+        steps_per_epoch = math.ceil(math.ceil(n_train / global_batch) / config.grad_accum)
+        total = config.epochs * steps_per_epoch
+        if config.max_steps is not None:
+            total = min(total, config.max_steps)
+        return cls(global_batch=global_batch, accum=config.grad_accum, steps_per_epoch=steps_per_epoch,
+                   total_steps=total, epochs=math.ceil(total / steps_per_epoch), warmup=round(config.warmup_ratio * total))
+
+    def lr_factor(self, step: int) -> float:
+        """Linear warmup to the peak lr, then linear decay to 0 at the last step."""
+        if step < self.warmup:
+            return (step + 1) / (self.warmup + 1)
+        return max(0.0, (self.total_steps - step) / max(1, self.total_steps - self.warmup))
+
+
+@dataclass
+class StepDone:
+    """One batch went forward and backward (an optimizer step follows every `accum` batches)."""
+
+    epoch: int
+    batch: int
+    """1-based index of the batch in its epoch."""
+    n_batches: int
+    step: int
+    """Optimizer steps taken so far."""
+    loss: torch.Tensor
+    """The batch's loss, detached and still on the device: reading it (`float(loss)`) waits for the device."""
+
+
+@dataclass
+class EpochDone:
+    """An epoch's batches are done; the model is in train mode and the caller may now validate it."""
+
+    epoch: int
+    step: int
+    train_loss: float
+    """Mean loss over the epoch's batches."""
+    seconds: float
+    samples: int
+    tokens: int
+    """Real (unpadded) tokens the epoch trained on."""
+    lr: float
+    last: bool
+    """True when the schedule's steps are all taken."""
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / self.seconds if self.seconds else 0.0
+
+
+def optimizer_for(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (not on biases and LayerNorm weights)."""
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    try:  # one fused kernel per step instead of a dozen passes over the weights (CPU and CUDA)
+        return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
+    except (RuntimeError, ValueError, TypeError):
+        return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
+
+
+def train_epochs(
+    model: torch.nn.Module, train: Encoded, y_train: np.ndarray, *, loss_fn: torch.nn.Module, config: TrainConfig,
+    schedule: Schedule, precision: PrecisionChoice, pad_id: int, device: torch.device, dist: Dist = SINGLE,
+) -> Iterator[StepDone | EpochDone]:
+    """Train `model` epoch after epoch as `schedule` says, yielding a `StepDone` per batch and an `EpochDone` per
+    epoch. Batches are drawn from a generator seeded with `config.seed`, the same on every process."""
+    optimizer = optimizer_for(model, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.lr_factor)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.name == "fp16")
+    generator = torch.Generator().manual_seed(config.seed)
+    amp = functools.partial(autocast, device, precision)
+    y = torch.as_tensor(y_train)
+    non_blocking = device.type == "cuda"
+    net: torch.nn.Module = model
+    if dist.active:  # gradients averaged over the processes at every backward pass (DDP)
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    step, accum = 0, schedule.accum
+    for epoch in range(1, schedule.epochs + 1):
+        model.train()
+        batches = length_grouped_batches(train.doc_lengths, schedule.global_batch, generator)
+        if dist.active:  # this process's shard of each global batch; a last one with fewer texts than processes goes
+            batches = [b[dist.rank :: dist.world] for b in batches if len(b) >= dist.world]
+        if config.max_steps is not None:
+            batches = batches[: (schedule.total_steps - step) * accum]
+        start = time.perf_counter()
+        running = torch.zeros((), device=device)
+        samples = tokens = 0
+        for i, batch in enumerate(batches, 1):
+            windows = train.windows_of(batch)
+            inputs = collate([train.input_ids[w] for w in windows], pad_id)
+            tokens += int(inputs["attention_mask"].sum())  # counted on the host, before the copy
+            inputs = {k: v.to(device, non_blocking=non_blocking) for k, v in inputs.items()}
+            target = y[batch].to(device, non_blocking=non_blocking)
+            with amp():
+                logits = net(**inputs).logits.float()
+            if train.doc_of is not None:  # chunk: pool the windows' logits into one per text, end to end
+                position = {d: j for j, d in enumerate(batch)}
+                index = torch.tensor([position[train.doc_of[w]] for w in windows], device=device)
+                logits = pool_logits_torch(logits, index, len(batch), config.pool)
+            loss = loss_fn(logits, target)
+            # gradient accumulation: `accum` batches (fewer at the end of an epoch) make one optimizer step,
+            # each batch's loss weighted by 1/(batches in its group) so the step sees the group's mean loss
+            group_start = (i - 1) // accum * accum
+            group_size = min(accum, len(batches) - group_start)
+            scaler.scale(loss / group_size).backward()
+            if i - group_start == group_size:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                if step % TRIM_EVERY == 0:
+                    release_memory()
+            samples += len(batch)
+            running += loss.detach()
+            yield StepDone(epoch=epoch, batch=i, n_batches=len(batches), step=step, loss=loss.detach())
+        seconds = time.perf_counter() - start
+        last = step >= schedule.total_steps
+        yield EpochDone(epoch=epoch, step=step, train_loss=float(running) / max(1, len(batches)), seconds=seconds,
+                        samples=samples, tokens=tokens, lr=float(scheduler.get_last_lr()[0]), last=last)
+        if last:
+            return
+
+
+def progress_bar(events: Iterator[Any], enabled: bool, epochs: int, every: int = 10) -> Iterator[Any]:
+    """Pass the loop's events through, showing a bar per epoch with the mean loss (read from the device every
+    `every` batches, not at every step)."""
+    if not enabled:
+        yield from events
+        return
+    from tqdm.auto import tqdm
+
+    bar: Any = None
+    total = torch.zeros(())
+    for event in events:
+        if isinstance(event, StepDone):
+            if bar is None:
+                bar = tqdm(total=event.n_batches, desc=f"epoch {event.epoch}/{epochs}", unit="batch", leave=False,
+                           dynamic_ncols=True)
+                total = torch.zeros((), device=event.loss.device)
+            total += event.loss
+            bar.update(1)
+            if event.batch % every == 0 or event.batch == event.n_batches:
+                bar.set_postfix(loss=f"{float(total) / event.batch:.4f}")
+        elif bar is not None:
+            bar.close()
+            bar = None
+        yield event
