@@ -1,7 +1,8 @@
 """Inference throughput on the test texts, one system per process (for side-by-side benchmarks).
 
 python benchmarks/bench_inference.py --system medclf|pipeline|tutorial --run RUN_DIR --test SPLIT/test.csv \
-    [--result bench-out/infer-medclf.json] [--check-unbatched]
+    [--result bench-out/infer-medclf.json] [--check-unbatched] [--device auto|cpu|cuda] [--dtype auto|fp32|bf16]
+    [--repeat N] [--agreement]
 
 All three use the same fine-tuned weights (RUN_DIR/model) in plain PyTorch fp32 on the default
 threads, after a warm-up on 8 texts; the clock covers tokenization and the forward passes.
@@ -9,6 +10,10 @@ threads, after a warm-up on 8 texts; the clock covers tokenization and the forwa
   inference_mode).
 - pipeline: `transformers.pipeline("text-classification")` at batch 32, truncation at the run's max length.
 - tutorial: every text padded to 512, batches of 16 in input order, `torch.no_grad()`.
+On a GPU (--device auto finds it): medclf batches by its device plan (a token budget) and `--dtype auto` is its
+default precision there (bf16 autocast); the pipeline gets `device=0` and `dtype` (bf16 or fp32). --repeat N times
+the test texts N times (a stable clock on a fast card); --agreement (medclf) also runs fp32 and reports the share
+of identical top labels.
 --check-unbatched (medclf only) also predicts every text on its own and reports whether the
 labels are identical and the largest probability difference.
 """
@@ -31,23 +36,42 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="default: medclf's own (16), 32 for the pipeline, 16 for the tutorial")
     parser.add_argument("--check-unbatched", action="store_true")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="medclf: its --precision; pipeline: auto = fp32")
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--agreement", action="store_true", help="medclf: top-label agreement with fp32")
     parser.add_argument("--result", default="bench-out/inference.json")
     args = parser.parse_args(argv)
 
     import numpy as np
 
     texts, gold = read_split(args.test)
+    texts, gold = texts * args.repeat, gold * args.repeat
+    import torch
+
+    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     model_dir = str(Path(args.run) / "model")
     result: dict = {"system": f"{args.system}-inference", "n": len(texts)}
     if args.system == "medclf":
+        from medclf.config import LoadOptions
         from medclf.inference.classifier import TextClassifier
 
-        clf = TextClassifier.load(args.run, **({"batch_size": args.batch_size} if args.batch_size else {}))
-        batch = clf.batch_size
-        clf.predict(texts[:8])
+        options = LoadOptions(backend="torch", device="cuda" if cuda else "cpu", batch_size=args.batch_size,
+                              precision=args.dtype)
+        clf = TextClassifier.load(args.run, options)
+        batch = clf.batch_size or "device plan"
+        clf.predict(texts[:256])  # warm-up: kernels for the first shapes, allocator
+        _sync(cuda)
         start = time.perf_counter()
         probs = clf.predict_proba(texts)
+        _sync(cuda)
         seconds = time.perf_counter() - start
+        result["precision"] = clf.precision.name
+        if args.agreement:
+            fp32 = TextClassifier.load(args.run, options.replace(precision="fp32")).predict_proba(texts)
+            result["top_label_agreement_with_fp32"] = float((fp32.argmax(axis=1) == probs.argmax(axis=1)).mean())
+            result["max_prob_diff_fp32"] = float(np.abs(fp32 - probs).max())
         predicted = [clf.labels[i] for i in probs.argmax(axis=1)]
         if args.check_unbatched:
             single = np.stack([clf.predict_proba(text) for text in texts])
@@ -57,12 +81,16 @@ def main(argv: list[str] | None = None) -> None:
         from transformers import pipeline
 
         batch = args.batch_size or 32
-        pipe = pipeline("text-classification", model=model_dir, device="cpu")
+        dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+        pipe = pipeline("text-classification", model=model_dir, device=0 if cuda else "cpu", dtype=dtype)
+        result["precision"] = "bf16" if args.dtype == "bf16" else "fp32"
         max_length = json.loads((Path(args.run) / "train_config.json").read_text())["config"]["max_length"]
         kwargs = {"batch_size": batch, "truncation": True, "max_length": max_length}  # as the run was trained
-        pipe(texts[:8], **kwargs)
+        pipe(texts[:256], **kwargs)
+        _sync(cuda)
         start = time.perf_counter()
         out = pipe(texts, **kwargs)
+        _sync(cuda)
         seconds = time.perf_counter() - start
         predicted = [row["label"] for row in out]
     else:
@@ -86,8 +114,17 @@ def main(argv: list[str] | None = None) -> None:
         "inference_seconds": seconds,
         "inference_samples_per_second": len(texts) / seconds,
         "peak_rss_gib": peak_rss_gib(),
+        "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated() if cuda else None,
+        "device": "cuda" if cuda else "cpu",
     })
     write_result(args.result, result)
+
+
+def _sync(cuda: bool) -> None:
+    if cuda:
+        import torch
+
+        torch.cuda.synchronize()
 
 
 if __name__ == "__main__":

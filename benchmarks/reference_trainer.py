@@ -1,11 +1,11 @@
 """The reference a careful user would write with Hugging Face `Trainer` (for side-by-side benchmarks).
 
 python benchmarks/reference_trainer.py --train SPLIT/train.csv --test SPLIT/test.csv \
-    [--model default] [--epochs 3] [--lr 2e-5] [--result bench-out/trainer.json]
+    [--model default] [--epochs 3] [--lr 2e-5] [--bf16] [--result bench-out/trainer.json]
 
 AutoTokenizer + AutoModelForSequenceClassification + DataCollatorWithPadding, the packaged encoder
 by default, batch 16, max length 256, lr 2e-5, Trainer's defaults otherwise (AdamW, linear decay,
-fp32 on CPU). Trains on the whole training file, predicts the test file, and writes a JSON result:
+fp32 on CPU; `--bf16` sets `bf16=True`, what a careful user sets on a GPU). Trains on the whole training file, predicts the test file, and writes a JSON result:
 accuracy, macro-F1, training-loop seconds and samples/s (Trainer's own count), peak RSS.
 """
 
@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--max-steps", type=int, default=-1)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--bf16", action="store_true", help="TrainingArguments(bf16=True): bf16 mixed precision")
     parser.add_argument("--result", default="bench-out/trainer.json")
     args = parser.parse_args(argv)
 
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
             output_dir=scratch, num_train_epochs=args.epochs, learning_rate=args.lr,
             per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=64, max_steps=args.max_steps,
             seed=args.seed, save_strategy="no", report_to=[], logging_steps=50,
-            use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
+            use_cpu=not torch.cuda.is_available(), disable_tqdm=True, bf16=args.bf16,
         )
         trainer = Trainer(model=model, args=training_args, train_dataset=train_ds,
                           data_collator=DataCollatorWithPadding(tokenizer))
@@ -80,6 +81,8 @@ def main(argv: list[str] | None = None) -> None:
         "train_loop_seconds": train_seconds,
         "train_samples_per_second": result.metrics.get("train_samples_per_second"),
         "peak_rss_gib": peak_rss_gib(),
+        "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
+        "bf16": args.bf16,
         "n_train": len(train_texts),
         "n_test": len(test_texts),
     })

@@ -193,3 +193,36 @@ def test_spark_predict_benchmark_compares_the_engines(tmp_path, trained_run):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "results.json").read_text())
     assert result["same_labels"] is True and set(result["engines"]) == {"local", "spark"}
+
+
+def test_gpu_benchmark_quick_mode_runs_every_system_and_writes_its_table(tmp_path, tiny_model_512):
+    """benchmarks/gpu.py --quick on the CPU: the run a GPU session makes, on a tiny model, with every row filled."""
+    data = write_csv(tmp_path / "notes.csv", make_rows(30))
+    out = tmp_path / "gpu"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--quick", "--quick-rows", "60", "--data", str(data),
+         "--text-column", "text", "--label-column", "label", "--model", tiny_model_512, "--max-length", "32",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    rows = {row["system"]: row for row in results["rows"]}
+    assert list(rows) == ["medclf train", "HF Trainer (fp32)", "medclf predict (whole command)", "TextClassifier (fp32)",
+                          "pipeline, batch 32 (fp32)", "pipeline, batch 128 (fp32)"]
+    for name in ("medclf train", "HF Trainer (fp32)"):
+        row = rows[name]
+        assert row["loop_samples_per_second"] > 0 and row["command_seconds"] > 0 and 0 <= row["macro_f1"] <= 1
+        assert row["share_of_limit"] > 0 and row["peak_gpu_gib"] is None  # no GPU here
+    assert rows["HF Trainer (fp32)"]["loop_vs_trainer"] == 1.0 and rows["medclf train"]["command_vs_trainer"] > 0
+    assert rows["medclf predict (whole command)"]["command_seconds"] > 0
+    clf = rows["TextClassifier (fp32)"]
+    assert clf["inference_texts_per_second"] > 0 and clf["agreement_with_fp32"] == 1.0  # fp32 on a CPU: itself
+    assert rows["pipeline, batch 32 (fp32)"]["inference_vs_pipeline_32"] == 1.0
+    assert results["data"]["inference_texts"] == 60 and results["limit"]["matmul_tflops"] > 0
+    table = (out / "results.md").read_text()
+    assert proc.stdout.strip().endswith(table.strip())
+    assert all(f"| {name} |" in table for name in rows) and "Limit:" in table
+    for path in out.rglob("*"):  # only the split files (the benchmark's input) may hold text
+        if path.is_file() and "split" not in path.parts and path.suffix in (".json", ".md", ".log", ".csv", ".txt"):
+            assert SECRET not in path.read_text(errors="ignore"), path

@@ -24,6 +24,7 @@ METHODS = ("finetune", "embeddings")
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 INFER_BATCH_SIZE = 16
+INFER_PRECISIONS = ("auto", "fp32", "bf16")
 """Texts per forward pass at inference on the CPU (measured faster than 8 or 32 on MiniLM; benchmarks/bench_inference.py)."""
 
 MAX_WINDOW_TOKENS_PER_STEP = 65_536
@@ -111,7 +112,8 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     device: str = "auto"
     trust_remote_code: bool = False
-    eval_batch_size: int = 64
+    eval_batch_size: int | None = None
+    """Texts per validation/test batch. None: 64 on a CPU; on a CUDA GPU as many as fit 65,536 padded tokens."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes saved with the run (never used by training)."""
 
@@ -124,7 +126,8 @@ class TrainConfig:
             self.text_columns = list(self.text_columns)
         _positive_int("epochs", self.epochs)
         _positive_int("batch_size", self.batch_size)
-        _positive_int("eval_batch_size", self.eval_batch_size)
+        if self.eval_batch_size is not None:
+            _positive_int("eval_batch_size", self.eval_batch_size)
         _positive_int("grad_accum", self.grad_accum)
         _positive_int("max_length", self.max_length)
         if self.max_length < 8:
@@ -234,7 +237,10 @@ class LoadOptions:
     backend: str = "auto"
     """auto (int8 ONNX if exported, else fp32 ONNX, else PyTorch) | torch | onnx | onnx-int8."""
     device: str = "auto"
-    batch_size: int = INFER_BATCH_SIZE
+    batch_size: int | None = None
+    """Texts per batch. None: INFER_BATCH_SIZE (16) on a CPU; on a CUDA GPU as many as fit 65,536 padded tokens."""
+    precision: str = "auto"
+    """auto (bf16 autocast on a CUDA GPU that supports it, fp32 elsewhere) | fp32 | bf16. PyTorch backend only."""
     threads: int | None = None
     """Inference threads (ONNX Runtime's intra-op threads; PyTorch's are the process's). None: one per core."""
     long_text: str | None = None
@@ -243,7 +249,9 @@ class LoadOptions:
     def __post_init__(self) -> None:
         _choice("backend", self.backend, BACKENDS)
         _choice("device", self.device, DEVICES)
-        _positive_int("batch_size", self.batch_size)
+        if self.batch_size is not None:
+            _positive_int("batch_size", self.batch_size)
+        _choice("precision", self.precision, INFER_PRECISIONS)
         if self.threads is not None:
             _positive_int("threads", self.threads)
         if self.long_text is not None:

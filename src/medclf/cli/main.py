@@ -15,7 +15,7 @@ from typing import Annotated, TypeVar
 import typer
 
 from medclf._version import __version__
-from medclf.config import INFER_BATCH_SIZE, LoadOptions, TrainConfig
+from medclf.config import INFER_PRECISIONS, LoadOptions, TrainConfig
 from medclf.errors import MedclfError
 from medclf.logs import configure_logging
 
@@ -30,10 +30,10 @@ log = logging.getLogger("medclf")
 _state = {"debug": False, "quiet": False}
 T = TypeVar("T")
 D = TrainConfig()  # the CLI's defaults are the config's defaults
-INFER_BATCH = INFER_BATCH_SIZE
 RunDirArg = Annotated[str, typer.Argument(help="A run directory written by `medclf train`.")]
 InputOpt = Annotated[str | None, typer.Option("--input", "-i", help="A .txt file (one text per line) or a CSV/TSV/JSONL/Parquet table.")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", help="Inference batch size.")]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Texts per batch (default: 16 on a CPU; on a GPU as many as fit 65,536 padded tokens).")]
+InferPrecisionOpt = Annotated[str, typer.Option("--precision", help=f"{' | '.join(INFER_PRECISIONS)}: auto runs bf16 autocast on a CUDA GPU that supports it and fp32 elsewhere (PyTorch backend).")]
 TextsArg = Annotated[list[str] | None, typer.Argument(help="Texts to read (or use --input).")]
 DropEmptyOpt = Annotated[bool, typer.Option("--drop-empty", help="Skip empty texts instead of refusing the input.")]
 LongTextOpt = Annotated[
@@ -236,7 +236,8 @@ def evaluate(
     text_column: TextColOpt = None,
     label_column: LabelColOpt = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="Write the metrics as JSON to this file.")] = None,
-    batch_size: BatchOpt = INFER_BATCH,
+    batch_size: BatchOpt = None,
+    precision: InferPrecisionOpt = "auto",
     drop_empty: Annotated[bool, typer.Option("--drop-empty", help="Skip rows with an empty text or label.")] = False,
     backend: BackendOpt = "auto",
     long_text: LongTextOpt = None,
@@ -251,7 +252,7 @@ def evaluate(
         metrics = evaluate_fn(
             run_dir, data=data, text_columns=text_column, label_column=label_column,
             drop_empty=drop_empty, output=output,
-            options=LoadOptions(backend=backend, batch_size=batch_size, long_text=long_text),
+            options=LoadOptions(backend=backend, batch_size=batch_size, precision=precision, long_text=long_text),
         )
         typer.echo(format_table(metrics))
         if "confusion_matrix" in metrics:
@@ -275,7 +276,8 @@ def predict(
     output: Annotated[str | None, typer.Option("--output", "-o", help="Write CSV, JSONL or Parquet (by extension); it appears only when complete. Default: JSONL on stdout.")] = None,
     text_column: TextColOpt = None,
     top_k: Annotated[int | None, typer.Option("--top-k", help="Give only the K most probable classes per text.")] = None,
-    batch_size: BatchOpt = INFER_BATCH,
+    batch_size: BatchOpt = None,
+    precision: InferPrecisionOpt = "auto",
     keep_text: Annotated[bool, typer.Option("--keep-text", help="Copy the text column(s) into the output (off: outputs carry no text).")] = False,
     drop_empty: DropEmptyOpt = False,
     backend: BackendOpt = "auto",
@@ -292,7 +294,7 @@ def predict(
 
         if engine not in ("local", "spark"):
             raise MedclfError(f"--engine must be local or spark, not {engine!r}.")
-        options = LoadOptions(backend=backend, batch_size=batch_size, long_text=long_text)
+        options = LoadOptions(backend=backend, batch_size=batch_size, precision=precision, long_text=long_text)
         if engine == "spark":
             from medclf.inference.spark import predict_spark_file
 

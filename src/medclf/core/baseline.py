@@ -7,6 +7,10 @@ does not beat it is not worth its cost.
 
 from __future__ import annotations
 
+import functools
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -38,3 +42,25 @@ def tfidf_probabilities(train_texts: list[str], y_train: np.ndarray, test_texts:
         full[:, pipeline.classes_.astype(int)] = probs
         probs = full
     return probs
+
+
+def start_tfidf(train_texts: list[str], y_train: np.ndarray, test_texts: list[str], n_labels: int, *,
+                multi_label: bool, background: bool) -> Callable[[], np.ndarray | None]:
+    """Start the baseline; the returned function gives its probabilities (`tfidf_probabilities`), waiting for them.
+
+    background: fit it in a separate process meanwhile (a fresh interpreter: no GIL shared with the training loop,
+    no CUDA state inherited). Worth it where the CPU is otherwise idle while a GPU trains; on a CPU that trains, the
+    two would only compete for the same cores, so it runs when asked for instead."""
+    args = (train_texts, y_train, test_texts, n_labels)
+    if not background:
+        return functools.partial(tfidf_probabilities, *args, multi_label=multi_label)
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    future = pool.submit(tfidf_probabilities, *args, multi_label=multi_label)
+
+    def result() -> np.ndarray | None:
+        try:
+            return future.result()
+        finally:
+            pool.shutdown()
+
+    return result

@@ -14,14 +14,22 @@ from medclf.config import BACKENDS, INFER_BATCH_SIZE, TRAIN_DEFAULTS, LoadOption
 from medclf.core.tasks import softmax, task_for
 from medclf.errors import MedclfError
 from medclf.inference.onnx_runtime import OnnxRunner, onnx_file
-from medclf.model.batching import Encoded, collate, encode, pool_logits, sorted_batches, unpaired_surrogate
-from medclf.model.modeling import choose_device, load_classifier, load_tokenizer
+from medclf.model.batching import Encoded, encode, pool_logits, unpaired_surrogate
+from medclf.model.modeling import (
+    autocast,
+    batching_for,
+    choose_device,
+    inference_precision,
+    load_classifier,
+    load_tokenizer,
+    to_device,
+)
 from medclf.run.artifacts import CONFIG_FILE, MODEL_DIR, is_run_dir, read_json
 from medclf.run.runspec import RunSpec
 
 log = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = INFER_BATCH_SIZE
-"""Measured on 2 CPU cores, 578 abstracts of ~219 tokens, fp32: batch 8 29.8, 12 30.1, 16 29.4-31.1,
+"""Texts per batch on a CPU (a GPU batches by a token budget: modeling.batching_for). Measured on 2 CPU cores, 578 abstracts of ~219 tokens, fp32: batch 8 29.8, 12 30.1, 16 29.4-31.1,
 32 25.8, 64 25.4 texts/s (probably cache: a smaller batch's activations stay in it)."""
 
 
@@ -51,8 +59,9 @@ class TextClassifier:
         *,
         max_length: int = TRAIN_DEFAULTS["max_length"],
         long_text: str = TRAIN_DEFAULTS["long_text"],
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
         device: torch.device | None = None,
+        precision: str = "auto",
         spec: RunSpec | None = None,
         labels: list[str] | None = None,
         backend: str = "torch",
@@ -97,6 +106,9 @@ class TextClassifier:
         self.max_length = max_length
         self.long_text = long_text
         self.batch_size = batch_size
+        """Texts per batch; None: by device (`modeling.batching_for`: 16 on a CPU, a token budget on a GPU)."""
+        self.precision = inference_precision(precision if backend == "torch" else "fp32", self.device)
+        """PyTorch backend: fp32, or bf16 autocast (by default on a CUDA GPU that supports it)."""
         self.spec = spec
         """The run's description (train_config.json) when loaded from a run directory; None when built in memory."""
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -159,6 +171,9 @@ class TextClassifier:
         tokenizer = load_tokenizer(str(model_dir), trust_remote_code=trust_remote_code)
         onnx_path = onnx_file(model_dir.parent, backend, device)
         if onnx_path is not None:
+            if options.precision == "bf16":
+                raise MedclfError("precision bf16 is for the PyTorch backend; pass --backend torch, or leave precision "
+                                  "on auto with ONNX.")
             labels = _config_labels(model_dir)
             log.info("Backend: ONNX Runtime (%s).", onnx_path.name)
             runner = OnnxRunner(onnx_path, threads=threads)
@@ -172,16 +187,20 @@ class TextClassifier:
             model: torch.nn.Module = EmbeddingClassifier.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         else:
             model = load_classifier(str(model_dir), trust_remote_code=trust_remote_code)
-        clf = cls(model, tokenizer, device=choose_device(device), backend="torch", **common)
+        clf = cls(model, tokenizer, device=choose_device(device), backend="torch", precision=options.precision, **common)
         clf.run_dir = model_dir.parent
         return clf
 
     def run_batch(self, inputs: dict[str, torch.Tensor]) -> np.ndarray:
         """Logits (float32) for one padded batch."""
+        logits = self._forward(inputs)
+        return logits.cpu().numpy() if isinstance(logits, torch.Tensor) else logits
+
+    def _forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor | np.ndarray:
+        """Float32 logits of one padded batch: PyTorch's stay on the device (no wait for it), a runner's are arrays."""
         if self.backend == "torch":
-            with torch.inference_mode():
-                outputs = self.model(**{k: v.to(self.device) for k, v in inputs.items()})
-            return outputs.logits.float().cpu().numpy()
+            with torch.inference_mode(), autocast(self.device, self.precision):
+                return self.model(**to_device(inputs, self.device)).logits.float()
         return self.model(inputs)
 
     def _logits(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
@@ -195,8 +214,15 @@ class TextClassifier:
     def sequence_logits(self, sequences: list[list[int]], batch_size: int | None = None) -> np.ndarray:
         """Logits per token-id sequence, in order: length-sorted batches, each padded to its longest."""
         out = np.zeros((len(sequences), len(self._labels)), dtype=np.float32)
-        for batch in sorted_batches([len(s) for s in sequences], batch_size or self.batch_size):
-            out[batch] = self.run_batch(collate([sequences[i] for i in batch], self.pad_id))
+        batching = batching_for(self.device, batch_size or self.batch_size, default=INFER_BATCH_SIZE)
+        order: list[int] = []
+        parts: list[torch.Tensor | np.ndarray] = []
+        for batch in batching.batches([len(s) for s in sequences]):
+            order += batch
+            parts.append(self._forward(batching.collate([sequences[i] for i in batch], self.pad_id)))
+        if parts:  # PyTorch's logits come to the host in one copy, after the last batch is queued
+            tensors = [p for p in parts if isinstance(p, torch.Tensor)]
+            out[order] = torch.cat(tensors).cpu().numpy() if tensors else np.concatenate(parts)
         return out
 
     def _window_logits(self, texts: list[str], batch_size: int | None = None) -> tuple[np.ndarray, Encoded]:

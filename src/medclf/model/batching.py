@@ -251,15 +251,51 @@ def length_grouped_batches(
     return [batches[i] for i in perm]
 
 
-def sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Deterministic inference batches: indices sorted by length, longest first."""
+def sorted_batches(lengths: list[int], batch_size: int, *, max_tokens: int | None = None,
+                   pad_multiple: int = 1) -> list[list[int]]:
+    """Deterministic inference batches: indices sorted by length, longest first, at most `batch_size` per batch and,
+    with `max_tokens`, at most that many padded tokens (sequences x the batch's padded length) per batch: batches of
+    short texts then hold more of them."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if max_tokens is None:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    i = 0
+    while i < len(order):
+        width = padded_width(lengths[order[i]], pad_multiple)  # the batch's longest comes first
+        take = max(1, min(batch_size, max_tokens // max(1, width)))
+        batches.append(order[i : i + take])
+        i += take
+    return batches
 
 
-def collate(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Pad to the longest sequence of this batch."""
-    width = max(len(s) for s in sequences)
+@dataclass(frozen=True)
+class Batching:
+    """How sequences are grouped into padded batches for forward passes without gradients (evaluation, inference):
+    `modeling.batching_for` picks one per device."""
+
+    batch_size: int
+    """Most sequences in one batch."""
+    max_tokens: int | None = None
+    """Most padded tokens (sequences x padded length) in one batch; None: no bound."""
+    pad_multiple: int = 1
+
+    def batches(self, lengths: list[int]) -> list[list[int]]:
+        return sorted_batches(lengths, self.batch_size, max_tokens=self.max_tokens, pad_multiple=self.pad_multiple)
+
+    def collate(self, sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+        return collate(sequences, pad_id, pad_multiple=self.pad_multiple)
+
+
+def padded_width(longest: int, multiple: int = 1) -> int:
+    """The padded length of a batch whose longest sequence has `longest` tokens."""
+    return -(-longest // multiple) * multiple
+
+
+def collate(sequences: list[list[int]], pad_id: int, *, pad_multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Pad to the longest sequence of this batch (rounded up to a multiple of `pad_multiple`: on a GPU, fewer distinct
+    shapes to choose kernels for, and tensor-core friendly ones)."""
+    width = padded_width(max(len(s) for s in sequences), pad_multiple)
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, seq in enumerate(sequences):

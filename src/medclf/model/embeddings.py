@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from medclf.errors import MedclfError
-from medclf.model.batching import collate, sorted_batches
+from medclf.model.modeling import batching_for, to_device
 
 HEAD_WEIGHTS = "head.safetensors"
 HEAD_CONFIG = "head.json"
@@ -128,13 +128,16 @@ def is_embedding_model(directory: str | Path) -> bool:
 
 @torch.inference_mode()
 def embed_texts(
-    model: EmbeddingClassifier, input_ids: list[list[int]], *, batch_size: int, pad_id: int, device: torch.device
+    model: EmbeddingClassifier, input_ids: list[list[int]], *, batch_size: int | None, pad_id: int,
+    device: torch.device,
 ) -> np.ndarray:
-    """Pooled, normalised embeddings of pre-tokenized texts (fp32), in input order."""
+    """Pooled, normalised embeddings of pre-tokenized texts (fp32), in input order (batches as `batching_for` the
+    device gives them)."""
     model.eval()
+    batching = batching_for(device, batch_size)
     out = np.zeros((len(input_ids), model.head.in_features), dtype=np.float32)
-    for batch in sorted_batches([len(ids) for ids in input_ids], batch_size):
-        inputs = {k: v.to(device) for k, v in collate([input_ids[i] for i in batch], pad_id).items()}
+    for batch in batching.batches([len(ids) for ids in input_ids]):
+        inputs = to_device(batching.collate([input_ids[i] for i in batch], pad_id), device)
         out[batch] = model.embed(inputs["input_ids"], inputs["attention_mask"]).cpu().numpy()
     return out
 

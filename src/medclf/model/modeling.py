@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 from medclf.errors import MedclfError
-from medclf.model.batching import collate, sorted_batches
+from medclf.model.batching import Batching
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +302,21 @@ def choose_precision(requested: str, device: torch.device) -> PrecisionChoice:
     return PrecisionChoice("bf16", reason)
 
 
+def inference_precision(requested: str, device: torch.device) -> PrecisionChoice:
+    """The precision of inference and evaluation forward passes. auto: bf16 autocast on a CUDA GPU that runs it
+    (tensor cores; its top labels agree with fp32 on nearly every text: benchmarks/gpu.py measures it), fp32 elsewhere
+    (on a CPU the test figures are measured in fp32, and fp32 inference there is as fast at these batch sizes)."""
+    if requested == "fp32":
+        return PrecisionChoice("fp32", "asked for")
+    if requested == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise MedclfError("This GPU does not support bf16; use precision fp32 or auto.")
+        return PrecisionChoice("bf16", "asked for")
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return PrecisionChoice("bf16", "CUDA GPU with bf16 support")
+    return PrecisionChoice("fp32", "fp32 off CUDA GPUs")
+
+
 def autocast(device: torch.device, precision: PrecisionChoice) -> contextlib.AbstractContextManager[Any]:
     dtype = precision.autocast_dtype
     if dtype is None:
@@ -320,30 +335,71 @@ def embeds_forward_inputs(model: torch.nn.Module, attention_mask: torch.Tensor) 
     return {}
 
 
+EVAL_BATCH_SIZE = 64
+"""Texts per evaluation batch on a CPU (validation and test passes of training, embeddings)."""
+GPU_TOKEN_BUDGET = 65_536
+"""Padded tokens per evaluation/inference batch on a CUDA GPU when no batch size is given: 256 texts of 256 tokens,
+more of shorter ones. A fixed 16 texts leaves most of a data-centre GPU idle between kernel launches."""
+GPU_MAX_BATCH = 1024
+GPU_PAD_MULTIPLE = 8
+"""Batches on a CUDA GPU are padded to a multiple of 8 tokens: tensor-core friendly shapes, and 8x fewer distinct
+shapes for the kernel choice of each new one."""
+
+
+def batching_for(device: torch.device, batch_size: int | None = None, *, default: int = EVAL_BATCH_SIZE) -> Batching:
+    """Batches for forward passes without gradients on `device`. On a CUDA GPU: `batch_size` texts if given, else as
+    many as fit GPU_TOKEN_BUDGET padded tokens (at most GPU_MAX_BATCH), padded to a multiple of 8. Elsewhere
+    `batch_size` (or `default`) texts, padded to the longest of each batch."""
+    if device.type == "cuda":
+        if batch_size is None:
+            return Batching(GPU_MAX_BATCH, GPU_TOKEN_BUDGET, GPU_PAD_MULTIPLE)
+        return Batching(batch_size, None, GPU_PAD_MULTIPLE)
+    return Batching(batch_size or default)
+
+
+def pad_multiple_for(device: torch.device) -> int:
+    """What training batches are padded to a multiple of (see GPU_PAD_MULTIPLE; 1 on a CPU: padding costs there)."""
+    return GPU_PAD_MULTIPLE if device.type == "cuda" else 1
+
+
+def to_device(inputs: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A batch's tensors on `device`; to a CUDA GPU from pinned memory without waiting (the host goes on preparing
+    the next batch while the copy and the forward pass run)."""
+    if device.type == "cuda":
+        return {k: v.pin_memory().to(device, non_blocking=True) for k, v in inputs.items()}
+    return {k: v.to(device) for k, v in inputs.items()}
+
+
 def forward_batches(
-    model: torch.nn.Module, input_ids: list[list[int]], *, batch_size: int, pad_id: int, device: torch.device
+    model: torch.nn.Module, input_ids: list[list[int]], *, batch_size: int | None, pad_id: int, device: torch.device
 ) -> Iterator[tuple[list[int], Any]]:
-    """Run the model in eval mode over batches sorted by length and padded per batch.
+    """Run the model in eval mode over batches sorted by length and padded per batch (`batching_for` the device).
 
     Yields (the batch's indices into input_ids, the model's outputs); the caller runs it under
     torch.inference_mode. The model's train/eval mode is restored afterwards.
     """
+    batching = batching_for(device, batch_size)
     was_training = model.training
     model.eval()
     try:
-        for batch in sorted_batches([len(ids) for ids in input_ids], batch_size):
-            inputs = collate([input_ids[i] for i in batch], pad_id)
-            yield batch, model(**{k: v.to(device) for k, v in inputs.items()})
+        for batch in batching.batches([len(ids) for ids in input_ids]):
+            yield batch, model(**to_device(batching.collate([input_ids[i] for i in batch], pad_id), device))
     finally:
         model.train(was_training)
 
 
 @torch.inference_mode()
 def batched_logits(
-    model: Any, input_ids: list[list[int]], *, batch_size: int, pad_id: int, device: torch.device
+    model: Any, input_ids: list[list[int]], *, batch_size: int | None, pad_id: int, device: torch.device
 ) -> np.ndarray:
-    """Logits for pre-tokenized texts, in input order."""
+    """Logits for pre-tokenized texts, in input order. The logits stay on the device until the last batch is queued
+    and come to the host in one copy (no wait for the device between batches)."""
     out = np.zeros((len(input_ids), model.config.num_labels), dtype=np.float32)
+    order: list[int] = []
+    parts: list[torch.Tensor] = []
     for batch, outputs in forward_batches(model, input_ids, batch_size=batch_size, pad_id=pad_id, device=device):
-        out[batch] = outputs.logits.float().cpu().numpy()
+        order += batch
+        parts.append(outputs.logits.float())
+    if parts:
+        out[order] = torch.cat(parts).cpu().numpy()
     return out

@@ -43,6 +43,8 @@ def finetune(
     probe_seconds = _probe_head(model, config, prep, runlog, amp=lambda: autocast(device, precision)) \
         if config.head_init == "linear-probe" else 0.0
 
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     schedule = Schedule.plan(config, n_train=prep.enc["train"].n_docs, world=dist.world)
     runlog.info("Effective batch size %d (batch %d x %d process(es) x gradient accumulation %d); peak lr %g, "
                 "%d optimizer steps.", schedule.global_batch * schedule.accum, config.batch_size, dist.world,
@@ -84,6 +86,7 @@ def finetune(
             "train_samples_per_second": samples / train_seconds if train_seconds else None,
             "train_tokens_per_second": tokens / train_seconds if train_seconds else None,
             "optimizer_steps": step,
+            "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         },
     )
 
@@ -161,7 +164,7 @@ def fit_head_on_frozen_features(
     *,
     pad_id: int,
     device: torch.device,
-    batch_size: int,
+    batch_size: int | None,
     class_weight: str | None,
     seed: int,
     amp: Any = contextlib.nullcontext,

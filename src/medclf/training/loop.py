@@ -17,7 +17,7 @@ import torch
 
 from medclf.config import TrainConfig
 from medclf.model.batching import Encoded, collate, length_grouped_batches, pool_logits_torch
-from medclf.model.modeling import PrecisionChoice, autocast, release_memory
+from medclf.model.modeling import PrecisionChoice, autocast, pad_multiple_for, release_memory, to_device
 from medclf.training.distributed import SINGLE, Dist
 
 TRIM_EVERY = 8
@@ -119,6 +119,7 @@ def train_epochs(
     amp = functools.partial(autocast, device, precision)
     y = torch.as_tensor(y_train)
     non_blocking = device.type == "cuda"
+    pad_multiple = pad_multiple_for(device)
     net: torch.nn.Module = model
     if dist.active:  # gradients averaged over the processes at every backward pass (DDP)
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -131,13 +132,13 @@ def train_epochs(
         if config.max_steps is not None:
             batches = batches[: (schedule.total_steps - step) * accum]
         start = time.perf_counter()
-        running = torch.zeros((), device=device)
+        running = torch.zeros((), dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
         samples = tokens = 0
         for i, batch in enumerate(batches, 1):
             windows = train.windows_of(batch)
-            inputs = collate([train.input_ids[w] for w in windows], pad_id)
+            inputs = collate([train.input_ids[w] for w in windows], pad_id, pad_multiple=pad_multiple)
             tokens += int(inputs["attention_mask"].sum())  # counted on the host, before the copy
-            inputs = {k: v.to(device, non_blocking=non_blocking) for k, v in inputs.items()}
+            inputs = to_device(inputs, device)
             target = y[batch].to(device, non_blocking=non_blocking)
             with amp():
                 logits = net(**inputs).logits.float()

@@ -17,7 +17,7 @@ import torch
 
 from medclf._version import __version__
 from medclf.config import TrainConfig
-from medclf.core.baseline import tfidf_probabilities
+from medclf.core.baseline import start_tfidf
 from medclf.core.calibration import calibration_summary, fold_temperature, scale_thresholds, temperature_for
 from medclf.core.data import LabeledData, demo_data_path
 from medclf.core.metrics import bootstrap_intervals, headline
@@ -100,10 +100,13 @@ def train(config: TrainConfig, *, progress: bool = True, splits: Splits | None =
     set_seed(config.seed)
     tokenizer = load_tokenizer(source, trust_remote_code=config.trust_remote_code)
     prep = _prepare(config, splits, task, tokenizer=tokenizer, dist=dist, runlog=runlog)
+    # the TF-IDF baseline: meanwhile in another process where a GPU trains (the CPU is idle then), after it on a CPU
+    baseline = start_tfidf(splits.train.texts, prep.y_train, splits.test.texts, len(splits.labels),
+                           multi_label=task.multi_label, background=prep.device.type == "cuda")
     fitted = FIT_METHODS[config.method](config, source=source, labels=splits.labels, prep=prep, runlog=runlog,
                                         progress=progress and dist.is_main)
     tested = _test(fitted, prep, splits.labels, config)
-    metrics = _metrics(config, splits, prep, fitted, tested)
+    metrics = _metrics(config, splits, prep, fitted, tested, baseline())
     run_info = _run_info(config, splits, task, source, prep, fitted, tested)
     if not dist.is_main:  # the main process writes the run; the others wait for it and report the same figures
         dist.barrier()
@@ -184,11 +187,10 @@ def _test(fitted: Fitted, prep: Prepared, labels: list[str], config: TrainConfig
                   seconds=seconds)
 
 
-def _metrics(config: TrainConfig, splits: Splits, prep: Prepared, fitted: Fitted, tested: Tested) -> dict[str, Any]:
+def _metrics(config: TrainConfig, splits: Splits, prep: Prepared, fitted: Fitted, tested: Tested,
+             baseline: np.ndarray | None) -> dict[str, Any]:
     """metrics.json: the test figures, the TF-IDF baseline on the same split, the history and where the time went."""
     task, labels, y_test = prep.task, splits.labels, prep.y_test
-    baseline = tfidf_probabilities(splits.train.texts, prep.y_train, splits.test.texts, len(labels),
-                                   multi_label=task.multi_label)
     return {
         "test": tested.metrics,
         "baseline_tfidf": None if baseline is None else headline_figures(task.metrics(y_test, baseline, labels)),
