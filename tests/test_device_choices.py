@@ -122,3 +122,22 @@ def test_the_baseline_fitted_in_the_background_is_the_one_fitted_in_the_foregrou
     assert here is not None and there is not None
     np.testing.assert_allclose(here, there, atol=1e-12)
 
+
+
+@pytest.mark.parametrize("long_text", ["head-tail", "chunk"])
+def test_tokenizing_ahead_gives_what_tokenizing_at_once_gives(trained_run, monkeypatch, long_text):
+    """On a GPU the next slice of texts is tokenized while the model runs this one (mocked here on the CPU, slices of
+    5 texts): the same probabilities, and in chunk mode the same windows pointed at."""
+    import medclf.inference.classifier as classifier
+
+    rows = make_rows(6)
+    texts = [r["text"] + (" more words here" * (i % 4) * 20) for i, r in enumerate(rows)]
+    clf = TextClassifier.load(trained_run, long_text=long_text)
+    at_once, windows = clf.predict_with_windows(texts)
+    monkeypatch.setattr(classifier, "TOKENIZE_AHEAD", 5)
+    monkeypatch.setattr(TextClassifier, "_overlap_tokenizing", lambda self: True)
+    ahead, windows_ahead = clf.predict_with_windows(texts)
+    np.testing.assert_allclose(ahead, at_once, atol=1e-6)
+    assert windows_ahead == windows
+    if long_text == "chunk":
+        assert any(w is not None for w in windows)

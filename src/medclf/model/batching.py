@@ -46,6 +46,25 @@ class Encoded:
     def lengths(self) -> list[int]:
         return [len(ids) for ids in self.input_ids]
 
+    @classmethod
+    def concat(cls, parts: list[Encoded]) -> Encoded:
+        """The encoding of consecutive slices of texts, as one (text indices in `doc_of` shifted to the whole)."""
+        docs = [0]
+        for part in parts:
+            docs.append(docs[-1] + part.n_docs)
+
+        def joined(name: str) -> list[Any] | None:
+            values = [getattr(part, name) for part in parts]
+            return None if any(v is None for v in values) else [x for v in values for x in v]
+
+        doc_of = None
+        if all(part.doc_of is not None for part in parts):
+            doc_of = [d + docs[i] for i, part in enumerate(parts) for d in part.doc_of or []]
+        return cls([ids for part in parts for ids in part.input_ids], sum(p.n_truncated for p in parts),
+                   sum(p.tokens_total for p in parts), sum(p.tokens_lost for p in parts), doc_of=doc_of,
+                   n_docs=docs[-1], char_spans=joined("char_spans"), text_tokens=joined("text_tokens"),
+                   token_offsets=joined("token_offsets"))
+
     def windows_of(self, docs: list[int]) -> list[int]:
         """Indices into input_ids of the windows of these texts, in order."""
         if self.doc_of is None:
