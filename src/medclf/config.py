@@ -20,7 +20,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 HEAD_INITS = ("random", "linear-probe")
 LONG_TEXT = ("truncate", "head-tail", "chunk")
 POOLS = ("mean", "max")
-METHODS = ("finetune", "embeddings")
+METHODS = ("finetune", "embeddings", "zero-shot")
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 INFER_BATCH_SIZE = 16
@@ -59,8 +59,12 @@ class TrainConfig:
     model: str = DEFAULT_MODEL
     """'default' (the packaged MiniLM), a local Hugging Face model directory, or a hub id."""
     method: str = "finetune"
-    """'finetune' (train the encoder and a head) or 'embeddings' (logistic regression on frozen,
-    mean-pooled encoder embeddings: one forward pass per text, minutes instead of tens of minutes on CPU)."""
+    """'finetune' (train the encoder and a head), 'embeddings' (logistic regression on frozen,
+    mean-pooled encoder embeddings: one forward pass per text, minutes instead of tens of minutes on CPU), or
+    'zero-shot' (no labelled row trains it: each class is the embedding of its label descriptions)."""
+    label_descriptions: str | None = None
+    """A table of label,description (or JSON {"label": "description"}): the classes of --method zero-shot; with
+    finetune and embeddings, the descriptions join the rows the head is first fitted on (core/descriptions.py)."""
     output: str | None = None
     """Run directory to create. None: runs/<timestamp> under the current directory."""
     epochs: int = 3
@@ -177,6 +181,15 @@ class TrainConfig:
                     f"max_chunks {self.max_chunks} x max_length {self.max_length}), over the "
                     f"{MAX_WINDOW_TOKENS_PER_STEP:,} that fit in memory; lower --batch-size, --max-chunks or --max-length.")
         _choice("method", self.method, METHODS)
+        if self.method == "zero-shot" and not self.label_descriptions:
+            raise MedclfError("--method zero-shot needs --label-descriptions F (a table of label,description, or JSON "
+                              '{"label": "description"}).')
+        if self.label_descriptions and self.method == "finetune" and self.head_init != "linear-probe":
+            raise MedclfError("--label-descriptions seeds the head through its linear probe; leave --head-init on "
+                              "linear-probe (the default) or drop --label-descriptions.")
+        if self.label_descriptions is not None and (not isinstance(self.label_descriptions, str)
+                                                    or not self.label_descriptions.strip()):
+            raise MedclfError("label_descriptions must be the path of a file of label descriptions.")
         self._check_labels()
         if not self.model or not isinstance(self.model, str):
             raise MedclfError("model must be 'default', a local model directory or a hub id.")

@@ -232,10 +232,16 @@ def write_report(directory: Path, *, metrics: dict[str, Any], config: TrainConfi
     timing = metrics["timing"]
     data = metrics["data"]
     embeddings = metrics.get("method") == "embeddings"
-    if plots:
+    zero_shot = metrics.get("method") == "zero-shot"
+    if plots and not zero_shot:  # a zero-shot run has no training history to plot
         atomic_write_bytes(directory / TRAINING_FILE, training_png(metrics["history"], embeddings=embeddings))
     images = [name for name in (CONFUSION_FILE, CALIBRATION_FILE, TRAINING_FILE) if (directory / name).is_file()]
-    if embeddings:
+    if zero_shot:
+        options = (f"- Method: zero-shot: each class is the embedding of its label descriptions "
+                   f"(`{config.label_descriptions}`); max length {config.max_length}")
+        chosen = (f"- No labelled row trains it: the validation part fits the temperature (validation macro-F1 "
+                  f"{metrics['validation']['macro_f1']:.4f}) and the test part measures it")
+    elif embeddings:
         options = (f"- Method: logistic regression on frozen mean-pooled embeddings; max length {config.max_length}, "
                    f"seed {config.seed}, class weights {config.class_weights}")
         chosen = (f"- Regularisation C={timing.get('chosen_C')} chosen by validation macro-F1 "
@@ -260,7 +266,7 @@ def write_report(directory: Path, *, metrics: dict[str, Any], config: TrainConfi
         f"- Split: {data['how']}: {data['n_train']} train / {data['n_val']} validation / {data['n_test']} test",
         options,
         chosen,
-        f"- Training: {timing['train_seconds']:.1f} s, {timing['train_samples_per_second']:.1f} samples/s; "
+        f"- Training: {timing['train_seconds']:.1f} s, {timing['train_samples_per_second'] or 0:.1f} samples/s; "
         f"test inference {timing['test_inference_samples_per_second']:.1f} samples/s",
         "",
         "## Test metrics",
@@ -278,18 +284,16 @@ def write_report(directory: Path, *, metrics: dict[str, Any], config: TrainConfi
         ]),
         "",
         *(_calibration_lines(cal, config, multi) if cal is not None else []),
-        "## Training history",
-        "",
-        f"![training curve]({TRAINING_FILE})",
-        "",
     ]
+    if not zero_shot:
+        lines += ["## Training history", "", f"![training curve]({TRAINING_FILE})", ""]
     if embeddings:
         lines += ["| C | val loss | val accuracy | val macro-F1 |", "|---|---|---|---|"]
         lines += [
             f"| {row['C']:g} | {_num(row['val_loss'])} | {row['val_accuracy']:.4f} | {row['val_macro_f1']:.4f} |"
             for row in metrics["history"]
         ]
-    else:
+    elif not zero_shot:
         lines += [
             "| epoch | train loss | val loss | val accuracy | val macro-F1 | averaged weights: val loss / macro-F1 "
             "| seconds | samples/s |",

@@ -40,7 +40,7 @@ def finetune(
         frozen = freeze_embeddings(model)
         runlog.info("Embedding block frozen (%.1fM of %.1fM weights).", frozen / 1e6,
                     sum(p.numel() for p in model.parameters()) / 1e6)
-    probe_seconds = _probe_head(model, config, prep, runlog, amp=lambda: autocast(device, precision)) \
+    probe_seconds = _probe_head(model, config, prep, labels, runlog, amp=lambda: autocast(device, precision)) \
         if config.head_init == "linear-probe" else 0.0
 
     if device.type == "cuda":
@@ -139,11 +139,20 @@ class Keeper:
         return True
 
 
-def _probe_head(model: torch.nn.Module, config: TrainConfig, prep: Prepared, runlog: RunLog, *, amp: Any) -> float:
+def _probe_head(model: torch.nn.Module, config: TrainConfig, prep: Prepared, labels: list[str], runlog: RunLog, *,
+                amp: Any) -> float:
     start = time.perf_counter()
     train = prep.enc["train"]
+    ids, y, doc_of = train.input_ids, prep.y_train, train.doc_of
+    if prep.descriptions is not None:  # each description is one more example of its class for the probe
+        rows = prep.descriptions
+        ids = ids + rows.input_ids
+        y = np.concatenate([y, rows.targets(prep.task, labels)])
+        doc_of = None if doc_of is None else doc_of + list(range(train.n_docs, train.n_docs + len(rows.owner)))
+        runlog.info("The %d label descriptions join the %d training texts the probe is fitted on.", len(rows.owner),
+                    train.n_docs)
     done = fit_head_on_frozen_features(
-        model, train.input_ids, prep.y_train, pad_id=prep.pad_id, device=prep.device, doc_of=train.doc_of,
+        model, ids, y, pad_id=prep.pad_id, device=prep.device, doc_of=doc_of,
         batch_size=config.eval_batch_size, class_weight="balanced" if config.class_weights == "balanced" else None,
         seed=config.seed, amp=amp,
     )

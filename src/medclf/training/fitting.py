@@ -40,6 +40,20 @@ class RunLog:
 
 
 @dataclass
+class DescriptionRows:
+    """Label descriptions, tokenized as the texts are: one sequence per description and the class it describes."""
+
+    input_ids: list[list[int]]
+    owner: list[int]
+    """Index into the labels of each description's class."""
+
+    def targets(self, task: Task, labels: list[str]) -> np.ndarray:
+        """The descriptions as labelled rows: each is an example of its own class (and only of it)."""
+        values = [(labels[i],) if task.multi_label else labels[i] for i in self.owner]
+        return task.targets(values, labels)
+
+
+@dataclass
 class Prepared:
     """The tokenized parts and label ids every fitting method starts from."""
 
@@ -53,6 +67,8 @@ class Prepared:
     task: Task
     dist: Dist = field(default_factory=lambda: SINGLE)
     """The processes of a multi-process run (SINGLE: one process)."""
+    descriptions: DescriptionRows | None = None
+    """--label-descriptions, tokenized (None: not given)."""
 
 
 @dataclass

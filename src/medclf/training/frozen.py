@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
+
 from medclf.config import TrainConfig
 from medclf.model.batching import pool_logits
 from medclf.model.embeddings import C_GRID, EmbeddingClassifier, embed_texts, fit_logistic
@@ -32,10 +34,18 @@ def fit_embeddings(
                 len(enc["train"].input_ids) + len(enc["val"].input_ids), embed_seconds)
     class_weight = "balanced" if config.class_weights == "balanced" else None
     y_train, task = prep.y_train, prep.task
+    x_fit, y_fit = features["train"], y_train
+    if prep.descriptions is not None:  # each description is one more example of its class
+        described = embed_texts(model, prep.descriptions.input_ids, batch_size=config.eval_batch_size, pad_id=prep.pad_id,
+                                device=device)
+        x_fit = np.concatenate([x_fit, described])
+        y_fit = np.concatenate([y_train, prep.descriptions.targets(task, labels)])
+        runlog.info("The %d label descriptions join the %d training texts the regression is fitted on.",
+                    len(described), len(y_train))
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"macro_f1": -1.0}
     for i, c in enumerate(C_GRID, 1):
-        weight, bias = fit_logistic(features["train"], y_train, len(labels), c=c, class_weight=class_weight, seed=config.seed)
+        weight, bias = fit_logistic(x_fit, y_fit, len(labels), c=c, class_weight=class_weight, seed=config.seed)
         probs = task.probabilities(features["val"] @ weight.T + bias)
         val = task.selection_metrics(prep.y_val, probs, labels)
         history.append({"epoch": i, "C": c, "val_loss": val["loss"], "val_accuracy": accuracy(task, val),

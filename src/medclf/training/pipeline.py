@@ -20,6 +20,7 @@ from medclf.config import TrainConfig
 from medclf.core.baseline import start_tfidf
 from medclf.core.calibration import calibration_summary, fold_temperature, scale_thresholds, temperature_for
 from medclf.core.data import LabeledData, demo_data_path
+from medclf.core.descriptions import Descriptions, check_label_descriptions, read_label_descriptions
 from medclf.core.metrics import bootstrap_intervals, headline
 from medclf.core.tasks import Task, headline_figures, task_for
 from medclf.errors import MedclfError
@@ -41,11 +42,12 @@ from medclf.run.artifacts import (
 from medclf.run.runspec import RunSpec
 from medclf.training.distributed import Dist, distributed_state
 from medclf.training.finetune import finetune
-from medclf.training.fitting import Fitted, Prepared, RunLog, document_logits, set_seed
+from medclf.training.fitting import DescriptionRows, Fitted, Prepared, RunLog, document_logits, set_seed
 from medclf.training.frozen import fit_embeddings
 from medclf.training.splits import Splits, prepare_splits
+from medclf.training.zeroshot import fit_zero_shot
 
-FIT_METHODS = {"finetune": finetune, "embeddings": fit_embeddings}
+FIT_METHODS = {"finetune": finetune, "embeddings": fit_embeddings, "zero-shot": fit_zero_shot}
 """config.method -> the function that fits a model to the prepared parts."""
 
 
@@ -89,6 +91,10 @@ def train(config: TrainConfig, *, progress: bool = True, splits: Splits | None =
 
     runlog = RunLog(enabled=dist.is_main)
     splits = splits or prepare_splits(config)
+    descriptions = None
+    if config.label_descriptions:
+        descriptions = read_label_descriptions(config.label_descriptions)
+        check_label_descriptions(descriptions, splits.labels, source=config.label_descriptions)
     task = task_for(config.multi_label)
     source = resolve_model(config.model)
     check_max_length(source, config.max_length, trust_remote_code=config.trust_remote_code)
@@ -99,7 +105,7 @@ def train(config: TrainConfig, *, progress: bool = True, splits: Splits | None =
     )
     set_seed(config.seed)
     tokenizer = load_tokenizer(source, trust_remote_code=config.trust_remote_code)
-    prep = _prepare(config, splits, task, tokenizer=tokenizer, dist=dist, runlog=runlog)
+    prep = _prepare(config, splits, task, tokenizer=tokenizer, dist=dist, runlog=runlog, descriptions=descriptions)
     # the TF-IDF baseline: meanwhile in another process where a GPU trains (the CPU is idle then), after it on a CPU
     baseline = start_tfidf(splits.train.texts, prep.y_train, splits.test.texts, len(splits.labels),
                            multi_label=task.multi_label, background=prep.device.type == "cuda")
@@ -117,8 +123,9 @@ def train(config: TrainConfig, *, progress: bool = True, splits: Splits | None =
     return TrainResult(run_dir=final, metrics=metrics, config=config)
 
 
-def _prepare(config: TrainConfig, splits: Splits, task: Task, *, tokenizer: Any, dist: Dist, runlog: RunLog) -> Prepared:
-    """Tokenize the three parts (windows in chunk mode) and turn their labels into targets."""
+def _prepare(config: TrainConfig, splits: Splits, task: Task, *, tokenizer: Any, dist: Dist, runlog: RunLog,
+             descriptions: Descriptions | None = None) -> Prepared:
+    """Tokenize the three parts (windows in chunk mode) and the label descriptions, and turn labels into targets."""
     device = dist.device or choose_device(config.device)
     if dist.active:
         runlog.info("Distributed: %d processes; each trains on its shard of every global batch of %d x %d texts "
@@ -141,6 +148,12 @@ def _prepare(config: TrainConfig, splits: Splits, task: Task, *, tokenizer: Any,
                 name, e.n_truncated, len(e.input_ids), config.max_length, 100.0 * e.tokens_lost / max(1, e.tokens_total),
             )
     labels = splits.labels
+    rows = None
+    if descriptions is not None:
+        texts = [(text, i) for i, lab in enumerate(labels) for text in descriptions[lab]]
+        rows = DescriptionRows(encode(tokenizer, [t for t, _ in texts], max_length=config.max_length).input_ids,
+                               [i for _, i in texts])
+        runlog.info("Label descriptions: %d for %d classes (%s).", len(texts), len(labels), config.label_descriptions)
     return Prepared(
         enc=enc,
         y_train=task.targets(splits.train.labels, labels),
@@ -150,6 +163,7 @@ def _prepare(config: TrainConfig, splits: Splits, task: Task, *, tokenizer: Any,
         device=device,
         task=task,
         dist=dist,
+        descriptions=rows,
     )
 
 
