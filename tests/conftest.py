@@ -116,7 +116,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, small
 
     out = tmp_path_factory.mktemp("runs") / "run"
     train(TrainConfig(data=str(small_csv), model=tiny_model, output=str(out), epochs=8, lr=3e-3, batch_size=8,
-                      precision="fp32"), progress=False)
+                      precision="fp32", few_shot="off"), progress=False)
     return out
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from medclf import TrainConfig, train
 
-COMMON = dict(epochs=3, lr=1e-3, precision="fp32", max_length=32)
+COMMON = dict(epochs=3, lr=1e-3, precision="fp32", max_length=32, few_shot="off")
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def runs(tmp_path_factory, tiny_model, small_csv):
     root = tmp_path_factory.mktemp("ddp")
     cmd = [sys.executable, "-m", "medclf", "-q", "train", "--data", str(small_csv), "--model", tiny_model,
            "--output", str(root / "two"), "--batch-size", "4", "--num-processes", "2", "--epochs", "3", "--lr", "1e-3",
-           "--precision", "fp32", "--max-length", "32"]
+           "--precision", "fp32", "--max-length", "32", "--few-shot", "off"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("Run written to") == 1  # the main process reports, once

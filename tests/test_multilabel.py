@@ -161,7 +161,7 @@ def test_config_refuses_several_label_columns_without_multi_label_and_huge_chunk
 # ---------------------------------------------------------------- end to end through the CLI
 
 
-FINETUNE = ["--epochs", "40", "--lr", "1e-2", "--batch-size", "4", "--precision", "fp32", "--max-length", "32"]
+FINETUNE = ["--epochs", "40", "--lr", "1e-2", "--batch-size", "4", "--precision", "fp32", "--max-length", "32", "--few-shot", "off"]
 
 
 def cli_train(out, tiny_model, data, *extra):

@@ -251,7 +251,7 @@ def test_training_the_embeddings_and_keeping_attention_dropout_are_options(tmp_p
 
 def test_patience_stops_when_validation_stops_improving(tmp_path, tiny_model, small_csv):
     # With a vanishing learning rate validation macro-F1 cannot improve after epoch 1: stop after epoch 2.
-    config = TrainConfig(data=str(small_csv), model=tiny_model, output=str(tmp_path / "r"), epochs=6, lr=1e-12,
+    config = TrainConfig(data=str(small_csv), model=tiny_model, output=str(tmp_path / "r"), epochs=6, lr=1e-12, few_shot="off",
                          patience=1, head_init="random")
     result = train(config, progress=False)
     assert [row["epoch"] for row in result.metrics["history"]] == [1, 2]
@@ -281,7 +281,7 @@ def test_weight_average_is_the_running_mean_of_the_trainable_weights():
 
 
 def test_averaged_weights_compete_with_single_epochs_and_the_choice_is_recorded(tmp_path, tiny_model, small_csv):
-    config = TrainConfig(data=str(small_csv), model=tiny_model, output=str(tmp_path / "r"), epochs=3, lr=3e-3,
+    config = TrainConfig(data=str(small_csv), model=tiny_model, output=str(tmp_path / "r"), epochs=3, lr=3e-3, few_shot="off",
                          batch_size=8)
     result = train(config, progress=False)
     history = result.metrics["history"]
@@ -297,7 +297,7 @@ def test_averaged_weights_compete_with_single_epochs_and_the_choice_is_recorded(
 def test_gradient_accumulation_counts_optimizer_steps_and_states_the_effective_batch(tmp_path, tiny_model, small_csv):
     # 60 rows -> 43 training rows -> 11 batches of 4 per epoch -> 4 optimizer steps of up to 3 batches
     result = train(TrainConfig(data=str(small_csv), model=tiny_model, output=str(tmp_path / "run"), epochs=2,
-                               batch_size=4, grad_accum=3, max_length=32), progress=False)
+                               batch_size=4, grad_accum=3, max_length=32, few_shot="off"), progress=False)
     assert result.metrics["timing"]["optimizer_steps"] == 8
     assert [row["step"] for row in result.metrics["history"]] == [4, 8]
     assert "Effective batch size 12 (batch 4 x 1 process(es) x gradient accumulation 3)" in (
@@ -307,3 +307,27 @@ def test_gradient_accumulation_counts_optimizer_steps_and_states_the_effective_b
     assert capped.metrics["timing"]["optimizer_steps"] == 5
     with pytest.raises(MedclfError, match="grad_accum must be a positive integer"):
         TrainConfig(grad_accum=0)
+
+
+def test_few_labels_change_how_weights_are_chosen_and_the_log_says_so(tmp_path, tiny_model, small_csv):
+    """small_csv gives ~14 training rows per class and 5 validation rows: the few-labels regime (auto)."""
+    result = train(TrainConfig(data=str(small_csv), model=tiny_model, output=str(tmp_path / "ft"), epochs=1,
+                               max_length=32), progress=False)
+    log = (result.run_dir / "train.log").read_text()
+    assert "Few labels: the rarest class has 14 training row(s) (< 30)" in log
+    assert result.metrics["few_shot"] is True
+    steps = result.metrics["timing"]["optimizer_steps"]
+    assert steps >= 50  # 1 epoch of 3 steps was asked for; at least 50 are taken
+    epochs = len(result.metrics["history"])
+    assert result.metrics["selected"] == f"average of epochs 1-{epochs}"  # all epochs (default averaging), not the best on 5 rows
+    assert "not chosen on validation" in log
+
+    emb = train(TrainConfig(data=str(small_csv), model=tiny_model, output=str(tmp_path / "emb"), method="embeddings"),
+                progress=False)
+    assert all("cv_macro_f1" in row for row in emb.metrics["history"])
+    assert "chosen by cross-validation on the training rows" in (emb.run_dir / "report.md").read_text()
+
+    off = train(TrainConfig(data=str(small_csv), model=tiny_model, output=str(tmp_path / "off"), epochs=1,
+                            max_length=32, few_shot="off"), progress=False)
+    assert off.metrics["few_shot"] is False and off.metrics["timing"]["optimizer_steps"] == 3
+    assert "Few labels" not in (off.run_dir / "train.log").read_text()

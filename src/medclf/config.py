@@ -21,6 +21,7 @@ HEAD_INITS = ("random", "linear-probe")
 LONG_TEXT = ("truncate", "head-tail", "chunk")
 POOLS = ("mean", "max")
 METHODS = ("finetune", "embeddings", "zero-shot")
+FEW_SHOT = ("auto", "on", "off")
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 INFER_BATCH_SIZE = 16
@@ -62,6 +63,9 @@ class TrainConfig:
     """'finetune' (train the encoder and a head), 'embeddings' (logistic regression on frozen,
     mean-pooled encoder embeddings: one forward pass per text, minutes instead of tens of minutes on CPU), or
     'zero-shot' (no labelled row trains it: each class is the embedding of its label descriptions)."""
+    few_shot: str = "auto"
+    """How to train with few labels (training/fitting.few_shot_note says what changes): auto (when the rarest class has
+    fewer than 30 training rows) | on | off (select and calibrate on validation however small it is)."""
     label_descriptions: str | None = None
     """A table of label,description (or JSON {"label": "description"}): the classes of --method zero-shot; with
     finetune and embeddings, the descriptions join the rows the head is first fitted on (core/descriptions.py)."""
@@ -181,6 +185,7 @@ class TrainConfig:
                     f"max_chunks {self.max_chunks} x max_length {self.max_length}), over the "
                     f"{MAX_WINDOW_TOKENS_PER_STEP:,} that fit in memory; lower --batch-size, --max-chunks or --max-length.")
         _choice("method", self.method, METHODS)
+        _choice("few_shot", self.few_shot, FEW_SHOT)
         if self.method == "zero-shot" and not self.label_descriptions:
             raise MedclfError("--method zero-shot needs --label-descriptions F (a table of label,description, or JSON "
                               '{"label": "description"}).')
@@ -273,6 +278,58 @@ class LoadOptions:
     def replace(self, **changes: Any) -> LoadOptions:
         """These options with the given fields changed (None leaves a field as it is); validated again."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+@dataclass
+class PretrainConfig:
+    """`medclf pretrain`: continued masked-language-model training on unlabelled text (training/pretrain.py)."""
+
+    data: str
+    """A .txt file (one text per line) or a table medclf reads; a label column, if any, is ignored."""
+    text_columns: list[str] | None = None
+    model: str = DEFAULT_MODEL
+    output: str | None = None
+    epochs: int = 3
+    max_steps: int | None = None
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    max_grad_norm: float = 1.0
+    mlm_probability: float = 0.15
+    whole_word_masking: bool = False
+    """Mask every piece of a word together (harder to guess from its own pieces)."""
+    head_warmup_steps: int = 0
+    """Steps that train the (new, random) MLM head alone, the encoder frozen, before both train."""
+    max_length: int = 256
+    val_size: float = 0.1
+    """Share of the texts held out to measure the MLM loss before and after."""
+    seed: int = 42
+    precision: str = "auto"
+    device: str = "auto"
+    drop_empty: bool = False
+    overwrite: bool = False
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.data, str) or not self.data:
+            raise MedclfError("pretrain needs --data: a .txt file of one text per line, or a table.")
+        for name in ("epochs", "batch_size", "grad_accum", "max_length"):
+            _positive_int(name, getattr(self, name))
+        if self.max_steps is not None:
+            _positive_int("max_steps", self.max_steps)
+        if not isinstance(self.head_warmup_steps, int) or self.head_warmup_steps < 0:
+            raise MedclfError(f"head_warmup_steps must be a whole number >= 0, got {self.head_warmup_steps!r}.")
+        _positive_float("lr", self.lr)
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise MedclfError(f"mlm_probability must be between 0 and 1, got {self.mlm_probability!r}.")
+        if not 0.0 < self.val_size < 0.9:
+            raise MedclfError(f"val_size must be a fraction between 0 and 0.9, got {self.val_size!r}.")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise MedclfError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
+        _choice("precision", self.precision, PRECISIONS)
+        _choice("device", self.device, DEVICES)
 
 
 TRAIN_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainConfig)

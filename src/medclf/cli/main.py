@@ -119,6 +119,7 @@ def train(
     model: Annotated[str, typer.Option("--model", help="'default' (packaged MiniLM), a local Hugging Face model directory, or a hub id.")] = "default",
     output: Annotated[str | None, typer.Option("--output", "-o", help="Run directory to create. Default: runs/<timestamp>.")] = None,
     method: Annotated[str, typer.Option("--method", help="finetune (train the encoder and a head) | embeddings (logistic regression on frozen mean-pooled embeddings: one pass per text, fast on CPU) | zero-shot (classes from --label-descriptions; no labelled row trains it, the data's validation part calibrates and its test part measures it).")] = D.method,
+    few_shot: Annotated[str, typer.Option("--few-shot", help="auto (when the rarest class has fewer than 30 training rows: at least 50 steps, last or averaged weights, C by cross-validation, thresholds 0.5) | on | off.")] = D.few_shot,
     label_descriptions: Annotated[str | None, typer.Option("--label-descriptions", help="A table of label,description (or JSON {\"label\": \"description\"}): the classes of --method zero-shot; with finetune and embeddings the descriptions join the rows the head is first fitted on.")] = None,
     epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training data.")] = D.epochs,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size.")] = D.batch_size,
@@ -164,6 +165,47 @@ def train(
 
     _guard(run)
 
+
+
+@app.command()
+def pretrain(
+    data: Annotated[str, typer.Option("--data", help="Unlabelled texts: a .txt file (one per line) or a table (CSV, TSV, JSONL, Parquet); a label column is ignored.")],
+    text_column: TextColOpt = None,
+    model: Annotated[str, typer.Option("--model", help="'default' (packaged MiniLM), a local Hugging Face model directory, or a hub id.")] = "default",
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Run directory to create; its model/ is a masked-LM checkpoint for `medclf train --model DIR/model`.")] = None,
+    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the texts.")] = 3,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after this many optimizer steps.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Texts per batch.")] = 16,
+    grad_accum: Annotated[int, typer.Option("--grad-accum", help="Batches per optimizer step.")] = 1,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, linear warmup then decay).")] = 5e-5,
+    mlm_probability: Annotated[float, typer.Option("--mlm-probability", help="Share of tokens masked.")] = 0.15,
+    whole_word_masking: Annotated[bool, typer.Option("--whole-word-masking", help="Mask all pieces of a word together.")] = False,
+    head_warmup_steps: Annotated[int, typer.Option("--head-warmup-steps", help="Train the new MLM head alone (encoder frozen) for this many steps first.")] = 0,
+    max_length: Annotated[int, typer.Option("--max-length", help="Tokens per text; longer texts are cut.")] = 256,
+    precision: Annotated[str, typer.Option("--precision", help="auto | fp32 | bf16 | fp16.")] = "auto",
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | mps.")] = "auto",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the held-out slice, the masks and the batches.")] = 42,
+    drop_empty: DropEmptyOpt = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run at --output.")] = False,
+) -> None:
+    """Continue masked-language-model training of the encoder on unlabelled in-domain text."""
+
+    def run() -> None:
+        from medclf.config import PretrainConfig
+        from medclf.training.pretrain import pretrain as pretrain_fn
+
+        config = PretrainConfig(data=data, text_columns=text_column, model=model, output=output, epochs=epochs,
+                                max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+                                mlm_probability=mlm_probability, whole_word_masking=whole_word_masking,
+                                head_warmup_steps=head_warmup_steps, max_length=max_length, precision=precision,
+                                device=device, seed=seed, drop_empty=drop_empty, overwrite=overwrite)
+        result = pretrain_fn(config, progress=_progress())
+        m = result.metrics
+        typer.echo(f"Held-out MLM loss {m['held_out_mlm_loss_before']:.4f} -> {m['held_out_mlm_loss_after']:.4f} "
+                   f"(perplexity {m['perplexity_before']:.1f} -> {m['perplexity_after']:.1f})")
+        typer.echo(f"Run written to {result.run_dir}; fine-tune from it with --model {result.run_dir / 'model'}")
+
+    _guard(run)
 
 def _launch(processes: int) -> int:
     """Run this same `medclf train` command under torchrun with N processes; its exit status."""

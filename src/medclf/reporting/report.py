@@ -244,8 +244,9 @@ def write_report(directory: Path, *, metrics: dict[str, Any], config: TrainConfi
     elif embeddings:
         options = (f"- Method: logistic regression on frozen mean-pooled embeddings; max length {config.max_length}, "
                    f"seed {config.seed}, class weights {config.class_weights}")
-        chosen = (f"- Regularisation C={timing.get('chosen_C')} chosen by validation macro-F1 "
-                  f"({metrics['validation']['macro_f1']:.4f})")
+        how = ("cross-validation on the training rows (few labels)" if metrics.get("few_shot") else
+               f"validation macro-F1 ({metrics['validation']['macro_f1']:.4f})")
+        chosen = f"- Regularisation C={timing.get('chosen_C')} chosen by {how}"
     else:
         options = (f"- Options: epochs {config.epochs}, batch {config.batch_size}, lr {config.lr}, "
                    f"max length {config.max_length} ({config.long_text}), head init {config.head_init}, "

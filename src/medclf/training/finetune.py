@@ -20,7 +20,7 @@ from medclf.model.modeling import (
     load_classifier,
     release_memory,
 )
-from medclf.training.fitting import Fitted, Prepared, RunLog, accuracy, loss_text, validate
+from medclf.training.fitting import FEW_SHOT_MIN_STEPS, Fitted, Prepared, RunLog, accuracy, loss_text, validate
 from medclf.training.loop import EpochDone, Schedule, progress_bar, train_epochs
 
 
@@ -45,14 +45,15 @@ def finetune(
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    schedule = Schedule.plan(config, n_train=prep.enc["train"].n_docs, world=dist.world)
+    schedule = Schedule.plan(config, n_train=prep.enc["train"].n_docs, world=dist.world,
+                             min_steps=FEW_SHOT_MIN_STEPS if prep.few_shot else 0)
     runlog.info("Effective batch size %d (batch %d x %d process(es) x gradient accumulation %d); peak lr %g, "
                 "%d optimizer steps.", schedule.global_batch * schedule.accum, config.batch_size, dist.world,
                 schedule.accum, config.lr, schedule.total_steps)
     events = train_epochs(model, prep.enc["train"], prep.y_train, loss_fn=task.loss(prep.y_train, len(labels),
                           config.class_weights).to(device), config=config, schedule=schedule, precision=precision,
                           pad_id=prep.pad_id, device=device, dist=dist)
-    keeper = Keeper(model, average=config.average_epochs)
+    keeper = Keeper(model, average=config.average_epochs, by_validation=not prep.few_shot)
     history: list[dict[str, Any]] = []
     train_seconds, samples, tokens, step = 0.0, 0, 0, 0
     for event in progress_bar(events, progress, schedule.epochs):
@@ -76,7 +77,10 @@ def finetune(
             runlog.info("Early stop: no better validation macro-F1 for %d epoch(s).", config.patience)
             break
     if keeper.restore():
-        runlog.info("Kept the %s (best validation macro-F1 %.4f).", keeper.best_name, keeper.best_f1)
+        if prep.few_shot:
+            runlog.info("Kept the %s (few labels: the latest, not chosen on validation).", keeper.best_name)
+        else:
+            runlog.info("Kept the %s (best validation macro-F1 %.4f).", keeper.best_name, keeper.best_f1)
     return Fitted(
         model=model, precision=precision.name, precision_reason=precision.reason, history=history,
         best_epoch=keeper.best_epoch, validation=keeper.best_metrics, selected=keeper.best_name,
@@ -93,10 +97,13 @@ def finetune(
 
 class Keeper:
     """Selection: after each epoch, validate the current weights (and, with averaging, the running mean of the
-    epochs' weights) and keep a copy of whichever is best on validation macro-F1 so far."""
+    epochs' weights) and keep a copy of whichever is best on validation macro-F1 so far. by_validation False (too
+    few validation rows to rank weights): validate for the record, but keep the latest candidate (the last epoch's
+    weights, or the average of all epochs so far)."""
 
-    def __init__(self, model: torch.nn.Module, *, average: bool) -> None:
+    def __init__(self, model: torch.nn.Module, *, average: bool, by_validation: bool = True) -> None:
         self.model = model
+        self.by_validation = by_validation
         self.average = WeightAverage() if average else None
         self.best_f1 = -1.0
         self.best_epoch = 0
@@ -125,7 +132,7 @@ class Keeper:
         return row
 
     def _consider(self, name: str, epoch: int, metrics: dict[str, Any], average: WeightAverage | None) -> bool:
-        if metrics["macro_f1"] <= self.best_f1:
+        if self.by_validation and metrics["macro_f1"] <= self.best_f1:
             return False
         self.best_f1, self.best_epoch, self.best_name, self.best_metrics = metrics["macro_f1"], epoch, name, metrics
         self.state = average.snapshot() if average is not None else trainable_snapshot(self.model)

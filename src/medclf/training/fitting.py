@@ -69,6 +69,8 @@ class Prepared:
     """The processes of a multi-process run (SINGLE: one process)."""
     descriptions: DescriptionRows | None = None
     """--label-descriptions, tokenized (None: not given)."""
+    few_shot: bool = False
+    """The fewest class has fewer than FEW_SHOT_ROWS training rows: see `few_shot_note` for what changes."""
 
 
 @dataclass
@@ -84,6 +86,28 @@ class Fitted:
     timing: dict[str, Any]
     selected: str = ""
     """Which weights were kept: 'epoch 2', 'average of epochs 1-3', 'C=0.1'."""
+
+
+FEW_SHOT_ROWS = 30
+"""Training rows of the fewest class below which a run is a few-labels run."""
+FEW_SHOT_MIN_STEPS = 50
+"""Optimizer steps a few-labels fine-tuning takes at least (3 epochs of 40 texts would be 9 steps)."""
+
+
+def fewest_rows(task: Task, y: np.ndarray, n_labels: int) -> int:
+    """Training rows of the rarest class (multi-label: positives of the rarest label)."""
+    counts = y.sum(axis=0) if task.multi_label else np.bincount(y, minlength=n_labels)
+    return int(counts.min()) if len(counts) else 0
+
+
+def few_shot_note(fewest: int, n_val: int) -> str:
+    """What medclf does differently with few labels, for the log and the report."""
+    return (f"Few labels: the rarest class has {fewest} training row(s) (< {FEW_SHOT_ROWS}), and {n_val} validation "
+            "row(s) cannot rank weights. So: fine-tuning takes at least "
+            f"{FEW_SHOT_MIN_STEPS} optimizer steps (more epochs) and keeps its last weights (or, with epoch averaging, "
+            "the average of all epochs) instead of the best on validation; the embeddings method picks its "
+            "regularisation by cross-validation on the training rows; multi-label thresholds stay at 0.5; the "
+            "temperature is fitted only from 30 validation texts on.")
 
 
 def set_seed(seed: int) -> None:

@@ -8,10 +8,34 @@ from typing import Any
 import numpy as np
 
 from medclf.config import TrainConfig
+from medclf.core.tasks import Task
+from medclf.errors import MedclfError
 from medclf.model.batching import pool_logits
 from medclf.model.embeddings import C_GRID, EmbeddingClassifier, embed_texts, fit_logistic
 from medclf.model.modeling import load_encoder
 from medclf.training.fitting import Fitted, Prepared, RunLog, accuracy, loss_text
+
+
+def cross_validated_f1(x: np.ndarray, y: np.ndarray, labels: list[str], task: Task, *, c: float,
+                       class_weight: str | None, seed: int) -> float | None:
+    """Macro-F1 of out-of-fold predictions of the regression at strength `c` (stratified folds, as many as the rarest
+    class allows, 2 to 5): how C is chosen when the validation part is too small to rank it. None where the rows
+    cannot be cross-validated (a class with one row, a label without positives in a fold)."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    if task.multi_label:
+        folds = KFold(n_splits=min(5, len(y)), shuffle=True, random_state=seed).split(x)
+    else:
+        k = int(max(2, min(5, np.bincount(y).min())))
+        folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(x, y)
+    out_of_fold = np.zeros((len(y), len(labels)))
+    try:
+        for fit_rows, held in folds:
+            weight, bias = fit_logistic(x[fit_rows], y[fit_rows], len(labels), c=c, class_weight=class_weight, seed=seed)
+            out_of_fold[held] = task.probabilities(x[held] @ weight.T + bias)
+    except (ValueError, MedclfError):
+        return None
+    return float(task.metrics(y, out_of_fold, labels)["macro_f1"])
 
 
 def fit_embeddings(
@@ -43,18 +67,25 @@ def fit_embeddings(
         runlog.info("The %d label descriptions join the %d training texts the regression is fitted on.",
                     len(described), len(y_train))
     history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"macro_f1": -1.0}
+    best: dict[str, Any] = {"score": -1.0}
     for i, c in enumerate(C_GRID, 1):
         weight, bias = fit_logistic(x_fit, y_fit, len(labels), c=c, class_weight=class_weight, seed=config.seed)
         probs = task.probabilities(features["val"] @ weight.T + bias)
         val = task.selection_metrics(prep.y_val, probs, labels)
-        history.append({"epoch": i, "C": c, "val_loss": val["loss"], "val_accuracy": accuracy(task, val),
-                        "val_macro_f1": val["macro_f1"]})
-        improved = val["macro_f1"] > best["macro_f1"]
-        runlog.info("C=%g  val loss %s  val %s %.4f  val macro-F1 %.4f%s", c, loss_text(val["loss"]), task.accuracy_name,
-                    accuracy(task, val), val["macro_f1"], "  best" if improved else "")
+        row = {"epoch": i, "C": c, "val_loss": val["loss"], "val_accuracy": accuracy(task, val),
+               "val_macro_f1": val["macro_f1"]}
+        score = val["macro_f1"]
+        crossed = cross_validated_f1(x_fit, y_fit, labels, task, c=c, class_weight=class_weight,
+                                     seed=config.seed) if prep.few_shot else None
+        if crossed is not None:  # too few validation rows to rank C: cross-validation on the training rows decides
+            score = row["cv_macro_f1"] = crossed
+        history.append(row)
+        improved = score > best["score"]
+        runlog.info("C=%g  val loss %s  val %s %.4f  val macro-F1 %.4f%s%s", c, loss_text(val["loss"]),
+                    task.accuracy_name, accuracy(task, val), val["macro_f1"],
+                    f"  cross-validated macro-F1 {score:.4f}" if crossed is not None else "", "  best" if improved else "")
         if improved:
-            best = {"epoch": i, "macro_f1": val["macro_f1"], "metrics": val, "head": (weight, bias), "C": c}
+            best = {"epoch": i, "score": score, "metrics": val, "head": (weight, bias), "C": c}
     model.set_head(*best["head"])
     seconds = time.perf_counter() - start
     n = len(y_train)

@@ -37,10 +37,11 @@ class Schedule:
     warmup: int
 
     @classmethod
-    def plan(cls, config: TrainConfig, *, n_train: int, world: int = 1) -> Schedule:
+    def plan(cls, config: TrainConfig, *, n_train: int, world: int = 1, min_steps: int = 0) -> Schedule:
+        """config's epochs (more where they would take fewer than `min_steps` steps), cut at config.max_steps."""
         global_batch = config.batch_size * world
         steps_per_epoch = math.ceil(math.ceil(n_train / global_batch) / config.grad_accum)
-        total = config.epochs * steps_per_epoch
+        total = max(config.epochs, math.ceil(min_steps / steps_per_epoch)) * steps_per_epoch
         if config.max_steps is not None:
             total = min(total, config.max_steps)
         return cls(global_batch=global_batch, accum=config.grad_accum, steps_per_epoch=steps_per_epoch,

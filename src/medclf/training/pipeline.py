@@ -42,7 +42,17 @@ from medclf.run.artifacts import (
 from medclf.run.runspec import RunSpec
 from medclf.training.distributed import Dist, distributed_state
 from medclf.training.finetune import finetune
-from medclf.training.fitting import DescriptionRows, Fitted, Prepared, RunLog, document_logits, set_seed
+from medclf.training.fitting import (
+    FEW_SHOT_ROWS,
+    DescriptionRows,
+    Fitted,
+    Prepared,
+    RunLog,
+    document_logits,
+    few_shot_note,
+    fewest_rows,
+    set_seed,
+)
 from medclf.training.frozen import fit_embeddings
 from medclf.training.splits import Splits, prepare_splits
 from medclf.training.zeroshot import fit_zero_shot
@@ -148,6 +158,12 @@ def _prepare(config: TrainConfig, splits: Splits, task: Task, *, tokenizer: Any,
                 name, e.n_truncated, len(e.input_ids), config.max_length, 100.0 * e.tokens_lost / max(1, e.tokens_total),
             )
     labels = splits.labels
+    y_train = task.targets(splits.train.labels, labels)
+    fewest = fewest_rows(task, y_train, len(labels))
+    few_shot = config.method != "zero-shot" and (config.few_shot == "on" or (config.few_shot == "auto"
+                                                                             and fewest < FEW_SHOT_ROWS))
+    if few_shot:
+        runlog.info(few_shot_note(fewest, len(splits.val)))
     rows = None
     if descriptions is not None:
         texts = [(text, i) for i, lab in enumerate(labels) for text in descriptions[lab]]
@@ -156,7 +172,7 @@ def _prepare(config: TrainConfig, splits: Splits, task: Task, *, tokenizer: Any,
         runlog.info("Label descriptions: %d for %d classes (%s).", len(texts), len(labels), config.label_descriptions)
     return Prepared(
         enc=enc,
-        y_train=task.targets(splits.train.labels, labels),
+        y_train=y_train,
         y_val=task.targets(splits.val.labels, labels),
         y_test=task.targets(splits.test.labels, labels),
         pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
@@ -164,6 +180,7 @@ def _prepare(config: TrainConfig, splits: Splits, task: Task, *, tokenizer: Any,
         task=task,
         dist=dist,
         descriptions=rows,
+        few_shot=few_shot,
     )
 
 
@@ -184,7 +201,7 @@ def _test(fitted: Fitted, prep: Prepared, labels: list[str], config: TrainConfig
     # multi-label: the thresholds tuned on validation for the kept weights decide (moved with the temperature);
     # 0.5 on the model's own sigmoid probabilities, as tools without tuning use it, is reported beside them.
     thresholds = None
-    if task.multi_label:
+    if task.multi_label and not prep.few_shot:
         thresholds = scale_thresholds(np.array([fitted.validation["thresholds"][lab] for lab in labels]), temperature)
     test = task.metrics(y_test, probs, labels, thresholds)
     test["calibration"] = calibration_summary(test_logits, y_test, task, temperature)
@@ -206,6 +223,7 @@ def _metrics(config: TrainConfig, splits: Splits, prep: Prepared, fitted: Fitted
     """metrics.json: the test figures, the TF-IDF baseline on the same split, the history and where the time went."""
     task, labels, y_test = prep.task, splits.labels, prep.y_test
     return {
+        "few_shot": prep.few_shot,
         "test": tested.metrics,
         "baseline_tfidf": None if baseline is None else headline_figures(task.metrics(y_test, baseline, labels)),
         "task": task.name,

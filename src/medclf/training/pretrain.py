@@ -1,0 +1,254 @@
+"""`medclf pretrain`: continued masked-language-model training of the encoder on unlabelled in-domain text.
+
+The output's `model/` is a plain Hugging Face masked-LM checkpoint with its tokenizer (`AutoModelForMaskedLM` and
+`AutoModel` load it; `medclf train --model DIR/model` fine-tunes from it). The packaged MiniLM ships no MLM head, so
+the head starts random: `head_warmup_steps` trains it alone first (encoder frozen), so that its first, random
+gradients do not hit the encoder. The encoder's pooler (which the MLM model does not use, and a classifier's head
+reads) is carried over unchanged into the checkpoint. The held-out MLM loss and perplexity on a validation slice are
+measured before and after, with the same masks.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medclf.config import PretrainConfig
+from medclf.core.data import join_texts, read_table, resolve_columns
+from medclf.errors import MedclfError
+from medclf.model.batching import encode, length_grouped_batches, padded_width
+from medclf.model.modeling import (
+    autocast,
+    choose_device,
+    choose_precision,
+    from_pretrained,
+    load_encoder,
+    load_tokenizer,
+    pad_multiple_for,
+    release_memory,
+    resolve_model,
+    to_device,
+)
+from medclf.run.artifacts import (
+    LOG_FILE,
+    METRICS_FILE,
+    MODEL_DIR,
+    atomic_write_json,
+    atomic_write_text,
+    check_output_dir,
+    publish,
+    save_pretrained_atomic,
+    staging_dir,
+)
+from medclf.training.fitting import RunLog, set_seed
+from medclf.training.loop import optimizer_for
+
+PRETRAIN_CONFIG_FILE = "pretrain_config.json"
+
+
+@dataclass
+class PretrainResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+
+
+def read_unlabelled(config: PretrainConfig) -> list[str]:
+    """The texts of a .txt file (one per line) or a table (its text column(s); any label column is ignored)."""
+    frame = read_table(config.data, allow_txt=True)
+    columns, _ = resolve_columns(frame, config.text_columns, None, source=config.data, need_label=False)
+    texts = join_texts(frame, columns)
+    empty = [i for i, t in enumerate(texts) if t is None]
+    if empty and not config.drop_empty:
+        shown = ", ".join(str(i + 1) for i in empty[:5]) + (", ..." if len(empty) > 5 else "")
+        raise MedclfError(f"{config.data} has {len(empty)} empty text(s) (row(s) {shown}); fill them or pass --drop-empty.")
+    kept = [t for t in texts if t is not None]
+    if len(kept) < 2:
+        raise MedclfError(f"{config.data} has {len(kept)} text(s); continued pretraining needs at least 2 (one held out).")
+    return kept
+
+
+def pretrain(config: PretrainConfig, *, progress: bool = True) -> PretrainResult:
+    """Continue MLM training of config.model on config.data and write the run directory."""
+    started = time.perf_counter()
+    output = Path(config.output or Path("runs") / f"pretrain-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    check_output_dir(output, overwrite=config.overwrite)
+    runlog = RunLog()
+    texts = read_unlabelled(config)
+    order = list(range(len(texts)))
+    random.Random(config.seed).shuffle(order)
+    n_val = max(1, round(config.val_size * len(texts)))
+    val_texts, train_texts = [texts[i] for i in order[:n_val]], [texts[i] for i in order[n_val:]]
+    source = resolve_model(config.model)
+    set_seed(config.seed)
+    tokenizer = load_tokenizer(source, trust_remote_code=config.trust_remote_code)
+    if tokenizer.mask_token_id is None:
+        raise MedclfError(f"The tokenizer of {config.model} has no mask token; masked-LM pretraining needs one.")
+    offsets = config.whole_word_masking
+    train_enc = encode(tokenizer, train_texts, max_length=config.max_length, token_offsets=offsets)
+    val_enc = encode(tokenizer, val_texts, max_length=config.max_length, token_offsets=offsets)
+    runlog.info("Pretrain: %d texts (%d held out for the MLM loss), %s masking of %.0f%% of tokens, max length %d "
+                "(%d of %d training texts cut).", len(texts), n_val, "whole-word" if offsets else "token",
+                100 * config.mlm_probability, config.max_length, train_enc.n_truncated, len(train_texts))
+
+    from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling
+
+    model: Any = from_pretrained(AutoModelForMaskedLM, source, trust_remote_code=config.trust_remote_code)
+    device = choose_device(config.device)
+    precision = choose_precision(config.precision, device)
+    model.to(device)
+    runlog.info("Model %s on %s; precision %s (%s).", config.model, device.type, precision.name, precision.reason)
+    amp = functools.partial(autocast, device, precision)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    multiple = pad_multiple_for(device)
+
+    def examples(enc: Any, rows: list[int]) -> list[Any]:
+        if offsets:  # the tokenizer pads input_ids only: the offsets are padded here to the batch's padded width
+            width = padded_width(max(len(enc.input_ids[i]) for i in rows), multiple)
+            return [{"input_ids": enc.input_ids[i],
+                     "offset_mapping": enc.token_offsets[i] + [(0, 0)] * (width - len(enc.token_offsets[i]))}
+                    for i in rows]
+        return [{"input_ids": enc.input_ids[i]} for i in rows]
+
+    def collator(seed: int | None) -> Any:
+        return DataCollatorForLanguageModeling(tokenizer, mlm_probability=config.mlm_probability,
+                                               whole_word_mask=offsets, pad_to_multiple_of=multiple if multiple > 1 else None,
+                                               seed=seed)
+
+    @torch.inference_mode()
+    def held_out_loss() -> float:
+        """Mean MLM loss on the validation slice, with the same masks every time (a seeded collator)."""
+        model.eval()
+        fixed = collator(config.seed)
+        total = count = 0.0
+        for start in range(0, len(val_texts), 32):
+            batch = fixed(examples(val_enc, list(range(start, min(start + 32, len(val_texts))))))
+            masked = int((batch["labels"] != -100).sum())
+            if masked:
+                with amp():
+                    loss = model(**to_device(dict(batch), device)).loss.float()
+                total += float(loss) * masked
+                count += masked
+        model.train()
+        return total / count if count else float("nan")
+
+    before = held_out_loss()
+    runlog.info("Held-out MLM loss before: %.4f (perplexity %.1f).", before, _perplexity(before))
+    train_collator = collator(config.seed + 1)
+    head_seconds = 0.0
+    if config.head_warmup_steps:
+        start = time.perf_counter()
+        frozen = [p for p in model.base_model.parameters() if p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+        _steps(model, config, train_enc, examples, train_collator, amp=amp, device=device, pad_id=pad_id,
+               total=config.head_warmup_steps, progress=progress, desc="MLM head")
+        for p in frozen:
+            p.requires_grad_(True)
+        head_seconds = time.perf_counter() - start
+        runlog.info("MLM head trained alone for %d steps (encoder frozen; %.0f s): loss %.4f.", config.head_warmup_steps,
+                    head_seconds, held_out_loss())
+    per_epoch = math.ceil(math.ceil(len(train_texts) / config.batch_size) / config.grad_accum)
+    total = config.epochs * per_epoch if config.max_steps is None else min(config.max_steps, config.epochs * per_epoch)
+    start = time.perf_counter()
+    samples = _steps(model, config, train_enc, examples, train_collator, amp=amp, device=device, pad_id=pad_id,
+                     total=total, progress=progress, desc="MLM")
+    seconds = time.perf_counter() - start
+    after = held_out_loss()
+    runlog.info("Held-out MLM loss after %d steps (%.0f s, %.1f texts/s): %.4f (perplexity %.1f -> %.1f).", total,
+                seconds, samples / seconds if seconds else 0.0, after, _perplexity(before), _perplexity(after))
+    metrics: dict[str, Any] = {
+        "held_out_texts": n_val, "train_texts": len(train_texts),
+        "held_out_mlm_loss_before": before, "held_out_mlm_loss_after": after,
+        "perplexity_before": _perplexity(before), "perplexity_after": _perplexity(after),
+        "optimizer_steps": total, "head_warmup_steps": config.head_warmup_steps,
+        "timing": {"pretrain_seconds": seconds, "head_warmup_seconds": head_seconds,
+                   "samples_per_second": samples / seconds if seconds else None, "total_seconds": None},
+        "precision": precision.name, "device": device.type,
+    }
+    stage = staging_dir(output)
+    try:
+        save_pretrained_atomic(model.cpu(), tokenizer, stage / MODEL_DIR)
+        _carry_pooler(source, stage / MODEL_DIR, model, trust_remote_code=config.trust_remote_code)
+        atomic_write_json(stage / PRETRAIN_CONFIG_FILE, {"config": asdict(config), "model_source": source})
+        atomic_write_text(stage / LOG_FILE, runlog.text())
+        metrics["timing"]["total_seconds"] = time.perf_counter() - started
+        atomic_write_json(stage / METRICS_FILE, metrics)
+        final = publish(stage, output, overwrite=config.overwrite)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return PretrainResult(run_dir=final, metrics=metrics)
+
+
+def _steps(model: Any, config: PretrainConfig, enc: Any, examples: Any, collator: Any, *, amp: Any,
+           device: torch.device, pad_id: int, total: int, progress: bool, desc: str) -> int:
+    """`total` optimizer steps of MLM over length-grouped batches (epochs as needed); returns the texts seen."""
+    optimizer = optimizer_for(model, config)  # type: ignore[arg-type]  # the fields it reads: lr, weight_decay
+    warmup = round(config.warmup_ratio * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / (warmup + 1) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
+    generator = torch.Generator().manual_seed(config.seed)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+    model.train()
+    step = seen = 0
+    while step < total:
+        batches = length_grouped_batches(enc.lengths, config.batch_size, generator)
+        for i in range(0, len(batches), config.grad_accum):
+            group = batches[i : i + config.grad_accum]
+            for rows in group:
+                batch = to_device(dict(collator(examples(enc, rows))), device)
+                with amp():
+                    loss = model(**batch).loss
+                (loss / len(group)).backward()
+                seen += len(rows)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if bar is not None:
+                bar.update(1)
+            if step % 8 == 0:
+                release_memory()
+            if step >= total:
+                break
+    if bar is not None:
+        bar.close()
+    return seen
+
+
+def _carry_pooler(source: str, model_dir: Path, model: Any, *, trust_remote_code: bool) -> None:
+    """Add the source encoder's pooler to the checkpoint (the MLM model has none): a classifier fine-tuned from it
+    then starts from the pooler the encoder came with, not a random one. Masked-LM loaders skip the extra keys."""
+    from safetensors.torch import load_file, save_file
+
+    encoder: Any = load_encoder(source, trust_remote_code=trust_remote_code)
+    pooler = getattr(encoder, "pooler", None)
+    weights = model_dir / "model.safetensors"
+    if pooler is None or not weights.is_file():
+        return
+    prefix = getattr(model, "base_model_prefix", "")
+    tensors = load_file(str(weights))
+    for name, value in pooler.state_dict().items():
+        tensors[f"{prefix}.pooler.{name}" if prefix else f"pooler.{name}"] = value.detach().cpu().contiguous()
+    tmp = weights.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    tmp.replace(weights)
+
+
+def _perplexity(loss: float) -> float:
+    return float(np.exp(min(loss, 50.0))) if math.isfinite(loss) else float("nan")
