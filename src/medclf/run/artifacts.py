@@ -95,6 +95,36 @@ def publish(staging: Path, final: str | Path, *, overwrite: bool) -> Path:
     return publish_dir(staging, final)
 
 
+class StagedRun:
+    """`with StagedRun(final, overwrite=...) as run:` build the run in `run.path`, a staging folder beside `final`; on
+    leaving the block without an error it is renamed into place (`run.final` then names it), on any error removed."""
+
+    def __init__(self, final: str | Path, *, overwrite: bool) -> None:
+        self.target = Path(final)
+        self.overwrite = overwrite
+        self.path = staging_dir(final)
+        self._published: Path | None = None
+
+    def __enter__(self) -> StagedRun:
+        return self
+
+    def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
+        if kind is None:
+            try:
+                self._published = publish(self.path, self.target, overwrite=self.overwrite)
+                return
+            except BaseException:
+                shutil.rmtree(self.path, ignore_errors=True)
+                raise
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    @property
+    def final(self) -> Path:
+        if self._published is None:
+            raise RuntimeError("the run is published only when its `with` block ends without an error")
+        return self._published
+
+
 def publish_dir(staging: Path, final: str | Path) -> Path:
     """Rename a complete directory into place, replacing an existing one only once the new one is there."""
     final = Path(final).resolve()

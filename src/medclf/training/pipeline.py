@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import platform
-import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -32,12 +31,11 @@ from medclf.run.artifacts import (
     METRICS_FILE,
     MODEL_DIR,
     PREDICTIONS_FILE,
+    StagedRun,
     atomic_write_json,
     atomic_write_text,
     check_output_dir,
-    publish,
     save_pretrained_atomic,
-    staging_dir,
 )
 from medclf.run.runspec import RunSpec
 from medclf.training.distributed import Dist, distributed_state
@@ -291,8 +289,8 @@ def _write_run(output: Path, config: TrainConfig, splits: Splits, task: Task, to
                started: float) -> Path:
     """Build the run in a staging folder beside `output` and rename it into place (nothing half-written is left)."""
     test = tested.metrics
-    stage = staging_dir(output)
-    try:
+    with StagedRun(output, overwrite=config.overwrite) as run:
+        stage = run.path
         save_pretrained_atomic(fitted.model.cpu(), tokenizer, stage / MODEL_DIR)
         RunSpec(config=config, **run_info).write(stage)
         runlog.info(
@@ -310,10 +308,7 @@ def _write_run(output: Path, config: TrainConfig, splits: Splits, task: Task, to
         metrics["timing"]["total_seconds"] = time.perf_counter() - started
         write_report(stage, metrics=metrics, config=config, run_info=run_info, plots=plots)
         atomic_write_json(stage / METRICS_FILE, metrics)
-        return publish(stage, output, overwrite=config.overwrite)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+    return run.final
 
 
 def file_sha256(path: str | Path | None) -> str | None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import math
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -43,12 +42,11 @@ from medclf.run.artifacts import (
     LOG_FILE,
     METRICS_FILE,
     MODEL_DIR,
+    StagedRun,
     atomic_write_json,
     atomic_write_text,
     check_output_dir,
-    publish,
     save_pretrained_atomic,
-    staging_dir,
 )
 from medclf.training.fitting import RunLog, set_seed
 from medclf.training.loop import optimizer_for
@@ -175,19 +173,15 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> PretrainResult
                    "samples_per_second": samples / seconds if seconds else None, "total_seconds": None},
         "precision": precision.name, "device": device.type,
     }
-    stage = staging_dir(output)
-    try:
+    with StagedRun(output, overwrite=config.overwrite) as run:
+        stage = run.path
         save_pretrained_atomic(model.cpu(), tokenizer, stage / MODEL_DIR)
         _carry_pooler(source, stage / MODEL_DIR, model, trust_remote_code=config.trust_remote_code)
         atomic_write_json(stage / PRETRAIN_CONFIG_FILE, {"config": asdict(config), "model_source": source})
         atomic_write_text(stage / LOG_FILE, runlog.text())
         metrics["timing"]["total_seconds"] = time.perf_counter() - started
         atomic_write_json(stage / METRICS_FILE, metrics)
-        final = publish(stage, output, overwrite=config.overwrite)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    return PretrainResult(run_dir=final, metrics=metrics)
+    return PretrainResult(run_dir=run.final, metrics=metrics)
 
 
 def _steps(model: Any, config: PretrainConfig, enc: Any, examples: Any, collator: Any, *, amp: Any,
