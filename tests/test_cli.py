@@ -37,7 +37,7 @@ def test_version():
 def test_train_evaluate_predict_pipeline(tmp_path, tiny_model, small_csv):
     out = tmp_path / "run"
     result = invoke("train", "--data", small_csv, "--model", tiny_model, "--output", out, "--epochs", "3",
-                    "--lr", "3e-3", "--batch-size", "8")
+                    "--lr", "3e-3", "--batch-size", "8", "--few-shot", "off")
     assert result.exit_code == 0, result.output
     assert "macro-F1" in result.stdout and f"Run written to {out}" in result.stdout
     assert "Data: 43 train / 5 validation / 12 test rows, 3 classes" in result.stderr
@@ -199,7 +199,7 @@ def test_real_cli_process_end_to_end(tmp_path, tiny_model, small_csv):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "medclf", "train", "--data", str(small_csv), "--model", tiny_model,
-           "--output", str(out), "--epochs", "2", "--lr", "3e-3"]
+           "--output", str(out), "--epochs", "2", "--lr", "3e-3", "--few-shot", "off"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "Run written to" in done.stdout

@@ -35,7 +35,8 @@ def test_every_command_works_for_the_family(family, tmp_path):
     run = tmp_path / "run"
     # train in chunk mode: windows of 16 tokens pooled into one document prediction, trained end to end
     invoke("train", "--data", str(small_csv), "--model", model, "--output", str(run), "--epochs", "2", "--lr", "3e-3",
-           "--batch-size", "6", "--precision", "fp32", "--max-length", "16", "--long-text", "chunk", "--max-chunks", "4")
+           "--batch-size", "6", "--precision", "fp32", "--max-length", "16", "--long-text", "chunk", "--max-chunks", "4",
+           "--few-shot", "off")
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["data"]["truncation"]["train"]["mean_windows"] > 1
     texts = pd.read_csv(small_csv)["text"].tolist()

@@ -218,7 +218,7 @@ def test_a_run_trained_on_short_texts_reads_long_ones_in_windows_when_asked(tiny
     from medclf import TrainConfig, train
 
     trained_run = train(TrainConfig(data=str(small_csv), model=tiny_model, output=str(tmp_path / "run"), epochs=1,
-                                    max_length=32), progress=False).run_dir
+                                    max_length=32, few_shot="off"), progress=False).run_dir
     long_text = " ".join(["patient seen today history reviewed"] * 40) + " chest pain troponin"
     clf = TextClassifier.load(trained_run, backend="torch", long_text="chunk")
     assert clf.long_text == "chunk" and TextClassifier.load(trained_run, backend="torch").long_text == "head-tail"

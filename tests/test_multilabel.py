@@ -328,7 +328,8 @@ def test_indicator_columns_chunk_mode_and_embeddings(tmp_path, tiny_model):
     data = write_csv(tmp_path / "flags.csv", rows)
     common = dict(data=str(data), test_data=str(data), val_data=str(data), model=tiny_model, multi_label=True,
                   label_column=["urgent", "cardio", "derm"], max_length=16, long_text="chunk", max_chunks=8)
-    result = train(TrainConfig(**common, output=str(tmp_path / "ft"), epochs=2, batch_size=4), progress=False)
+    result = train(TrainConfig(**common, output=str(tmp_path / "ft"), epochs=2, batch_size=4, few_shot="off"),
+                   progress=False)
     assert result.metrics["test"]["labels"] == ["urgent", "cardio", "derm"]
     assert result.metrics["data"]["truncation"]["train"]["mean_windows"] > 1
     clf = TextClassifier.load(result.run_dir)

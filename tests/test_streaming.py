@@ -56,7 +56,7 @@ def short_run(tmp_path_factory, tiny_model, small_csv):
 
     out = tmp_path_factory.mktemp("short") / "run"
     train(TrainConfig(data=str(small_csv), model=tiny_model, output=str(out), epochs=1, max_length=16,
-                      precision="fp32"), progress=False)
+                      precision="fp32", few_shot="off"), progress=False)
     return out
 
 

@@ -79,7 +79,8 @@ def test_metrics_json_reports_what_a_user_checks(trained_run):
 
 def test_same_seed_same_metrics(tmp_path, tiny_model, small_csv):
     def run(name):
-        config = TrainConfig(data=str(small_csv), model=tiny_model, output=str(tmp_path / name), epochs=2, lr=1e-3)
+        config = TrainConfig(data=str(small_csv), model=tiny_model, output=str(tmp_path / name), epochs=2, lr=1e-3,
+                             few_shot="off")
         return train(config, progress=False).metrics
 
     first, second = run("a"), run("b")
