@@ -57,7 +57,8 @@ def table_format(path: str, *, allow_txt: bool = False) -> str:
     )
 
 
-def _check_file(path: str) -> None:
+def check_file(path: str) -> None:
+    """The path names a non-empty file (one sentence otherwise)."""
     if path != "-":
         p = Path(path)
         if not p.exists():
@@ -185,7 +186,7 @@ def _csv_options(fmt: str) -> dict[str, Any]:
 def read_table(path: str, *, allow_txt: bool = False) -> pd.DataFrame:
     """Read a table by its extension, every column as it is stored (text stays text)."""
     fmt = table_format(path, allow_txt=allow_txt)
-    _check_file(path)
+    check_file(path)
     with _parse_errors(path, fmt):
         if fmt in ("csv", "tsv"):
             source = io.StringIO(sys.stdin.read()) if path == "-" else path
@@ -215,7 +216,7 @@ def iter_table(path: str, *, chunk_rows: int, allow_txt: bool = False) -> Iterat
     """The table in frames of at most chunk_rows rows, read as they are needed (memory stays flat however
     large the file): the same parsing, and the same errors, as read_table."""
     fmt = table_format(path, allow_txt=allow_txt)
-    _check_file(path)
+    check_file(path)
     seen = 0
     with _parse_errors(path, fmt):
         if fmt in ("csv", "tsv"):

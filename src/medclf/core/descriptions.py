@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from medclf.core.data import read_table
+from medclf.core.data import check_file, read_table
 from medclf.errors import MedclfError
 
 Descriptions = dict[str, list[str]]
@@ -48,8 +48,7 @@ def check_label_descriptions(descriptions: Descriptions, labels: list[str], *, s
 
 
 def _from_json(path: str) -> Descriptions:
-    if not Path(path).is_file():
-        raise MedclfError(f"File not found: {path}; check the path.")
+    check_file(path)
     try:
         raw: Any = json.loads(Path(path).read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -36,8 +36,6 @@ DEFAULT_BATCH_SIZE = INFER_BATCH_SIZE
 32 25.8, 64 25.4 texts/s (probably cache: a smaller batch's activations stay in it)."""
 
 
-
-
 class TextClassifier:
     """A trained classifier loaded from a run directory (or its model/ folder).
 

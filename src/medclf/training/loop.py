@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medclf.config import TrainConfig
+from medclf.config import PretrainConfig, TrainConfig
 from medclf.model.batching import Encoded, collate, length_grouped_batches, pool_logits_torch
 from medclf.model.modeling import PrecisionChoice, autocast, pad_multiple_for, release_memory, to_device
 from medclf.training.distributed import SINGLE, Dist
@@ -37,7 +37,7 @@ class Schedule:
     warmup: int
 
     @classmethod
-    def plan(cls, config: TrainConfig, *, n_train: int, world: int = 1, min_steps: int = 0) -> Schedule:
+    def plan(cls, config: TrainConfig | PretrainConfig, *, n_train: int, world: int = 1, min_steps: int = 0) -> Schedule:
         """config's epochs (more where they would take fewer than `min_steps` steps), cut at config.max_steps."""
         global_batch = config.batch_size * world
         steps_per_epoch = math.ceil(math.ceil(n_train / global_batch) / config.grad_accum)
@@ -48,10 +48,14 @@ class Schedule:
                    total_steps=total, epochs=math.ceil(total / steps_per_epoch), warmup=round(config.warmup_ratio * total))
 
     def lr_factor(self, step: int) -> float:
-        """Linear warmup to the peak lr, then linear decay to 0 at the last step."""
-        if step < self.warmup:
-            return (step + 1) / (self.warmup + 1)
-        return max(0.0, (self.total_steps - step) / max(1, self.total_steps - self.warmup))
+        return warmup_then_decay(step, warmup=self.warmup, total=self.total_steps)
+
+
+def warmup_then_decay(step: int, *, warmup: int, total: int) -> float:
+    """The lr factor at `step`: linear warmup to the peak lr over `warmup` steps, then linear decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    return max(0.0, (total - step) / max(1, total - warmup))
 
 
 @dataclass
@@ -89,7 +93,7 @@ class EpochDone:
         return self.samples / self.seconds if self.seconds else 0.0
 
 
-def optimizer_for(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def optimizer_for(model: torch.nn.Module, config: TrainConfig | PretrainConfig) -> torch.optim.Optimizer:
     """AdamW with weight decay on matrices only (not on biases and LayerNorm weights)."""
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []

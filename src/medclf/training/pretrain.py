@@ -49,7 +49,7 @@ from medclf.run.artifacts import (
     save_pretrained_atomic,
 )
 from medclf.training.fitting import RunLog, set_seed
-from medclf.training.loop import optimizer_for
+from medclf.training.loop import Schedule, optimizer_for, warmup_then_decay
 
 PRETRAIN_CONFIG_FILE = "pretrain_config.json"
 
@@ -155,8 +155,7 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> PretrainResult
         head_seconds = time.perf_counter() - start
         runlog.info("MLM head trained alone for %d steps (encoder frozen; %.0f s): loss %.4f.", config.head_warmup_steps,
                     head_seconds, held_out_loss())
-    per_epoch = math.ceil(math.ceil(len(train_texts) / config.batch_size) / config.grad_accum)
-    total = config.epochs * per_epoch if config.max_steps is None else min(config.max_steps, config.epochs * per_epoch)
+    total = Schedule.plan(config, n_train=len(train_texts)).total_steps
     start = time.perf_counter()
     samples = _steps(model, config, train_enc, examples, train_collator, amp=amp, device=device, pad_id=pad_id,
                      total=total, progress=progress, desc="MLM")
@@ -187,10 +186,9 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> PretrainResult
 def _steps(model: Any, config: PretrainConfig, enc: Any, examples: Any, collator: Any, *, amp: Any,
            device: torch.device, pad_id: int, total: int, progress: bool, desc: str) -> int:
     """`total` optimizer steps of MLM over length-grouped batches (epochs as needed); returns the texts seen."""
-    optimizer = optimizer_for(model, config)  # type: ignore[arg-type]  # the fields it reads: lr, weight_decay
-    warmup = round(config.warmup_ratio * total)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / (warmup + 1) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
+    optimizer = optimizer_for(model, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
+        warmup_then_decay, warmup=round(config.warmup_ratio * total), total=total))
     generator = torch.Generator().manual_seed(config.seed)
     bar = None
     if progress:
