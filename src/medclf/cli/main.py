@@ -251,22 +251,61 @@ def cv(folds: int = 5, workers: int | None = None, **options: object) -> None:
     _guard(run)
 
 
-def _register_cv() -> None:
-    """`cv` takes every option of `train` (one definition, so the two never drift apart) and --folds."""
+def audit(folds: int = 5, workers: int | None = None, id_column: list[str] | None = None, keep_text: bool = False,
+          fix: bool = False, accept_top: int | None = None, **options: object) -> None:
+    """Find probably wrong labels: out-of-fold probabilities from cross-validation (train's options), ranked by
+    confident learning (cleanlab); issues.csv, audit.md, out-of-fold probabilities, and with --fix a corrected copy."""
+
+    def run() -> None:
+        from medclf.training.audit import AUDIT_TABLE, ISSUES_FILE
+        from medclf.training.audit import audit as audit_fn
+
+        if int(options.get("num_processes", 1) or 1) > 1:  # type: ignore[call-overload]
+            raise MedclfError("--num-processes does not apply to audit; --workers runs folds in parallel instead.")
+        if fix and accept_top is None:
+            raise MedclfError("--fix applies only suggestions you accept: add --accept-top K (the K top-ranked issues "
+                              "of an earlier audit's issues.csv).")
+        if accept_top is not None and not fix:
+            raise MedclfError("--accept-top goes with --fix (which writes the corrected copy); add --fix.")
+        result = audit_fn(_train_config(options), folds=folds, workers=workers, id_columns=id_column,
+                          keep_text=keep_text, fix_top=accept_top, progress=_progress())
+        typer.echo((result.output / AUDIT_TABLE).read_text(encoding="utf-8"))
+        typer.echo(f"Audit written to {result.output} ({ISSUES_FILE}: {len(result.issues)} rows flagged of "
+                   f"{result.n_rows})" + (f"; corrected copy {result.fixed}" if result.fixed else ""))
+
+    _guard(run)
+
+
+def _with_train_options(fn: Callable[..., None], name: str, extra: list[tuple[str, object, object]],
+                        defaults: dict[str, object] | None = None) -> None:
+    """Register `fn` as command `name` with every option of `train` (one definition, so they never drift apart)
+    after its own `extra` options (name, default, Annotated type); `defaults` changes some of train's defaults."""
     import inspect
     import typing
 
-    folds = inspect.Parameter("folds", inspect.Parameter.KEYWORD_ONLY, default=5, annotation=Annotated[
-        int, typer.Option("--folds", help="Number of folds; each row is tested once.")])
-    workers = inspect.Parameter("workers", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-        int | None, typer.Option("--workers", help="Folds trained at once, each in its own process. Default: one per CPU core (1 on a GPU).")])
+    own = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a) for n, d, a in extra]
     hints = typing.get_type_hints(train, include_extras=True)  # the real Annotated[...] objects, not strings
-    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints[p.name])
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints[p.name],
+                        default=(defaults or {}).get(p.name, p.default))
               for p in inspect.signature(train).parameters.values()]
-    cv.__signature__ = inspect.Signature([folds, workers, *params])  # type: ignore[attr-defined]
-    cv.__annotations__ = {**{p.name: p.annotation for p in params}, "folds": folds.annotation,
-                          "workers": workers.annotation, "return": None}
-    app.command(name="cv")(cv)
+    fn.__signature__ = inspect.Signature([*own, *params])  # type: ignore[attr-defined]
+    fn.__annotations__ = {**{p.name: p.annotation for p in [*own, *params]}, "return": None}
+    app.command(name=name)(fn)
+
+
+FoldsOpt = Annotated[int, typer.Option("--folds", help="Number of folds; each row is tested once.")]
+WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Folds trained at once, each in its own process. Default: one per CPU core (1 on a GPU).")]
+
+
+def _register_commands() -> None:
+    _with_train_options(cv, "cv", [("folds", 5, FoldsOpt), ("workers", None, WorkersOpt)])
+    _with_train_options(audit, "audit", [
+        ("folds", 5, FoldsOpt), ("workers", None, WorkersOpt),
+        ("id_column", None, Annotated[list[str] | None, typer.Option("--id-column", help="Column(s) that identify a row (a note id); copied into issues.csv beside the row number.")]),
+        ("keep_text", False, Annotated[bool, typer.Option("--keep-text", help="Copy the text into issues.csv (off: it carries no text).")]),
+        ("fix", False, Annotated[bool, typer.Option("--fix", help="Write a copy of the data (fixed.<ext> in the audit directory) with the --accept-top suggestions applied; the file given is never changed.")]),
+        ("accept_top", None, Annotated[int | None, typer.Option("--accept-top", help="With --fix: relabel the K top-ranked issues to their suggested label.")]),
+    ], defaults={"method": "embeddings"})
 
 
 # ---------------------------------------------------------------- evaluate
@@ -359,6 +398,37 @@ def predict(
         )
         if output:
             log.info("Wrote %d predictions to %s", count, output)
+
+    _guard(run)
+
+
+@app.command()
+def suggest(
+    run_dir: RunDirArg,
+    pool: Annotated[str, typer.Option("--pool", help="Unlabelled texts: a .txt file (one per line) or a table (CSV, TSV, JSONL, Parquet).")],
+    n: Annotated[int, typer.Option("--n", help="How many texts to suggest.")] = 100,
+    strategy: Annotated[str, typer.Option("--strategy", help="margin (closest call between the top two classes) | entropy | diverse (the most uncertain, spread over the encoder's space) | random.")] = "margin",
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Write CSV, JSONL or Parquet (by extension). Default: CSV on stdout.")] = None,
+    text_column: TextColOpt = None,
+    id_column: Annotated[list[str] | None, typer.Option("--id-column", help="Pool column(s) that identify a row; copied beside the row number.")] = None,
+    keep_text: Annotated[bool, typer.Option("--keep-text", help="Copy the text into the output (off: it carries no text).")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random strategy.")] = 0,
+    batch_size: BatchOpt = None,
+    backend: BackendOpt = "auto",
+    drop_empty: DropEmptyOpt = False,
+) -> None:
+    """Rank unlabelled texts for annotation: the ones whose labels would teach the run most (uncertain, diverse)."""
+
+    def run() -> None:
+        from medclf.inference.suggest import suggest as suggest_fn
+
+        result = suggest_fn(run_dir, pool=pool, n=n, strategy=strategy, text_columns=text_column, id_columns=id_column,
+                            keep_text=keep_text, seed=seed, drop_empty=drop_empty, output=output,
+                            options=LoadOptions(backend=backend, batch_size=batch_size))
+        if output is None:
+            typer.echo(result.frame.to_csv(index=False, float_format="%.6f"), nl=False)
+        else:
+            log.info("Wrote %d suggestions of %d pool texts to %s", len(result.frame), result.pool_size, output)
 
     _guard(run)
 
@@ -499,7 +569,7 @@ def demo(
     _guard(run)
 
 
-_register_cv()
+_register_commands()
 
 
 def main() -> None:

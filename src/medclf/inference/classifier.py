@@ -322,6 +322,27 @@ class TextClassifier:
 
         return Explainer(self).explain(text, method=method, target=target, steps=steps)
 
+    def embed(self, texts: list[str], *, batch_size: int | None = None) -> np.ndarray:
+        """Each text's vector in the run's encoder space (texts x hidden size): the mean of the encoder's last hidden
+        states, pads left out, L2-normalised; a text read in windows gets the mean of its windows'. For a fine-tuned
+        run, the fine-tuned encoder's space; for an embeddings run, the space its head reads."""
+        from medclf.model.embeddings import EmbeddingClassifier, mean_pool
+
+        model = self.torch_model()
+        encoder = model.encoder if isinstance(model, EmbeddingClassifier) else getattr(model, "base_model")
+        device = next(model.parameters()).device
+        encoded = self.encode(list(texts)) if texts else Encoded([], 0, 0, 0)
+        hidden = int(getattr(model, "config").hidden_size)
+        out = np.zeros((len(encoded.input_ids), hidden), dtype=np.float32)
+        batching = batching_for(device, batch_size or self.batch_size, default=INFER_BATCH_SIZE)
+        for batch in batching.batches([len(s) for s in encoded.input_ids]):
+            inputs = to_device(batching.collate([encoded.input_ids[i] for i in batch], self.pad_id), device)
+            with torch.inference_mode(), autocast(device, self.precision):
+                states = encoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
+            out[batch] = mean_pool(states.float(), inputs["attention_mask"]).cpu().numpy()
+        pooled = pool_logits(out, encoded.doc_of, encoded.n_docs, "mean")
+        return np.asarray(pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None), dtype=np.float32)
+
     def torch_model(self) -> torch.nn.Module:
         """The PyTorch model behind this classifier (what gradients need): its own with the torch backend; for ONNX,
         the run's PyTorch model, loaded on the CPU once."""

@@ -65,13 +65,24 @@ def is_run_dir(path: str | Path) -> bool:
     return (path / CONFIG_FILE).is_file() and (path / MODEL_DIR / "config.json").is_file()
 
 
+OUTPUT_MARKERS = ("cv.json", "audit.json", "pretrain_config.json")
+"""The file that marks a directory written by `medclf cv`, `audit` or `pretrain` (a train run: is_run_dir)."""
+
+
+def is_medclf_output(path: str | Path) -> bool:
+    """A directory some medclf command wrote: a run, or a cross-validation, audit or pretraining directory."""
+    path = Path(path)
+    return is_run_dir(path) or any((path / marker).is_file() for marker in OUTPUT_MARKERS)
+
+
 def check_output_dir(path: str | Path, *, overwrite: bool) -> None:
-    """Refuse to write over an existing run or a non-empty folder unless asked to."""
+    """Refuse to write over an existing medclf output or a non-empty folder unless asked to (--overwrite replaces
+    only what medclf wrote)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise MedclfError(f"Output path {path} is a file; choose a directory path with --output.")
     if path.is_dir() and any(path.iterdir()):
-        if not is_run_dir(path):
+        if not is_medclf_output(path):
             raise MedclfError(
                 f"Output directory {path} holds files that are not a medclf run; choose another --output "
                 "(--overwrite only replaces an earlier run)."

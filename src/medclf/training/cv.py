@@ -19,11 +19,20 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from medclf.config import TrainConfig
 from medclf.core.data import kfold_indices
 from medclf.core.tasks import headline_figures
 from medclf.errors import MedclfError
-from medclf.run.artifacts import atomic_write_json, atomic_write_text, check_output_dir, publish, staging_dir
+from medclf.run.artifacts import (
+    PREDICTIONS_FILE,
+    atomic_write_json,
+    atomic_write_text,
+    check_output_dir,
+    publish,
+    staging_dir,
+)
 
 log = logging.getLogger(__name__)
 CV_FILE = "cv.json"
@@ -35,6 +44,16 @@ class CVResult:
     output: Path
     folds: list[dict[str, Any]]
     summary: dict[str, Any]
+    labels: list[str]
+    """The classes (multi-label: the labels), in the order of `probs`' columns."""
+    rows: list[int]
+    """0-based row of each kept data row in the source table, in the data's order."""
+    given: list[Any]
+    """Each row's label as the data gives it (multi-label: a tuple of labels)."""
+    probs: np.ndarray
+    """Out-of-fold probabilities (rows x labels): each row's from the fold run that did not train on it (calibrated
+    on that fold's validation slice, as every run's are)."""
+    multi_label: bool
 
 
 def _figures(test: dict[str, Any]) -> dict[str, float]:
@@ -140,13 +159,30 @@ def cross_validate(config: TrainConfig, *, folds: int = 5, progress: bool = Fals
                   "seconds": seconds, "config": config.to_dict()}
         atomic_write_json(stage / CV_FILE, report)
         atomic_write_text(stage / CV_TABLE, format_cv(report))
+        probs = out_of_fold(stage, folds, data.rows, labels)
         final = publish(stage, output, overwrite=config.overwrite)
     except BaseException:
         import shutil
 
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    return CVResult(output=final, folds=rows, summary=summary)
+    return CVResult(output=final, folds=rows, summary=summary, labels=labels, rows=data.rows, given=data.labels,
+                    probs=probs, multi_label=config.multi_label)
+
+
+def out_of_fold(directory: Path, folds: int, rows: list[int], labels: list[str]) -> np.ndarray:
+    """The probabilities of every data row from its fold run's test predictions (directory/fold-K/), in data order."""
+    import pandas as pd
+
+    where = {row: i for i, row in enumerate(rows)}
+    probs = np.full((len(rows), len(labels)), np.nan)
+    for k in range(1, folds + 1):
+        frame = pd.read_csv(directory / f"fold-{k}" / PREDICTIONS_FILE, dtype={"label": str, "labels": str},
+                            keep_default_na=False)
+        probs[[where[int(r)] for r in frame["row"]]] = frame[[f"prob_{lab}" for lab in labels]].to_numpy(float)
+    if np.isnan(probs).any():  # every row is in exactly one test fold; a gap means a fold run lost rows
+        raise RuntimeError("cross-validation left rows without an out-of-fold prediction")
+    return probs
 
 
 def _figures_keys(rows: list[dict[str, Any]]) -> list[str]:
