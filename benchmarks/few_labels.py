@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--pretrained", help="a `medclf pretrain` run directory (for the *-pretrained systems)")
     parser.add_argument("--setfit-python", default=sys.executable,
                         help="a Python that has setfit (e.g. a virtual environment's bin/python)")
+    parser.add_argument("--setfit-max-steps", type=int, default=-1,
+                        help="cap SetFit's contrastive steps (-1: its default, which grows with the square of the rows)")
     parser.add_argument("--names", default=str(NAMES), help="label,description table of the class names")
     parser.add_argument("--descriptions", default=str(DESCRIPTIONS), help="label,description table, a sentence each")
     parser.add_argument("--quick", action="store_true", help="smoke test: 300-row split, one epoch, tiny limits")
@@ -114,12 +116,14 @@ def run_system(system: str, *, train_csv: Path, test_csv: Path, out: Path, size:
     if system == "setfit":
         cmd = [args.setfit_python, str(HERE / "setfit_anchor.py"), "--train", str(train_csv), "--test", str(test_csv),
                "--model", model_source(args.model), "--seed", str(draw)]
-        if args.quick:
-            cmd += ["--max-steps", "4"]
+        steps = 4 if args.quick else args.setfit_max_steps
+        if steps > 0:
+            cmd += ["--max-steps", str(steps)]
         wall, output = timed(cmd, log)
         figures = json.loads(output.strip().splitlines()[-1])
         return {"system": system, "size": size, "draw": draw, "accuracy": figures["accuracy"],
-                "macro_f1": figures["macro_f1"], "train_seconds": figures["train_seconds"], "wall_seconds": wall}
+                "macro_f1": figures["macro_f1"], "train_seconds": figures["train_seconds"], "wall_seconds": wall,
+                "setfit_max_steps": steps if steps > 0 else None}
     run_dir = out / "runs" / name
     cmd = [sys.executable, "-m", "medclf", "--quiet", "train", "--data", str(train_csv), "--test-data", str(test_csv),
            "--text-column", "text", "--label-column", "label", "--output", str(run_dir), "--overwrite",

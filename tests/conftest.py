@@ -142,8 +142,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 60) -> None:
-    """Poll /readyz of a `medclf serve` subprocess until it answers 200."""
+def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 60, path: str = "/readyz") -> None:
+    """Poll `path` (/readyz of a `medclf serve` subprocess) until it answers 200."""
     import httpx
 
     deadline = time.monotonic() + timeout
@@ -151,7 +151,7 @@ def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 60) -> None:
         if proc.poll() is not None:
             raise AssertionError(f"server exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
         try:
-            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+            if httpx.get(base + path, timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             pass

@@ -37,13 +37,15 @@ def noisy(tmp_path_factory):
 
 def audit_args(data, model, out, *extra):
     return ["audit", "--data", str(data), "--model", model, "--output", str(out), "--folds", "3", "--workers", "1",
-            "--max-length", "32", "--precision", "fp32", *extra]
+            "--max-length", "32", "--precision", "fp32", "--few-shot", "off", *extra]
 
 
-def test_audit_finds_planted_flips_and_writes_no_text(tmp_path, tiny_model_64, noisy):
+def test_audit_finds_planted_flips_writes_no_text_and_fixes_only_a_copy(tmp_path, tiny_model_64, noisy):
     data, flipped = noisy
+    before = hashlib.sha256(data.read_bytes()).hexdigest()
     out = tmp_path / "audit"
-    result = runner.invoke(app, audit_args(data, tiny_model_64, out, "--id-column", "note_id"))
+    result = runner.invoke(app, audit_args(data, tiny_model_64, out, "--id-column", "note_id", "--fix",
+                                           "--accept-top", "2"))
     assert result.exit_code == 0, result.output
     assert "flagged" in result.stdout and SECRET not in result.output
     issues = pd.read_csv(out / "issues.csv")
@@ -68,37 +70,29 @@ def test_audit_finds_planted_flips_and_writes_no_text(tmp_path, tiny_model_64, n
     assert sum(p["rows"] for p in report["pairs"]) == len(issues)
     assert "| given | suggested | rows |" in (out / "audit.md").read_text()
     assert (out / "cv" / "cv.json").is_file() and (out / "cv" / "fold-3" / "model").is_dir()
-    # no text anywhere in what the audit wrote (parquet read back, every other file as bytes)
+    # no text anywhere in what the audit wrote (parquet read back, every other file as bytes) but the data's own copy
     for path in out.rglob("*"):
-        if path.is_file():
+        if path.is_file() and path.name != "fixed.csv":
             if path.suffix == ".parquet":
                 assert not pd.read_parquet(path).astype(str).apply(lambda c: c.str.contains(SECRET)).any().any()
             else:
                 assert SECRET.encode() not in path.read_bytes(), path
-    # --overwrite replaces an earlier audit
-    again = runner.invoke(app, audit_args(data, tiny_model_64, out, "--overwrite", "--folds", "2"))
-    assert again.exit_code == 0, again.output
-    assert json.loads((out / "audit.json").read_text())["folds"] == 2
-
-
-def test_fix_applies_only_the_accepted_top_suggestions_to_a_copy(tmp_path, tiny_model_64, noisy):
-    data, _ = noisy
-    before = hashlib.sha256(data.read_bytes()).hexdigest()
-    out = tmp_path / "audit"
-    result = runner.invoke(app, audit_args(data, tiny_model_64, out, "--fix", "--accept-top", "2", "--keep-text"))
-    assert result.exit_code == 0, result.output
-    assert hashlib.sha256(data.read_bytes()).hexdigest() == before  # the file given is never modified
-    issues = pd.read_csv(out / "issues.csv")
-    assert "text" in issues.columns and issues["text"].str.contains(SECRET).all()  # asked for with --keep-text
-    original, fixed = pd.read_csv(data), pd.read_csv(out / "fixed.csv")
-    assert list(fixed.columns) == list(original.columns) and len(fixed) == len(original)
-    changed = sorted(np.flatnonzero((fixed["label"] != original["label"]).to_numpy()).tolist())
+    # --fix --accept-top 2: a copy with exactly the two top suggestions applied; the file given is never modified
+    assert hashlib.sha256(data.read_bytes()).hexdigest() == before
+    fixed = pd.read_csv(out / "fixed.csv")
+    assert list(fixed.columns) == list(table.columns) and len(fixed) == len(table)
+    changed = sorted(np.flatnonzero((fixed["label"] != table["label"]).to_numpy()).tolist())
     top = issues.head(2)
     assert changed == sorted(top["row"].tolist())
     for _, issue in top.iterrows():
         assert fixed["label"][issue["row"]] == issue["suggested_label"]
-    assert (fixed.drop(columns="label") == original.drop(columns="label")).all().all()
-    assert json.loads((out / "audit.json").read_text())["fixed"]["relabelled_rows"] == top["row"].tolist()
+    assert (fixed.drop(columns="label") == table.drop(columns="label")).all().all()
+    assert report["fixed"]["relabelled_rows"] == top["row"].tolist()
+    # --overwrite replaces an earlier audit; --keep-text puts the text in issues.csv, as asked
+    again = runner.invoke(app, audit_args(data, tiny_model_64, out, "--overwrite", "--folds", "2", "--keep-text"))
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / "audit.json").read_text())["folds"] == 2 and not (out / "fixed.csv").exists()
+    assert pd.read_csv(out / "issues.csv")["text"].str.contains(SECRET).all()
 
 
 def test_multi_label_audit(tmp_path, tiny_model_64):
@@ -109,7 +103,8 @@ def test_multi_label_audit(tmp_path, tiny_model_64):
     from medclf.training.audit import audit
 
     result = audit(TrainConfig(data=str(data), model=tiny_model_64, output=str(tmp_path / "a"), multi_label=True,
-                               label_column=["labels"], method="embeddings", max_length=32, precision="fp32"),
+                               label_column=["labels"], method="embeddings", max_length=32, precision="fp32",
+                               few_shot="off"),
                    folds=3, workers=1)
     oof = pd.read_parquet(result.output / "out_of_fold.parquet")
     assert {"prob_cardio", "prob_derm", "prob_neuro", "prob_urgent"} <= set(oof.columns)

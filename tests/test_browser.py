@@ -71,6 +71,67 @@ def test_paste_text_and_see_the_label_and_one_bar_per_class(browser, server, tmp
     assert (tmp_path / "page.png").stat().st_size > 1000
 
 
+def test_explain_shades_the_words_and_names_the_method(browser, server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    expected = httpx.post(server + "/v1/explain", json={"text": NOTE, "method": "occlusion"}).json()
+    browser.get(server + "/")
+    WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "card").is_displayed())
+    facts = browser.find_element(By.ID, "facts").text
+    assert "cardio, derm, neuro" in facts and "macro-F1" in facts and "not a medical device" in facts
+    browser.find_element(By.ID, "text").send_keys(NOTE)
+    Select(browser.find_element(By.ID, "method")).select_by_value("occlusion")
+    browser.find_element(By.ID, "explain").click()
+    WebDriverWait(browser, 30).until(ec.visibility_of_element_located((By.ID, "why")))
+    spans = browser.find_elements(By.CSS_SELECTOR, "#words span")
+    assert [s.text for s in spans] == [w["word"] for w in expected["words"]]
+    scored = [(float(s.get_attribute("data-score")), w["score"]) for s, w in zip(spans, expected["words"])
+              if w["score"] is not None]
+    assert scored and all(abs(a - b) < 1e-6 for a, b in scored)
+    top = max(range(len(scored)), key=lambda i: abs(scored[i][1]))
+    assert "rgba" in spans[top].value_of_css_property("background-color")
+    assert "occlusion" in browser.find_element(By.ID, "legend").text
+
+
+def test_a_csv_file_is_classified_in_batches_and_downloads_without_text(browser, server, tmp_path):
+    import pandas as pd
+    from conftest import make_rows
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    rows = make_rows(25, seed=4)  # 75 rows: more than one batch of 64
+    rows[3]["text"] = ""  # an empty text is skipped and noted, not sent
+    rows[5]["text"] = 'a "quoted", multi-line\nnote ' + SECRET
+    source = tmp_path / "notes.csv"
+    pd.DataFrame(rows).to_csv(source, index=False)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    browser.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    browser.get(server + "/")
+    WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "card").is_displayed())
+    browser.find_element(By.ID, "file").send_keys(str(source))
+    WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "run").is_displayed())
+    assert browser.find_element(By.ID, "column").get_attribute("value") == "text"
+    browser.find_element(By.ID, "run").click()
+    WebDriverWait(browser, 60).until(lambda d: d.find_element(By.ID, "download").is_displayed())
+    assert "74 of 75 rows" in browser.find_element(By.ID, "progress").text
+    browser.find_element(By.ID, "download").click()
+    target = downloads / "medclf-predictions.csv"
+    WebDriverWait(browser, 20).until(lambda d: target.exists() and target.stat().st_size > 0)
+    got = pd.read_csv(target, keep_default_na=False)
+    assert len(got) == 75 and "text" not in got.columns and SECRET.encode() not in target.read_bytes()
+    assert got["note_id"].tolist() == [r["note_id"] for r in rows] and got["note"][3] == "empty text"
+    texts = [r["text"] for i, r in enumerate(rows) if i != 3]
+    expected = httpx.post(server + "/v1/predict", json={"texts": texts[:64]}).json()["predictions"]
+    expected += httpx.post(server + "/v1/predict", json={"texts": texts[64:]}).json()["predictions"]
+    kept = got.drop(index=3).reset_index(drop=True)
+    assert kept["predicted"].tolist() == [p["label"] for p in expected]
+    assert kept["label"].tolist() == [r["label"] for i, r in enumerate(rows) if i != 3]  # the file's own column, kept
+    assert all(abs(float(a) - p["score"]) < 1e-6 for a, p in zip(kept["score"], expected))
+
+
 def test_an_empty_text_is_refused_on_the_page(browser, server):
     from selenium.webdriver.common.by import By
 

@@ -61,3 +61,22 @@ def test_distributed_training_needs_nothing_beyond_the_plain_install():
 
     plain = [r for r in importlib.metadata.requires("medclf") or [] if "extra ==" not in r]
     assert any(r.replace(" ", "").startswith("accelerate") for r in plain), plain
+
+
+def test_pretraining_on_two_processes_writes_one_checkpoint(tmp_path, tiny_model, small_csv):
+    from transformers import AutoModelForMaskedLM
+
+    out = tmp_path / "pre"
+    cmd = [sys.executable, "-m", "medclf", "-q", "pretrain", "--data", str(small_csv), "--text-column", "text",
+           "--model", tiny_model, "--output", str(out), "--num-processes", "2", "--batch-size", "4", "--max-steps",
+           "4", "--max-length", "24", "--precision", "fp32", "--whole-word-masking", "--lr", "3e-3"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("Run written to") == 1  # the main process reports, once
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pre"]  # no leftover staging folders
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["optimizer_steps"] == 4
+    assert metrics["held_out_mlm_loss_after"] < metrics["held_out_mlm_loss_before"]
+    log = (out / "train.log").read_text()
+    assert log.count("Distributed: 2 processes") == 1 and log.count("Pretrain:") == 1
+    assert AutoModelForMaskedLM.from_pretrained(out / "model") is not None

@@ -51,6 +51,11 @@ def test_health_ready_and_model_info(client, trained_run):
     metrics = json.loads((trained_run / "metrics.json").read_text())["test"]
     assert info["test_metrics"]["macro_f1"] == metrics["macro_f1"] and info["test_metrics"]["n"] == metrics["n"]
     assert info["limits"] == {"max_batch": 8, "max_chars": 200} and info["medclf_version"]
+    card = info["card"]  # the model card's key facts, for the page
+    band = metrics["intervals"]["macro_f1"]
+    assert card["macro_f1_interval"] == {"low": band["low"], "high": band["high"]}
+    assert "not a medical device" in card["out_of_scope"] and card["data"].startswith("notes.csv (")
+    assert card["method"].startswith("fine-tuning")
 
 
 def test_predict_one_text_and_a_list_match_the_library(client, reference):

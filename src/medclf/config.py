@@ -22,6 +22,8 @@ LONG_TEXT = ("truncate", "head-tail", "chunk")
 POOLS = ("mean", "max")
 METHODS = ("finetune", "embeddings", "zero-shot")
 FEW_SHOT = ("auto", "on", "off")
+TRACKERS = ("none", "mlflow")
+"""--track: where a finished job is also logged (run/tracking.py)."""
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 INFER_BATCH_SIZE = 16
@@ -113,6 +115,9 @@ class TrainConfig:
     drop_empty: bool = False
     """Skip rows with an empty text or label instead of refusing the file."""
     overwrite: bool = False
+    track: str = "none"
+    """'mlflow': also log the finished run (options, per-epoch and test figures, report files) to MLflow
+    (run/tracking.py); 'none': only the run directory."""
     test_size: float = 0.2
     val_size: float = 0.1
     warmup_ratio: float = 0.1
@@ -186,6 +191,7 @@ class TrainConfig:
                     f"{MAX_WINDOW_TOKENS_PER_STEP:,} that fit in memory; lower --batch-size, --max-chunks or --max-length.")
         _choice("method", self.method, METHODS)
         _choice("few_shot", self.few_shot, FEW_SHOT)
+        _choice("track", self.track, TRACKERS)
         if self.method == "zero-shot" and not self.label_descriptions:
             raise MedclfError("--method zero-shot needs --label-descriptions F (a table of label,description, or JSON "
                               '{"label": "description"}).')
@@ -311,6 +317,8 @@ class PretrainConfig:
     drop_empty: bool = False
     overwrite: bool = False
     trust_remote_code: bool = False
+    track: str = "none"
+    """'mlflow': also log the finished job to MLflow (run/tracking.py)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.data, str) or not self.data:
@@ -330,6 +338,7 @@ class PretrainConfig:
             raise MedclfError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
         _choice("precision", self.precision, PRECISIONS)
         _choice("device", self.device, DEVICES)
+        _choice("track", self.track, TRACKERS)
 
 
 TRAIN_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainConfig)

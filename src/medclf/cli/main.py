@@ -144,6 +144,7 @@ def train(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run at --output.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | mps.")] = "auto",
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from the model's repository (off by default; only for models you trust).")] = False,
+    track: Annotated[str, typer.Option("--track", help="none | mlflow: also log the finished run (options, per-epoch and test figures, report files; never text) to MLflow: MLFLOW_TRACKING_URI, else ./mlruns. Needs `pip install 'medclf[track]'`.")] = D.track,
     num_processes: Annotated[int, typer.Option("--num-processes", help="Train on N processes on this machine (DDP; N GPUs, or N CPU processes with gloo): starts `torchrun --nproc-per-node N -m medclf train ...` for you.")] = 1,
 ) -> None:
     """Fine-tune a classifier on a labelled table, evaluate it on a held-out test part, and save the run."""
@@ -187,19 +188,28 @@ def pretrain(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the held-out slice, the masks and the batches.")] = 42,
     drop_empty: DropEmptyOpt = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run at --output.")] = False,
+    track: Annotated[str, typer.Option("--track", help="none | mlflow: also log the finished job to MLflow (MLFLOW_TRACKING_URI, else ./mlruns).")] = "none",
+    num_processes: Annotated[int, typer.Option("--num-processes", help="Pretrain on N processes on this machine (DDP; N GPUs, or N CPU processes with gloo): starts `torchrun --nproc-per-node N -m medclf pretrain ...` for you.")] = 1,
 ) -> None:
     """Continue masked-language-model training of the encoder on unlabelled in-domain text."""
 
     def run() -> None:
+        import os
+
         from medclf.config import PretrainConfig
         from medclf.training.pretrain import pretrain as pretrain_fn
+
+        if num_processes > 1 and "WORLD_SIZE" not in os.environ:
+            raise typer.Exit(_launch(num_processes))
 
         config = PretrainConfig(data=data, text_columns=text_column, model=model, output=output, epochs=epochs,
                                 max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
                                 mlm_probability=mlm_probability, whole_word_masking=whole_word_masking,
                                 head_warmup_steps=head_warmup_steps, max_length=max_length, precision=precision,
-                                device=device, seed=seed, drop_empty=drop_empty, overwrite=overwrite)
+                                device=device, seed=seed, drop_empty=drop_empty, overwrite=overwrite, track=track)
         result = pretrain_fn(config, progress=_progress())
+        if os.environ.get("RANK", "0") != "0":  # under torchrun the main process reports
+            return
         m = result.metrics
         typer.echo(f"Held-out MLM loss {m['held_out_mlm_loss_before']:.4f} -> {m['held_out_mlm_loss_after']:.4f} "
                    f"(perplexity {m['perplexity_before']:.1f} -> {m['perplexity_after']:.1f})")
@@ -429,6 +439,62 @@ def suggest(
             typer.echo(result.frame.to_csv(index=False, float_format="%.6f"), nl=False)
         else:
             log.info("Wrote %d suggestions of %d pool texts to %s", len(result.frame), result.pool_size, output)
+
+    _guard(run)
+
+
+@app.command()
+def card(
+    run_dir: RunDirArg,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Write the card here instead of RUN/model/README.md.")] = None,
+) -> None:
+    """(Re)write a run's model card, RUN/model/README.md (Hugging Face format), from the run's files."""
+
+    def run() -> None:
+        from pathlib import Path
+
+        from medclf.reporting.card import model_card, write_card
+        from medclf.run.artifacts import METRICS_FILE, atomic_write_text, is_run_dir, read_json
+        from medclf.run.runspec import RunSpec
+
+        if not is_run_dir(run_dir):
+            raise MedclfError(f"{run_dir} is not a medclf run directory; pass the --output of a `medclf train` run.")
+        if output is None:
+            log.info("Model card written to %s", write_card(run_dir))
+        else:
+            atomic_write_text(Path(output), model_card(RunSpec.read(run_dir), read_json(Path(run_dir) / METRICS_FILE),
+                                                       name=Path(run_dir).resolve().name))
+            log.info("Model card written to %s", output)
+
+    _guard(run)
+
+
+@app.command()
+def runs(
+    folder: Annotated[str, typer.Argument(help="The folder that holds the runs (searched at any depth).")] = "runs",
+    sort: Annotated[str, typer.Option("--sort", help="Column to sort by: created | macro_f1 | accuracy | train_seconds | run | encoder | method | data.")] = "created",
+    descending: Annotated[bool, typer.Option("--descending", help="Largest (or newest) first.")] = False,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Also write the table as CSV.")] = None,
+) -> None:
+    """Compare runs: one row per run and cross-validation under FOLDER (data hash, encoder, method, options, test
+    macro-F1 with its interval, training time)."""
+
+    def run() -> None:
+        from pathlib import Path
+
+        from medclf.reporting.runs import COLUMNS, find_runs, format_runs
+        from medclf.run.artifacts import atomic_write_text
+
+        if sort not in COLUMNS:
+            raise MedclfError(f"--sort {sort!r} is not a column; use one of {', '.join(COLUMNS)}.")
+        frame = find_runs(folder)
+        if frame.empty:
+            raise MedclfError(f"No medclf runs under {folder}; pass the folder your --output runs are in.")
+        frame = frame.sort_values(sort, ascending=not descending, kind="stable", na_position="last")
+        typer.echo(format_runs(frame), nl=False)
+        if output:
+            atomic_write_text(Path(output), frame.to_csv(index=False, float_format="%.6f"))
+            log.info("Wrote %d runs to %s", len(frame), output)
 
     _guard(run)
 

@@ -65,7 +65,9 @@ def is_run_dir(path: str | Path) -> bool:
     return (path / CONFIG_FILE).is_file() and (path / MODEL_DIR / "config.json").is_file()
 
 
-OUTPUT_MARKERS = ("cv.json", "audit.json", "pretrain_config.json")
+CV_FILE = "cv.json"
+"""What `medclf cv` writes beside its fold runs (read by `medclf runs` too)."""
+OUTPUT_MARKERS = (CV_FILE, "audit.json", "pretrain_config.json")
 """The file that marks a directory written by `medclf cv`, `audit` or `pretrain` (a train run: is_run_dir)."""
 
 

@@ -368,11 +368,22 @@ def _model_info(clf: Any, settings: ServeSettings, version: str) -> dict[str, An
 
     run = Path(settings.run_dir)
     spec = clf.spec
+    from medclf.reporting.card import INTENDED_USE, OUT_OF_SCOPE, method_text
+
     test: dict[str, Any] = {}
+    card: dict[str, Any] = {"intended_use": INTENDED_USE[0].upper() + INTENDED_USE[1:] + ".",
+                            "out_of_scope": OUT_OF_SCOPE[0].upper() + OUT_OF_SCOPE[1:] + "."}
+    if spec is not None:
+        card["method"] = method_text(spec)
     if (run / METRICS_FILE).is_file():
         metrics = read_json(run / METRICS_FILE)
         keys = ("n", *clf.task.headline_keys, clf.task.auc_key)
         test = {k: metrics.get("test", {}).get(k) for k in keys}
+        band = metrics.get("test", {}).get("intervals", {}).get("macro_f1")
+        if band:
+            card["macro_f1_interval"] = {"low": band["low"], "high": band["high"]}
+        if spec is not None:
+            card["data"] = f"{Path(spec.data_file).name} ({metrics.get('data', {}).get('n_train', '?')} training rows)"
     return {
         "model": spec.config.model if spec else None,
         "method": spec.method if spec else None,
@@ -385,6 +396,7 @@ def _model_info(clf: Any, settings: ServeSettings, version: str) -> dict[str, An
         "test_metrics": test,
         "medclf_version": version,
         "limits": {"max_batch": settings.max_batch, "max_chars": settings.max_chars},
+        "card": card,
     }
 
 

@@ -31,6 +31,7 @@ from medclf.core.data import read_table, table_format
 from medclf.core.label_quality import FILTER_BY, SCORE_METHOD, LabelQuality, label_quality, require_cleanlab
 from medclf.errors import MedclfError
 from medclf.run.artifacts import atomic_write_json, atomic_write_text, check_output_dir, publish, staging_dir
+from medclf.run.tracking import log_job, require_mlflow
 from medclf.training.cv import cross_validate
 from medclf.training.splits import read_training_data
 
@@ -60,6 +61,8 @@ def audit(config: TrainConfig, *, folds: int = 5, workers: int | None = None, id
     audit directory at config.output (see the module's doc). fix_top=K also writes the data with the K top-ranked
     issues relabelled to the suggestion."""
     require_cleanlab()  # before minutes of training
+    if config.track == "mlflow":
+        require_mlflow()
     if fix_top is not None and (not isinstance(fix_top, int) or isinstance(fix_top, bool) or fix_top < 1):
         raise MedclfError(f"--accept-top must be a positive whole number, got {fix_top!r}.")
     if config.data == "-":
@@ -74,8 +77,8 @@ def audit(config: TrainConfig, *, folds: int = 5, workers: int | None = None, id
                           f"{', '.join(map(str, table.columns)) if table is not None else ''}.")
     stage = staging_dir(output)
     try:
-        cv = cross_validate(dataclasses.replace(config, output=str(stage / CV_DIR), overwrite=False), folds=folds,
-                            progress=progress, workers=workers)
+        cv = cross_validate(dataclasses.replace(config, output=str(stage / CV_DIR), overwrite=False, track="none"),
+                            folds=folds, progress=progress, workers=workers)
         if cv.rows != data.rows:
             raise RuntimeError("cross-validation read the data in another order than the audit")
         found = label_quality(cv.probs, cv.given, cv.labels, multi_label=cv.multi_label)
@@ -103,6 +106,13 @@ def audit(config: TrainConfig, *, folds: int = 5, workers: int | None = None, id
         shutil.rmtree(stage, ignore_errors=True)
         raise
     log.info("Audit: %d of %d rows flagged as probable label issues.", len(found.issues), len(data.rows))
+    if config.track == "mlflow":  # the audit's own files only: issues.csv may hold text (--keep-text)
+        final_figures = {"rows": report["rows"], "issues": report["issues"],
+                         **{f"noise_rate_{c['label']}": c["estimated_noise_rate"] for c in found.per_class},
+                         **{f"cv_{key}_mean": band["mean"] for key, band in cv.summary.items()}}
+        log_job(kind="audit", name=final.name, directory=final,
+                params={**config.to_dict(), "folds": folds, "id_columns": id_columns, "accept_top": fix_top},
+                final=final_figures, artifacts=[AUDIT_FILE, AUDIT_TABLE])
     return AuditResult(output=final, issues=issues, n_rows=len(data.rows),
                        fixed=None if fixed is None else final / fixed.name)
 

@@ -26,6 +26,7 @@ from medclf.core.data import kfold_indices
 from medclf.core.tasks import headline_figures
 from medclf.errors import MedclfError
 from medclf.run.artifacts import (
+    CV_FILE,
     PREDICTIONS_FILE,
     atomic_write_json,
     atomic_write_text,
@@ -33,9 +34,9 @@ from medclf.run.artifacts import (
     publish,
     staging_dir,
 )
+from medclf.run.tracking import log_job, require_mlflow
 
 log = logging.getLogger(__name__)
-CV_FILE = "cv.json"
 CV_TABLE = "cv.md"
 
 
@@ -107,6 +108,8 @@ def cross_validate(config: TrainConfig, *, folds: int = 5, progress: bool = Fals
     started = time.perf_counter()
     output = Path(config.output or Path("runs") / datetime.now().strftime("cv-%Y%m%d-%H%M%S"))
     check_output_dir(output, overwrite=config.overwrite)
+    if config.track == "mlflow":
+        require_mlflow()
     data, labels = read_training_data(config)
     pairs = kfold_indices(data.labels, folds=folds, seed=config.seed, groups=data.groups, source=data.source)
     if config.val_data is not None:
@@ -127,7 +130,9 @@ def cross_validate(config: TrainConfig, *, folds: int = 5, progress: bool = Fals
             splits = Splits(train=train_part, val=val, test=test, labels=labels,
                             how=f"fold {k} of {folds}{grouped} (seed {config.seed}) as test; stratified "
                                 f"{config.val_size:.0%} validation slice of the other folds")
-            jobs.append((dataclasses.replace(config, output=str(stage / f"fold-{k}"), overwrite=False), splits))
+            # the folds are not tracked one by one: the cross-validation is logged as one run, the folds its steps
+            jobs.append((dataclasses.replace(config, output=str(stage / f"fold-{k}"), overwrite=False, track="none"),
+                         splits))
             rows.append({"fold": k, "n_train": len(train_part), "n_val": len(val), "n_test": len(test)})
         if workers == 1:
             found = [_run_fold(fold_config, splits, progress) for fold_config, splits in jobs]
@@ -166,6 +171,12 @@ def cross_validate(config: TrainConfig, *, folds: int = 5, progress: bool = Fals
 
         shutil.rmtree(stage, ignore_errors=True)
         raise
+    if config.track == "mlflow":
+        figures = {f"{key}_{part}": band[part] for key, band in summary.items() for part in ("mean", "sd", "low", "high")}
+        log_job(kind="cv", name=final.name, directory=final, params={**config.to_dict(), "folds": folds,
+                                                                     "workers": workers},
+                steps=[{"step": row["fold"], **row} for row in rows], final={**figures, "seconds": seconds},
+                artifacts=[CV_FILE, CV_TABLE])
     return CVResult(output=final, folds=rows, summary=summary, labels=labels, rows=data.rows, given=data.labels,
                     probs=probs, multi_label=config.multi_label)
 

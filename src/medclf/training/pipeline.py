@@ -25,6 +25,7 @@ from medclf.core.tasks import Task, headline_figures, task_for
 from medclf.errors import MedclfError
 from medclf.model.batching import Encoded, encode
 from medclf.model.modeling import check_max_length, choose_device, load_tokenizer, resolve_model
+from medclf.reporting.card import write_card
 from medclf.reporting.report import write_report
 from medclf.run.artifacts import (
     LOG_FILE,
@@ -38,6 +39,7 @@ from medclf.run.artifacts import (
     save_pretrained_atomic,
 )
 from medclf.run.runspec import RunSpec
+from medclf.run.tracking import require_mlflow, track_train
 from medclf.training.distributed import Dist, distributed_state
 from medclf.training.finetune import finetune
 from medclf.training.fitting import (
@@ -96,6 +98,8 @@ def train(config: TrainConfig, *, progress: bool = True, splits: Splits | None =
     if dist.active and config.output is None:
         raise MedclfError("With several processes pass --output, so that every process names the same run directory.")
     check_output_dir(output, overwrite=config.overwrite)
+    if config.track == "mlflow":
+        require_mlflow()  # before minutes of training
 
     runlog = RunLog(enabled=dist.is_main)
     splits = splits or prepare_splits(config)
@@ -127,6 +131,8 @@ def train(config: TrainConfig, *, progress: bool = True, splits: Splits | None =
         return TrainResult(run_dir=output, metrics=metrics, config=config)
     final = _write_run(output, config, splits, task, tokenizer, fitted, tested, metrics, run_info, runlog,
                        plots=plots, started=started)
+    if config.track == "mlflow":
+        track_train(final)
     dist.barrier()
     return TrainResult(run_dir=final, metrics=metrics, config=config)
 
@@ -308,6 +314,7 @@ def _write_run(output: Path, config: TrainConfig, splits: Splits, task: Task, to
         metrics["timing"]["total_seconds"] = time.perf_counter() - started
         write_report(stage, metrics=metrics, config=config, run_info=run_info, plots=plots)
         atomic_write_json(stage / METRICS_FILE, metrics)
+        write_card(stage, name=output.name)
     return run.final
 
 

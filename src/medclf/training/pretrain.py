@@ -48,6 +48,8 @@ from medclf.run.artifacts import (
     check_output_dir,
     save_pretrained_atomic,
 )
+from medclf.run.tracking import log_job, require_mlflow
+from medclf.training.distributed import Dist, distributed_state
 from medclf.training.fitting import RunLog, set_seed
 from medclf.training.loop import Schedule, optimizer_for, warmup_then_decay
 
@@ -78,9 +80,15 @@ def read_unlabelled(config: PretrainConfig) -> list[str]:
 def pretrain(config: PretrainConfig, *, progress: bool = True) -> PretrainResult:
     """Continue MLM training of config.model on config.data and write the run directory."""
     started = time.perf_counter()
+    dist = distributed_state()
+    if dist.active and config.output is None:
+        raise MedclfError("With several processes pass --output, so that every process names the same run directory.")
     output = Path(config.output or Path("runs") / f"pretrain-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     check_output_dir(output, overwrite=config.overwrite)
-    runlog = RunLog()
+    if config.track == "mlflow":
+        require_mlflow()
+    runlog = RunLog(enabled=dist.is_main)
+    progress = progress and dist.is_main
     texts = read_unlabelled(config)
     order = list(range(len(texts)))
     random.Random(config.seed).shuffle(order)
@@ -101,12 +109,14 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> PretrainResult
     from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling
 
     model: Any = from_pretrained(AutoModelForMaskedLM, source, trust_remote_code=config.trust_remote_code)
-    device = choose_device(config.device)
+    device = dist.device or choose_device(config.device)
     precision = choose_precision(config.precision, device)
     model.to(device)
     runlog.info("Model %s on %s; precision %s (%s).", config.model, device.type, precision.name, precision.reason)
+    if dist.active:
+        runlog.info("Distributed: %d processes; each trains on its shard of every global batch of %d x %d texts.",
+                    dist.world, config.batch_size, dist.world)
     amp = functools.partial(autocast, device, precision)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     multiple = pad_multiple_for(device)
 
     def examples(enc: Any, rows: list[int]) -> list[Any]:
@@ -148,17 +158,18 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> PretrainResult
         frozen = [p for p in model.base_model.parameters() if p.requires_grad]
         for p in frozen:
             p.requires_grad_(False)
-        _steps(model, config, train_enc, examples, train_collator, amp=amp, device=device, pad_id=pad_id,
+        _steps(model, config, train_enc, examples, train_collator, amp=amp, device=device, dist=dist,
                total=config.head_warmup_steps, progress=progress, desc="MLM head")
         for p in frozen:
             p.requires_grad_(True)
         head_seconds = time.perf_counter() - start
         runlog.info("MLM head trained alone for %d steps (encoder frozen; %.0f s): loss %.4f.", config.head_warmup_steps,
                     head_seconds, held_out_loss())
-    total = Schedule.plan(config, n_train=len(train_texts)).total_steps
+    total = Schedule.plan(config, n_train=len(train_texts), world=dist.world).total_steps
     start = time.perf_counter()
-    samples = _steps(model, config, train_enc, examples, train_collator, amp=amp, device=device, pad_id=pad_id,
+    samples = _steps(model, config, train_enc, examples, train_collator, amp=amp, device=device, dist=dist,
                      total=total, progress=progress, desc="MLM")
+    samples *= dist.world  # every process saw its shard of each global batch
     seconds = time.perf_counter() - start
     after = held_out_loss()
     runlog.info("Held-out MLM loss after %d steps (%.0f s, %.1f texts/s): %.4f (perplexity %.1f -> %.1f).", total,
@@ -170,8 +181,11 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> PretrainResult
         "optimizer_steps": total, "head_warmup_steps": config.head_warmup_steps,
         "timing": {"pretrain_seconds": seconds, "head_warmup_seconds": head_seconds,
                    "samples_per_second": samples / seconds if seconds else None, "total_seconds": None},
-        "precision": precision.name, "device": device.type,
+        "precision": precision.name, "device": device.type, "processes": dist.world,
     }
+    if not dist.is_main:  # the main process writes the run; the others wait for it
+        dist.barrier()
+        return PretrainResult(run_dir=output, metrics=metrics)
     with StagedRun(output, overwrite=config.overwrite) as run:
         stage = run.path
         save_pretrained_atomic(model.cpu(), tokenizer, stage / MODEL_DIR)
@@ -180,13 +194,25 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> PretrainResult
         atomic_write_text(stage / LOG_FILE, runlog.text())
         metrics["timing"]["total_seconds"] = time.perf_counter() - started
         atomic_write_json(stage / METRICS_FILE, metrics)
+    if config.track == "mlflow":
+        log_job(kind="pretrain", name=run.final.name, directory=run.final,
+                params={**asdict(config), "run.model_source": source},
+                final={k: v for k, v in metrics.items() if not isinstance(v, dict)} | metrics["timing"],
+                artifacts=[PRETRAIN_CONFIG_FILE, METRICS_FILE, LOG_FILE])
+    dist.barrier()
     return PretrainResult(run_dir=run.final, metrics=metrics)
 
 
 def _steps(model: Any, config: PretrainConfig, enc: Any, examples: Any, collator: Any, *, amp: Any,
-           device: torch.device, pad_id: int, total: int, progress: bool, desc: str) -> int:
-    """`total` optimizer steps of MLM over length-grouped batches (epochs as needed); returns the texts seen."""
+           device: torch.device, dist: Dist, total: int, progress: bool, desc: str) -> int:
+    """`total` optimizer steps of MLM over length-grouped batches (epochs as needed); returns the texts this process
+    saw. Several processes: each takes its shard of every global batch (batch_size x processes texts, the same
+    seeded order everywhere) and DDP averages the gradients."""
     optimizer = optimizer_for(model, config)
+    net: Any = model
+    if dist.active:  # wrapped per phase: DDP tracks the parameters that train (the head alone, then all)
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
         warmup_then_decay, warmup=round(config.warmup_ratio * total), total=total))
     generator = torch.Generator().manual_seed(config.seed)
@@ -198,13 +224,15 @@ def _steps(model: Any, config: PretrainConfig, enc: Any, examples: Any, collator
     model.train()
     step = seen = 0
     while step < total:
-        batches = length_grouped_batches(enc.lengths, config.batch_size, generator)
+        batches = length_grouped_batches(enc.lengths, config.batch_size * dist.world, generator)
+        if dist.active:  # this process's shard; a last global batch with fewer texts than processes goes
+            batches = [b[dist.rank :: dist.world] for b in batches if len(b) >= dist.world]
         for i in range(0, len(batches), config.grad_accum):
             group = batches[i : i + config.grad_accum]
             for rows in group:
                 batch = to_device(dict(collator(examples(enc, rows))), device)
                 with amp():
-                    loss = model(**batch).loss
+                    loss = net(**batch).loss
                 (loss / len(group)).backward()
                 seen += len(rows)
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)

@@ -1,0 +1,120 @@
+"""Experiment tracking (`--track mlflow`): what a finished medclf job wrote, logged to MLflow.
+
+Each job logs one MLflow run after its directory is complete, from the files every reader uses (train_config.json
+through RunSpec, metrics.json, cv.json, ...): the parameters (every option, the data files' hashes, the encoder, the
+versions), the per-epoch figures (step = epoch; for the embeddings method, step = each regularisation strength
+tried), the final test figures with their interval ends, and the report files as artifacts. Logging after the job
+keeps the training loop free of tracking code and works the same under torchrun (the main process logs).
+
+Where: MLFLOW_TRACKING_URI when set (a user's own server works the same), else the local store MLflow itself
+defaults to in the current directory, which `mlflow ui` started there reads (MLflow 3: `./mlflow.db`, a SQLite
+database, with the artifacts in `./mlruns`; MLflow 2: the `./mlruns` folder); the experiment is
+MLFLOW_EXPERIMENT_NAME or "medclf". Nothing logged holds text from the data: parameters are options,
+paths and hashes; artifacts are the run's report files, which carry no text by design (tests plant a marker).
+MLflow is an optional extra: `pip install "medclf[track]"`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from medclf.errors import MedclfError
+from medclf.run.artifacts import METRICS_FILE, read_json
+from medclf.run.runspec import RunSpec
+
+log = logging.getLogger(__name__)
+INSTALL_HINT = '--track mlflow needs MLflow: pip install "medclf[track]" (or pip install mlflow), or pass --track none.'
+DEFAULT_EXPERIMENT = "medclf"
+PARAM_LIMIT = 6000
+"""MLflow's longest parameter value; longer ones (a long list of columns) are cut with a mark."""
+
+
+def require_mlflow() -> Any:
+    """The mlflow module, or a one-sentence error that says how to install it (checked before a job starts)."""
+    try:
+        import mlflow
+    except ImportError:
+        raise MedclfError(INSTALL_HINT) from None
+    return mlflow
+
+
+def flat_params(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested options as MLflow parameters: dotted keys, lists and None as JSON, values cut at PARAM_LIMIT."""
+    out: dict[str, str] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flat_params(value, prefix=f"{name}."))
+            continue
+        text = value if isinstance(value, str) else json.dumps(value)
+        out[name] = text if len(text) <= PARAM_LIMIT else text[: PARAM_LIMIT - 12] + "...(cut)"
+    return out
+
+
+def numeric(values: dict[str, Any]) -> dict[str, float]:
+    """The finite numbers of a flat dict, as MLflow metrics (names keep only the characters MLflow allows)."""
+    return {re.sub(r"[^\w\-. /]", "_", k): float(v) for k, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+
+
+def log_job(*, kind: str, name: str, directory: Path, params: dict[str, Any], steps: list[dict[str, Any]] | None = None,
+            final: dict[str, Any] | None = None, artifacts: list[str] | None = None, tags: dict[str, str] | None = None) -> str:
+    """Log one finished job as an MLflow run; its run id. steps: per-step figures (each with its 'step'); final: the
+    job's end figures; artifacts: file names in `directory` (missing ones are passed over)."""
+    mlflow = require_mlflow()
+    uri = mlflow.get_tracking_uri()  # MLFLOW_TRACKING_URI, else MLflow's own local default (what `mlflow ui` reads)
+    mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+    from medclf._version import __version__
+
+    with mlflow.start_run(run_name=name) as run:
+        mlflow.set_tags({"medclf.kind": kind, "medclf.version": __version__, "medclf.directory": str(directory.resolve()),
+                         **(tags or {})})
+        mlflow.log_params(flat_params(params))
+        for row in steps or []:
+            figures = numeric({k: v for k, v in row.items() if k != "step"})
+            if figures:
+                mlflow.log_metrics(figures, step=int(row["step"]))
+        if final:
+            mlflow.log_metrics(numeric(final))
+        for artifact in artifacts or []:
+            path = directory / artifact
+            if path.is_file():
+                mlflow.log_artifact(str(path), artifact_path=str(Path(artifact).parent) if "/" in artifact else None)
+        run_id = str(run.info.run_id)
+    log.info("Tracked in MLflow (%s): run %s of experiment %s.", uri,
+             run_id, os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+    return run_id
+
+
+RUN_ARTIFACTS = ["report.md", "report.html", "metrics.json", "train_config.json", "train.log", "confusion_matrix.png",
+                 "calibration.png", "training.png", "model/README.md"]
+
+
+def track_train(run_dir: Path) -> str:
+    """Log a finished `medclf train` run from its files."""
+    spec = RunSpec.read(run_dir)
+    metrics = read_json(run_dir / METRICS_FILE)
+    test = metrics["test"]
+    final: dict[str, Any] = {f"test_{k}": v for k, v in test.items() if not isinstance(v, (dict, list))}
+    for key, band in (test.get("intervals") or {}).items():
+        if isinstance(band, dict):
+            final[f"test_{key}_low"], final[f"test_{key}_high"] = band.get("low"), band.get("high")
+    cal = test.get("calibration") or {}
+    final.update({f"test_{k}": v for k, v in cal.items() if k.startswith(("ece", "brier"))})
+    final.update({f"baseline_tfidf_{k}": v for k, v in (metrics.get("baseline_tfidf") or {}).items()})
+    final.update({k: v for k, v in metrics["timing"].items()})
+    # step = the epoch (embeddings: the i-th C tried); the history's optimizer step count goes along as a metric
+    steps = [{**{k: v for k, v in row.items() if k != "step"}, "optimizer_step": row.get("step"),
+              "step": row.get("epoch", i + 1)} for i, row in enumerate(metrics.get("history") or [])]
+    params = {**spec.config.to_dict(), "run.data_sha256": spec.data_sha256, "run.model_source": spec.model_source,
+              "run.task": spec.task, "run.labels": spec.labels, "run.precision": spec.precision,
+              "run.device": spec.device, "run.split": spec.split, "run.versions": spec.versions,
+              "run.few_shot": metrics.get("few_shot"), "run.selected": metrics.get("selected")}
+    return log_job(kind="train", name=run_dir.name, directory=run_dir, params=params, steps=steps, final=final,
+                   artifacts=RUN_ARTIFACTS, tags={"medclf.method": spec.method, "medclf.task": spec.task})
