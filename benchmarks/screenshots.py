@@ -85,14 +85,14 @@ def main() -> None:
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                                "--workers", "1", "--backend-store-uri", f"sqlite:///{store}"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    driver = browser(1400, 800)
+    driver = browser(1800, 700)
     try:
         base = f"http://127.0.0.1:{port}"
         wait(base + "/health", server)
         import mlflow
 
         experiment = mlflow.MlflowClient(f"sqlite:///{store}").get_experiment_by_name("demo-notes")
-        driver.get(f"{base}/#/experiments/{experiment.experiment_id}")
+        driver.get(f"{base}/#/experiments/{experiment.experiment_id}/runs")
         WebDriverWait(driver, 90).until(lambda d: "notes-embeddings" in d.page_source and "notes-finetune" in d.page_source)
         time.sleep(3)
         driver.save_screenshot(str(out / "mlflow-runs.png"))

@@ -54,6 +54,9 @@ def test_train_logs_options_epochs_test_figures_and_reports_to_the_local_store(t
     metrics = json.loads((tmp_path / "runs/a/metrics.json").read_text())
     assert run.data.metrics["test_macro_f1"] == pytest.approx(metrics["test"]["macro_f1"])
     assert run.data.metrics["test_macro_f1_low"] <= run.data.metrics["test_macro_f1"] <= run.data.metrics["test_macro_f1_high"]
+    # the MLflow run spans the training job, not the moment it was logged
+    assert abs((run.info.end_time - run.info.start_time) / 1000 - metrics["timing"]["total_seconds"]) < 1.0
+    assert run.info.status == "FINISHED"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"report.md", "metrics.json", "train_config.json", "model"} <= artifacts
     assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} == {"model/README.md"}

@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -64,31 +65,42 @@ def numeric(values: dict[str, Any]) -> dict[str, float]:
 
 
 def log_job(*, kind: str, name: str, directory: Path, params: dict[str, Any], steps: list[dict[str, Any]] | None = None,
-            final: dict[str, Any] | None = None, artifacts: list[str] | None = None, tags: dict[str, str] | None = None) -> str:
+            final: dict[str, Any] | None = None, artifacts: list[str] | None = None, tags: dict[str, str] | None = None,
+            seconds: float | None = None) -> str:
     """Log one finished job as an MLflow run; its run id. steps: per-step figures (each with its 'step'); final: the
-    job's end figures; artifacts: file names in `directory` (missing ones are passed over)."""
+    job's end figures; artifacts: file names in `directory` (missing ones are passed over); seconds: how long the job
+    took (the run's start time is set that far back, so MLflow shows the job's real duration, not the logging's)."""
     mlflow = require_mlflow()
-    uri = mlflow.get_tracking_uri()  # MLFLOW_TRACKING_URI, else MLflow's own local default (what `mlflow ui` reads)
-    mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+    from mlflow.entities import Metric, Param
+
     from medclf._version import __version__
 
-    with mlflow.start_run(run_name=name) as run:
-        mlflow.set_tags({"medclf.kind": kind, "medclf.version": __version__, "medclf.directory": str(directory.resolve()),
-                         **(tags or {})})
-        mlflow.log_params(flat_params(params))
-        for row in steps or []:
-            figures = numeric({k: v for k, v in row.items() if k != "step"})
-            if figures:
-                mlflow.log_metrics(figures, step=int(row["step"]))
-        if final:
-            mlflow.log_metrics(numeric(final))
+    uri = mlflow.get_tracking_uri()  # MLFLOW_TRACKING_URI, else MLflow's own local default (what `mlflow ui` reads)
+    experiment = mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+    client = mlflow.MlflowClient()
+    end = int(time.time() * 1000)
+    start = end - int(1000 * seconds) if seconds else end
+    run = client.create_run(experiment.experiment_id, start_time=start, run_name=name, tags={
+        "medclf.kind": kind, "medclf.version": __version__, "medclf.directory": str(directory.resolve()), **(tags or {})})
+    run_id = str(run.info.run_id)
+    try:
+        values = list(flat_params(params).items())
+        for i in range(0, len(values), 100):  # MLflow takes at most 100 parameters per batch
+            client.log_batch(run_id, params=[Param(k, v) for k, v in values[i : i + 100]])
+        metrics = [Metric(k, v, end, int(row["step"])) for row in steps or []
+                   for k, v in numeric({k: v for k, v in row.items() if k != "step"}).items()]
+        metrics += [Metric(k, v, end, 0) for k, v in numeric(final or {}).items()]
+        for i in range(0, len(metrics), 1000):  # and at most 1,000 metrics
+            client.log_batch(run_id, metrics=metrics[i : i + 1000])
         for artifact in artifacts or []:
             path = directory / artifact
             if path.is_file():
-                mlflow.log_artifact(str(path), artifact_path=str(Path(artifact).parent) if "/" in artifact else None)
-        run_id = str(run.info.run_id)
-    log.info("Tracked in MLflow (%s): run %s of experiment %s.", uri,
-             run_id, os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+                client.log_artifact(run_id, str(path), artifact_path=str(Path(artifact).parent) if "/" in artifact else None)
+        client.set_terminated(run_id, status="FINISHED", end_time=end)
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    log.info("Tracked in MLflow (%s): run %s of experiment %s.", uri, run_id, experiment.name)
     return run_id
 
 
@@ -117,4 +129,5 @@ def track_train(run_dir: Path) -> str:
               "run.device": spec.device, "run.split": spec.split, "run.versions": spec.versions,
               "run.few_shot": metrics.get("few_shot"), "run.selected": metrics.get("selected")}
     return log_job(kind="train", name=run_dir.name, directory=run_dir, params=params, steps=steps, final=final,
-                   artifacts=RUN_ARTIFACTS, tags={"medclf.method": spec.method, "medclf.task": spec.task})
+                   artifacts=RUN_ARTIFACTS, tags={"medclf.method": spec.method, "medclf.task": spec.task},
+                   seconds=metrics["timing"].get("total_seconds"))

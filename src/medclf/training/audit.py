@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
@@ -60,6 +61,7 @@ def audit(config: TrainConfig, *, folds: int = 5, workers: int | None = None, id
     """Cross-validate with `config`, then rank the rows whose given label the out-of-fold model doubts; write the
     audit directory at config.output (see the module's doc). fix_top=K also writes the data with the K top-ranked
     issues relabelled to the suggestion."""
+    started = time.perf_counter()
     require_cleanlab()  # before minutes of training
     if config.track == "mlflow":
         require_mlflow()
@@ -112,7 +114,7 @@ def audit(config: TrainConfig, *, folds: int = 5, workers: int | None = None, id
                          **{f"cv_{key}_mean": band["mean"] for key, band in cv.summary.items()}}
         log_job(kind="audit", name=final.name, directory=final,
                 params={**config.to_dict(), "folds": folds, "id_columns": id_columns, "accept_top": fix_top},
-                final=final_figures, artifacts=[AUDIT_FILE, AUDIT_TABLE])
+                final=final_figures, artifacts=[AUDIT_FILE, AUDIT_TABLE], seconds=time.perf_counter() - started)
     return AuditResult(output=final, issues=issues, n_rows=len(data.rows),
                        fixed=None if fixed is None else final / fixed.name)
 

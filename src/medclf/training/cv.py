@@ -176,7 +176,7 @@ def cross_validate(config: TrainConfig, *, folds: int = 5, progress: bool = Fals
         log_job(kind="cv", name=final.name, directory=final, params={**config.to_dict(), "folds": folds,
                                                                      "workers": workers},
                 steps=[{"step": row["fold"], **row} for row in rows], final={**figures, "seconds": seconds},
-                artifacts=[CV_FILE, CV_TABLE])
+                artifacts=[CV_FILE, CV_TABLE], seconds=seconds)
     return CVResult(output=final, folds=rows, summary=summary, labels=labels, rows=data.rows, given=data.labels,
                     probs=probs, multi_label=config.multi_label)
 

@@ -198,7 +198,7 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> PretrainResult
         log_job(kind="pretrain", name=run.final.name, directory=run.final,
                 params={**asdict(config), "run.model_source": source},
                 final={k: v for k, v in metrics.items() if not isinstance(v, dict)} | metrics["timing"],
-                artifacts=[PRETRAIN_CONFIG_FILE, METRICS_FILE, LOG_FILE])
+                artifacts=[PRETRAIN_CONFIG_FILE, METRICS_FILE, LOG_FILE], seconds=metrics["timing"]["total_seconds"])
     dist.barrier()
     return PretrainResult(run_dir=run.final, metrics=metrics)
 
