@@ -91,6 +91,33 @@ def test_descriptions_join_the_rows_the_head_is_first_fitted_on(tmp_path, tiny_m
     assert "label descriptions join" in (result.run_dir / "train.log").read_text()
 
 
+def test_descriptions_are_also_a_prior_the_embeddings_head_is_chosen_with(tmp_path, tiny_model, small_csv):
+    from medclf.core.tasks import task_for
+    from medclf.training.frozen import PRIOR_WEIGHTS, cross_validated_f1
+
+    # on hand-made features: a strong enough prior (the true class directions) decides alone, whatever the regression
+    rng = np.random.default_rng(0)
+    directions = np.eye(3, 8)
+    y = np.repeat([0, 1, 2], 6)
+    x = directions[y] + rng.normal(0, 0.1, (18, 8))
+    task = task_for(False)
+    labels = ["a", "b", "c"]
+    assert cross_validated_f1(x, y, labels, task, c=0.01, class_weight=None, seed=0, prior=200.0 * directions) == 1.0
+    wrong = 200.0 * directions[[1, 2, 0]]  # a prior that names every class wrongly is followed too: it is applied
+    assert cross_validated_f1(x, y, labels, task, c=0.01, class_weight=None, seed=0, prior=wrong) == 0.0
+    # a run: every C is tried with every prior weight, the choice is named, and the head still loads as a run's
+    desc = _descriptions(tmp_path / "desc.csv")
+    result = train(TrainConfig(data=str(small_csv), model=tiny_model, output=str(tmp_path / "r"), method="embeddings",
+                               label_descriptions=str(desc), few_shot="on"), progress=False)
+    history = result.metrics["history"]
+    assert len(history) == 4 * len(PRIOR_WEIGHTS) and {row["prior_weight"] for row in history} == set(PRIOR_WEIGHTS)
+    assert all("cv_macro_f1" in row for row in history)  # few labels: cross-validation ranks them
+    assert ", prior " in result.metrics["selected"]
+    assert "Label descriptions as a prior" in (result.run_dir / "train.log").read_text()
+    assert "| C | prior weight |" in (result.run_dir / "report.md").read_text()
+    assert TextClassifier.load(result.run_dir).predict_proba(["chest pain"]).shape == (1, 3)
+
+
 @pytest.mark.parametrize(("rows", "message"), [
     ([{"label": "cardio", "description": "heart"}, {"label": "derm", "description": "skin"},
       {"label": "neuro", "description": "brain"}, {"label": "ortho", "description": "bones"}],

@@ -289,9 +289,12 @@ def write_report(directory: Path, *, metrics: dict[str, Any], config: TrainConfi
     if not zero_shot:
         lines += ["## Training history", "", f"![training curve]({TRAINING_FILE})", ""]
     if embeddings:
-        lines += ["| C | val loss | val accuracy | val macro-F1 |", "|---|---|---|---|"]
+        prior = any("prior_weight" in row for row in metrics["history"])  # the descriptions' zero-shot head, weighted
+        lines += [f"| C |{' prior weight |' if prior else ''} val loss | val accuracy | val macro-F1 |",
+                  "|---|" + ("---|" if prior else "") + "---|---|---|"]
         lines += [
-            f"| {row['C']:g} | {_num(row['val_loss'])} | {row['val_accuracy']:.4f} | {row['val_macro_f1']:.4f} |"
+            f"| {row['C']:g} |{' ' + format(row.get('prior_weight', 0.0), 'g') + ' |' if prior else ''} "
+            f"{_num(row['val_loss'])} | {row['val_accuracy']:.4f} | {row['val_macro_f1']:.4f} |"
             for row in metrics["history"]
         ]
     elif not zero_shot:

@@ -15,6 +15,7 @@ import torch
 from medclf.config import TrainConfig
 from medclf.core.tasks import Task
 from medclf.model.batching import Encoded, pool_logits
+from medclf.model.embeddings import EmbeddingClassifier, embed_texts
 from medclf.model.modeling import batched_logits, release_memory
 from medclf.training.distributed import SINGLE, Dist
 
@@ -151,3 +152,17 @@ def accuracy(task: Task, metrics: dict[str, Any]) -> float:
 def loss_text(value: float | None) -> str:
     """A loss for the log: 'n/a' when it was not finite (metrics store None then)."""
     return "n/a" if value is None else f"{value:.4f}"
+
+
+ZERO_SHOT_SCALE = 20.0
+"""Cosine similarity x 20 (a temperature of 0.05, the usual scale of similarity classifiers): the calibration stage
+then fits the temperature on the validation part."""
+
+
+def class_prototypes(model: EmbeddingClassifier, rows: DescriptionRows, n_labels: int, *, pad_id: int,
+                     device: torch.device) -> np.ndarray:
+    """(n_labels, hidden): per class the mean of its descriptions' normalised embeddings, normalised again."""
+    embedded = embed_texts(model, rows.input_ids, batch_size=None, pad_id=pad_id, device=device)
+    prototypes = np.zeros((n_labels, embedded.shape[1]), dtype=np.float64)
+    np.add.at(prototypes, np.asarray(rows.owner), embedded)
+    return prototypes / np.linalg.norm(prototypes, axis=1, keepdims=True).clip(1e-12)

@@ -10,25 +10,20 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import torch
 
 from medclf.config import TrainConfig
-from medclf.model.embeddings import EmbeddingClassifier, embed_texts
+from medclf.model.embeddings import EmbeddingClassifier
 from medclf.model.modeling import load_encoder
-from medclf.training.fitting import DescriptionRows, Fitted, Prepared, RunLog, accuracy, loss_text, validate
-
-ZERO_SHOT_SCALE = 20.0
-"""Cosine similarity x 20 (a temperature of 0.05, the usual scale of similarity classifiers): the calibration stage
-then fits the temperature on the validation part."""
-
-
-def class_prototypes(model: EmbeddingClassifier, rows: DescriptionRows, n_labels: int, *, pad_id: int,
-                     device: torch.device) -> np.ndarray:
-    """(n_labels, hidden): per class the mean of its descriptions' normalised embeddings, normalised again."""
-    embedded = embed_texts(model, rows.input_ids, batch_size=None, pad_id=pad_id, device=device)
-    prototypes = np.zeros((n_labels, embedded.shape[1]), dtype=np.float64)
-    np.add.at(prototypes, np.asarray(rows.owner), embedded)
-    return prototypes / np.linalg.norm(prototypes, axis=1, keepdims=True).clip(1e-12)
+from medclf.training.fitting import (
+    ZERO_SHOT_SCALE,
+    Fitted,
+    Prepared,
+    RunLog,
+    accuracy,
+    class_prototypes,
+    loss_text,
+    validate,
+)
 
 
 def fit_zero_shot(
