@@ -1,31 +1,44 @@
 """Offline: do label descriptions as a logit prior help the few-shot embeddings method? (cached features)"""
-import sys, numpy as np, pandas as pd, torch
+import sys
+
+import numpy as np
+import pandas as pd
+import torch
+
 sys.path.insert(0, "/work/main/benchmarks")
 from sklearn.metrics import f1_score
-from medclf.model.embeddings import C_GRID, fit_logistic, EmbeddingClassifier, embed_texts
-from medclf.model.modeling import load_encoder, load_tokenizer, resolve_model
-from medclf.model.batching import encode
-from medclf.core.tasks import task_for
-from medclf.training.frozen import cross_validated_f1
 from sklearn.model_selection import StratifiedKFold
 
-z = np.load("/tmp/lq/embeddings.npz"); X, Xt = z["train"], z["test"]
+from medclf.core.tasks import task_for
+from medclf.model.batching import encode
+from medclf.model.embeddings import C_GRID, EmbeddingClassifier, embed_texts, fit_logistic
+from medclf.model.modeling import load_encoder, load_tokenizer, resolve_model
+
+z = np.load("/tmp/lq/embeddings.npz")
+X, Xt = z["train"], z["test"]
 train = pd.read_csv("/tmp/lq/split/train.csv", dtype={"label": str}, keep_default_na=False)
 test = pd.read_csv("/tmp/lq/split/test.csv", dtype={"label": str}, keep_default_na=False)
-labels = sorted(train.label.unique()); y = np.array([labels.index(v) for v in train.label]); yt = np.array([labels.index(v) for v in test.label])
+labels = sorted(train.label.unique())
+y = np.array([labels.index(v) for v in train.label])
+yt = np.array([labels.index(v) for v in test.label])
 d = pd.read_csv("/work/main/benchmarks/data/abstracts_label_descriptions.csv", dtype={"label": str})
-src = resolve_model("default"); tok = load_tokenizer(src); net = EmbeddingClassifier(load_encoder(src), ["x"])
+src = resolve_model("default")
+tok = load_tokenizer(src)
+net = EmbeddingClassifier(load_encoder(src), ["x"])
 D = embed_texts(net, encode(tok, d.description.tolist(), max_length=256).input_ids, batch_size=None, pad_id=0, device=torch.device("cpu"))
 dy = np.array([labels.index(v) for v in d.label])
-C = np.stack([D[dy == i].mean(0) for i in range(len(labels))]); C /= np.linalg.norm(C, axis=1, keepdims=True)
+C = np.stack([D[dy == i].mean(0) for i in range(len(labels))])
+C /= np.linalg.norm(C, axis=1, keepdims=True)
 task = task_for(False)
-def zs(x): return 20 * x @ C.T
+def zs(x):
+    return 20 * x @ C.T
 def cv_f1(x, yy, c, alpha, extra=None):
     k = int(max(2, min(5, np.bincount(yy).min())))
     oof = np.zeros((len(yy), len(labels)))
     for a, b in StratifiedKFold(k, shuffle=True, random_state=0).split(x, yy):
         xa, ya = x[a], yy[a]
-        if extra is not None: xa, ya = np.concatenate([xa, extra[0]]), np.concatenate([ya, extra[1]])
+        if extra is not None:
+            xa, ya = np.concatenate([xa, extra[0]]), np.concatenate([ya, extra[1]])
         w, bb = fit_logistic(xa, ya, len(labels), c=c, class_weight=None, seed=0)
         oof[b] = x[b] @ w.T + bb + alpha * zs(x[b])
     return f1_score(yy, oof.argmax(1), average="macro")
