@@ -87,13 +87,8 @@ def build_tiny_bert(path: Path, *, max_positions: int = 512, width: int = 32) ->
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """512 positions: also for recipes that pad every text to 512 (the tutorial's)."""
     return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
-
-
-@pytest.fixture(scope="session")
-def tiny_model_512(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The same with 512 positions, for recipes that pad every text to 512 (the tutorial's)."""
-    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert-512"), max_positions=512)
 
 
 @pytest.fixture(scope="session")

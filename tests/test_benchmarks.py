@@ -21,12 +21,12 @@ FIELDS = [
 ]
 
 
-def test_compare_quick_mode_writes_every_row_and_field(tmp_path, tiny_model_512):
+def test_compare_quick_mode_writes_every_row_and_field(tmp_path, tiny_model):
     data = write_csv(tmp_path / "notes.csv", make_rows(30))
     out = tmp_path / "bench"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--quick", "--quick-rows", "60", "--data", str(data),
-         "--model", tiny_model_512, "--max-length", "32", "--tutorial-steps", "1", "--out", str(out)],
+         "--model", tiny_model, "--max-length", "32", "--tutorial-steps", "1", "--out", str(out)],
         capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -195,13 +195,13 @@ def test_spark_predict_benchmark_compares_the_engines(tmp_path, trained_run):
     assert result["same_labels"] is True and set(result["engines"]) == {"local", "spark"}
 
 
-def test_gpu_benchmark_quick_mode_runs_every_system_and_writes_its_table(tmp_path, tiny_model_512):
+def test_gpu_benchmark_quick_mode_runs_every_system_and_writes_its_table(tmp_path, tiny_model):
     """benchmarks/gpu.py --quick on the CPU: the run a GPU session makes, on a tiny model, with every row filled."""
     data = write_csv(tmp_path / "notes.csv", make_rows(30))
     out = tmp_path / "gpu"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--quick", "--quick-rows", "60", "--data", str(data),
-         "--text-column", "text", "--label-column", "label", "--model", tiny_model_512, "--max-length", "32",
+         "--text-column", "text", "--label-column", "label", "--model", tiny_model, "--max-length", "32",
          "--out", str(out)],
         capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
