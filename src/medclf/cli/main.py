@@ -15,8 +15,8 @@ from typing import Annotated, TypeVar
 import typer
 
 from medclf._version import __version__
-from medclf.config import INFER_PRECISIONS, LoadOptions, TrainConfig
-from medclf.errors import MedclfError
+from medclf.config import INFER_PRECISIONS, LoadOptions, PretrainConfig, TrainConfig
+from medclf.errors import MedclfError, environment_error
 from medclf.logs import configure_logging
 
 app = typer.Typer(
@@ -30,6 +30,8 @@ log = logging.getLogger("medclf")
 _state = {"debug": False, "quiet": False}
 T = TypeVar("T")
 D = TrainConfig()  # the CLI's defaults are the config's defaults
+PD = PretrainConfig(data="-")  # pretrain's defaults (the data is always given)
+CHUNK_ROWS = 10_000
 RunDirArg = Annotated[str, typer.Argument(help="A run directory written by `medclf train`.")]
 InputOpt = Annotated[str | None, typer.Option("--input", "-i", help="A .txt file (one text per line) or a CSV/TSV/JSONL/Parquet table.")]
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Texts per batch (default: 16 on a CPU; on a GPU as many as fit 65,536 padded tokens).")]
@@ -66,7 +68,9 @@ def _main(
     configure_logging(quiet=quiet, verbose=verbose)
 
 
-def _guard(fn: Callable[[], T]) -> T:
+def _guard(fn: Callable[[], T], *, writes: object = None) -> T:
+    """Run a command: a user error or a fault of the environment (disk full, read-only or unwritable folder, a file
+    gone mid-read) is one sentence and exit 2; `writes` names the command's output for faults that carry no path."""
     try:
         return fn()
     except MedclfError as exc:
@@ -78,6 +82,10 @@ def _guard(fn: Callable[[], T]) -> T:
     except (typer.Exit, typer.Abort):
         raise
     except Exception as exc:
+        fault = environment_error(exc, path=None if writes is None else str(writes))
+        if fault is not None and not _state["debug"]:
+            typer.echo(f"Error: {fault} Nothing was written under the final output name.", err=True)
+            raise typer.Exit(2) from None
         if _state["debug"]:
             raise
         typer.echo(
@@ -119,7 +127,7 @@ def train(
     model: Annotated[str, typer.Option("--model", help="'default' (packaged MiniLM), a local Hugging Face model directory, or a hub id.")] = "default",
     output: Annotated[str | None, typer.Option("--output", "-o", help="Run directory to create. Default: runs/<timestamp>.")] = None,
     method: Annotated[str, typer.Option("--method", help="finetune (train the encoder and a head) | embeddings (logistic regression on frozen mean-pooled embeddings: one pass per text, fast on CPU) | zero-shot (classes from --label-descriptions; no labelled row trains it, the data's validation part calibrates and its test part measures it).")] = D.method,
-    few_shot: Annotated[str, typer.Option("--few-shot", help="auto (when the rarest class has fewer than 30 training rows: at least 50 steps, last or averaged weights, C by cross-validation, thresholds 0.5) | on | off.")] = D.few_shot,
+    few_shot: Annotated[str, typer.Option("--few-shot", help="auto (when the validation part cannot rank weights: under 30 rows, or a multi-label label with no positive there; then at least 50 steps, last or averaged weights, C by cross-validation, thresholds 0.5) | on | off.")] = D.few_shot,
     label_descriptions: Annotated[str | None, typer.Option("--label-descriptions", help="A table of label,description (or JSON {\"label\": \"description\"}): the classes of --method zero-shot; with finetune and embeddings the descriptions join the rows the head is first fitted on.")] = None,
     epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training data.")] = D.epochs,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size.")] = D.batch_size,
@@ -144,7 +152,7 @@ def train(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run at --output.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | mps.")] = "auto",
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from the model's repository (off by default; only for models you trust).")] = False,
-    track: Annotated[str, typer.Option("--track", help="none | mlflow: also log the finished run (options, per-epoch and test figures, report files; never text) to MLflow: MLFLOW_TRACKING_URI, else ./mlruns. Needs `pip install 'medclf[track]'`.")] = D.track,
+    track: Annotated[str, typer.Option("--track", help="none | mlflow: also log the finished run (options, per-epoch and test figures, report files; never text) to MLflow: MLFLOW_TRACKING_URI, else MLflow's local default ./mlflow.db with artifacts in ./mlruns. Needs `pip install 'medclf[track]'`.")] = D.track,
     num_processes: Annotated[int, typer.Option("--num-processes", help="Train on N processes on this machine (DDP; N GPUs, or N CPU processes with gloo): starts `torchrun --nproc-per-node N -m medclf train ...` for you.")] = 1,
 ) -> None:
     """Fine-tune a classifier on a labelled table, evaluate it on a held-out test part, and save the run."""
@@ -164,7 +172,7 @@ def train(
             typer.echo(format_table(result.test_metrics))
             typer.echo(f"Run written to {result.run_dir}")
 
-    _guard(run)
+    _guard(run, writes=output)
 
 
 
@@ -174,21 +182,21 @@ def pretrain(
     text_column: TextColOpt = None,
     model: Annotated[str, typer.Option("--model", help="'default' (packaged MiniLM), a local Hugging Face model directory, or a hub id.")] = "default",
     output: Annotated[str | None, typer.Option("--output", "-o", help="Run directory to create; its model/ is a masked-LM checkpoint for `medclf train --model DIR/model`.")] = None,
-    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the texts.")] = 3,
+    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the texts.")] = PD.epochs,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after this many optimizer steps.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Texts per batch.")] = 16,
-    grad_accum: Annotated[int, typer.Option("--grad-accum", help="Batches per optimizer step.")] = 1,
-    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, linear warmup then decay).")] = 5e-5,
-    mlm_probability: Annotated[float, typer.Option("--mlm-probability", help="Share of tokens masked.")] = 0.15,
-    whole_word_masking: Annotated[bool, typer.Option("--whole-word-masking", help="Mask all pieces of a word together.")] = False,
-    head_warmup_steps: Annotated[int, typer.Option("--head-warmup-steps", help="Train the new MLM head alone (encoder frozen) for this many steps first.")] = 0,
-    max_length: Annotated[int, typer.Option("--max-length", help="Tokens per text; longer texts are cut.")] = 256,
-    precision: Annotated[str, typer.Option("--precision", help="auto | fp32 | bf16 | fp16.")] = "auto",
-    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | mps.")] = "auto",
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the held-out slice, the masks and the batches.")] = 42,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Texts per batch.")] = PD.batch_size,
+    grad_accum: Annotated[int, typer.Option("--grad-accum", help="Batches per optimizer step.")] = PD.grad_accum,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, linear warmup then decay).")] = PD.lr,
+    mlm_probability: Annotated[float, typer.Option("--mlm-probability", help="Share of tokens masked.")] = PD.mlm_probability,
+    whole_word_masking: Annotated[bool, typer.Option("--whole-word-masking", help="Mask all pieces of a word together.")] = PD.whole_word_masking,
+    head_warmup_steps: Annotated[int, typer.Option("--head-warmup-steps", help="Train the new MLM head alone (encoder frozen) for this many steps first.")] = PD.head_warmup_steps,
+    max_length: Annotated[int, typer.Option("--max-length", help="Tokens per text; longer texts are cut.")] = PD.max_length,
+    precision: Annotated[str, typer.Option("--precision", help="auto | fp32 | bf16 | fp16.")] = PD.precision,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | mps.")] = PD.device,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the held-out slice, the masks and the batches.")] = PD.seed,
     drop_empty: DropEmptyOpt = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run at --output.")] = False,
-    track: Annotated[str, typer.Option("--track", help="none | mlflow: also log the finished job to MLflow (MLFLOW_TRACKING_URI, else ./mlruns).")] = "none",
+    track: Annotated[str, typer.Option("--track", help="none | mlflow: also log the finished job to MLflow (MLFLOW_TRACKING_URI, else ./mlflow.db with artifacts in ./mlruns).")] = PD.track,
     num_processes: Annotated[int, typer.Option("--num-processes", help="Pretrain on N processes on this machine (DDP; N GPUs, or N CPU processes with gloo): starts `torchrun --nproc-per-node N -m medclf pretrain ...` for you.")] = 1,
 ) -> None:
     """Continue masked-language-model training of the encoder on unlabelled in-domain text."""
@@ -215,7 +223,7 @@ def pretrain(
                    f"(perplexity {m['perplexity_before']:.1f} -> {m['perplexity_after']:.1f})")
         typer.echo(f"Run written to {result.run_dir}; fine-tune from it with --model {result.run_dir / 'model'}")
 
-    _guard(run)
+    _guard(run, writes=output)
 
 def _launch(processes: int) -> int:
     """Run this same `medclf train` command under torchrun with N processes; its exit status."""
@@ -258,7 +266,7 @@ def cv(folds: int = 5, workers: int | None = None, **options: object) -> None:
         typer.echo((result.output / CV_TABLE).read_text(encoding="utf-8"))
         typer.echo(f"Folds written to {result.output} ({CV_FILE}, {CV_TABLE}, fold-1 ... fold-{folds})")
 
-    _guard(run)
+    _guard(run, writes=options.get("output"))
 
 
 def audit(folds: int = 5, workers: int | None = None, id_column: list[str] | None = None, keep_text: bool = False,
@@ -283,7 +291,7 @@ def audit(folds: int = 5, workers: int | None = None, id_column: list[str] | Non
         typer.echo(f"Audit written to {result.output} ({ISSUES_FILE}: {len(result.issues)} rows flagged of "
                    f"{result.n_rows})" + (f"; corrected copy {result.fixed}" if result.fixed else ""))
 
-    _guard(run)
+    _guard(run, writes=options.get("output"))
 
 
 def _with_train_options(fn: Callable[..., None], name: str, extra: list[tuple[str, object, object]],
@@ -354,7 +362,7 @@ def evaluate(
         if output:
             typer.echo(f"Metrics written to {output}")
 
-    _guard(run)
+    _guard(run, writes=output)
 
 
 # ---------------------------------------------------------------- predict
@@ -374,7 +382,7 @@ def predict(
     drop_empty: DropEmptyOpt = False,
     backend: BackendOpt = "auto",
     long_text: LongTextOpt = None,
-    chunk_rows: Annotated[int, typer.Option("--chunk-rows", help="Rows of --input read, classified and written at a time (memory stays flat however large the file).")] = 10_000,
+    chunk_rows: Annotated[int, typer.Option("--chunk-rows", help="Rows of --input read, classified and written at a time (memory stays flat however large the file).")] = CHUNK_ROWS,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted --input/--output job from its last complete chunk (same input, same options).")] = False,
     engine: Annotated[str, typer.Option("--engine", help="local (this process) | spark (a pandas UDF on Spark: --input and --output are read and written by Spark; needs `pip install 'medclf[spark]'` and Java).")] = "local",
     spark_master: Annotated[str, typer.Option("--spark-master", help="--engine spark: the Spark master URL (local[*] runs Spark on this machine).")] = "local[*]",
@@ -393,7 +401,7 @@ def predict(
             if input is None or output is None:
                 raise MedclfError("--engine spark reads --input and writes --output; pass both.")
             local_only = [name for name, given in (("--top-k", top_k is not None), ("--drop-empty", drop_empty),
-                                                   ("--resume", resume), ("--chunk-rows", chunk_rows != 10_000)) if given]
+                                                   ("--resume", resume), ("--chunk-rows", chunk_rows != CHUNK_ROWS)) if given]
             if local_only:  # Spark partitions, retries and writes by itself: these options have no meaning there
                 raise MedclfError(f"--engine spark does not take {', '.join(local_only)} (Spark splits, retries and "
                                   "writes the job itself); leave them out or use --engine local.")
@@ -409,7 +417,7 @@ def predict(
         if output:
             log.info("Wrote %d predictions to %s", count, output)
 
-    _guard(run)
+    _guard(run, writes=output)
 
 
 @app.command()
@@ -440,7 +448,7 @@ def suggest(
         else:
             log.info("Wrote %d suggestions of %d pool texts to %s", len(result.frame), result.pool_size, output)
 
-    _guard(run)
+    _guard(run, writes=output)
 
 
 @app.command()
@@ -466,7 +474,7 @@ def card(
                                                        name=Path(run_dir).resolve().name))
             log.info("Model card written to %s", output)
 
-    _guard(run)
+    _guard(run, writes=output or run_dir)
 
 
 @app.command()
@@ -496,7 +504,7 @@ def runs(
             atomic_write_text(Path(output), frame.to_csv(index=False, float_format="%.6f"))
             log.info("Wrote %d runs to %s", len(frame), output)
 
-    _guard(run)
+    _guard(run, writes=output)
 
 
 # ---------------------------------------------------------------- explain
@@ -527,7 +535,7 @@ def explain(
         if output:
             log.info("Wrote %d explanations to %s", count, output)
 
-    _guard(run)
+    _guard(run, writes=output)
 
 
 # ---------------------------------------------------------------- export
@@ -565,7 +573,7 @@ def export(
             typer.echo(f"int8: {result.int8_skipped}; model.int8.onnx was not written", err=True)
         typer.echo(f"Export written to {result.output_dir}")
 
-    _guard(run)
+    _guard(run, writes=output or run_dir)
 
 
 # ---------------------------------------------------------------- serve
@@ -632,7 +640,7 @@ def demo(
         typer.echo(format_table(result.test_metrics))
         typer.echo(f"Run written to {result.run_dir}")
 
-    _guard(run)
+    _guard(run, writes=output)
 
 
 _register_commands()
