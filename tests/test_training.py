@@ -311,11 +311,11 @@ def test_gradient_accumulation_counts_optimizer_steps_and_states_the_effective_b
 
 
 def test_few_labels_change_how_weights_are_chosen_and_the_log_says_so(tmp_path, tiny_model, small_csv):
-    """small_csv gives ~14 training rows per class and 5 validation rows: the few-labels regime (auto)."""
+    """small_csv gives ~14 training rows per class and 5 validation rows: validation cannot rank weights (auto)."""
     result = train(TrainConfig(data=str(small_csv), model=tiny_model, output=str(tmp_path / "ft"), epochs=1,
                                max_length=32), progress=False)
     log = (result.run_dir / "train.log").read_text()
-    assert "Few labels: the rarest class has 14 training row(s) (< 30)" in log
+    assert "Few labels: the validation part has 5 row(s), fewer than the 30 that can rank weights" in log
     assert result.metrics["few_shot"] is True
     steps = result.metrics["timing"]["optimizer_steps"]
     assert steps >= 50  # 1 epoch of 3 steps was asked for; at least 50 are taken
@@ -332,3 +332,40 @@ def test_few_labels_change_how_weights_are_chosen_and_the_log_says_so(tmp_path, 
                             max_length=32, few_shot="off"), progress=False)
     assert off.metrics["few_shot"] is False and off.metrics["timing"]["optimizer_steps"] == 3
     assert "Few labels" not in (off.run_dir / "train.log").read_text()
+
+
+def test_an_imbalanced_full_table_is_not_a_few_labels_run(tmp_path, tiny_model):
+    """One class with 10 rows in a table of 410: validation (33 rows) can rank weights, so the rule stays off and
+    says why; weights are chosen on validation."""
+    rows = make_rows(200, labels=("cardio", "derm", "neuro"))
+    rare = [r for r in rows if r["label"] == "neuro"][:10]
+    data = write_csv(tmp_path / "imbalanced.csv", [r for r in rows if r["label"] != "neuro"] + rare)
+    emb = train(TrainConfig(data=str(data), model=tiny_model, output=str(tmp_path / "emb"), method="embeddings",
+                            max_length=32), progress=False)
+    assert emb.metrics["few_shot"] is False
+    assert not any("cv_macro_f1" in row for row in emb.metrics["history"])  # C chosen on validation
+    log = (emb.run_dir / "train.log").read_text()
+    assert "Few-labels rule not applied: the validation part (33 rows) can rank weights" in log
+    assert "Few labels:" not in log
+
+
+def test_the_few_labels_rule_decides_from_what_validation_can_rank():
+    from medclf.core.tasks import MULTI_LABEL, SINGLE_LABEL
+    from medclf.training.fitting import FEW_SHOT_MIN_STEPS, FewLabels
+
+    labels = ["a", "b", "c"]
+    big = np.array([0] * 40 + [1] * 20)  # class c absent from validation: single-label macro-F1 still ranks
+    assert not FewLabels.decide("auto", method="finetune", task=SINGLE_LABEL, y_val=big, labels=labels).applies
+    small = FewLabels.decide("auto", method="embeddings", task=SINGLE_LABEL, y_val=big[:29], labels=labels)
+    assert small.applies and small.min_steps == FEW_SHOT_MIN_STEPS and small.cross_validate
+    assert not small.select_on_validation and not small.tune_thresholds and "29 row(s)" in small.note()
+    multi = np.zeros((60, 3))
+    multi[:, 0] = 1
+    multi[:30, 1] = 1  # label c has no positive: its threshold cannot be tuned
+    rule = FewLabels.decide("auto", method="finetune", task=MULTI_LABEL, y_val=multi, labels=labels)
+    assert rule.applies and "'c'" in rule.reason
+    multi[:5, 2] = 1
+    assert not FewLabels.decide("auto", method="finetune", task=MULTI_LABEL, y_val=multi, labels=labels).applies
+    assert FewLabels.decide("on", method="finetune", task=SINGLE_LABEL, y_val=big, labels=labels).applies
+    assert not FewLabels.decide("off", method="finetune", task=SINGLE_LABEL, y_val=big[:3], labels=labels).applies
+    assert not FewLabels.decide("auto", method="zero-shot", task=SINGLE_LABEL, y_val=big[:3], labels=labels).applies

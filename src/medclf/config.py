@@ -66,8 +66,9 @@ class TrainConfig:
     mean-pooled encoder embeddings: one forward pass per text, minutes instead of tens of minutes on CPU), or
     'zero-shot' (no labelled row trains it: each class is the embedding of its label descriptions)."""
     few_shot: str = "auto"
-    """How to train with few labels (training/fitting.few_shot_note says what changes): auto (when the rarest class has
-    fewer than 30 training rows) | on | off (select and calibrate on validation however small it is)."""
+    """How to train with few labels (training/fitting.FewLabels says when and what changes): auto (when the validation
+    part cannot rank weights: under 30 rows, or a multi-label label without a positive there) | on | off (select
+    and calibrate on validation however small it is)."""
     label_descriptions: str | None = None
     """A table of label,description (or JSON {"label": "description"}): the classes of --method zero-shot; with
     finetune and embeddings, the descriptions join the rows the head is first fitted on (core/descriptions.py)."""

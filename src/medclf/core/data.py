@@ -412,8 +412,9 @@ def join_texts(frame: pd.DataFrame, text_columns: list[str]) -> list[str | None]
     return joined
 
 
-def _rows(indices: list[int]) -> str:
-    return ", ".join(str(i + 1) for i in indices[:5]) + (", ..." if len(indices) > 5 else "")
+def row_numbers(indices: list[int], *, offset: int = 0) -> str:
+    """Row numbers for a message, counting from 1 (the first five, then '...'): rows, never their text."""
+    return ", ".join(str(offset + i + 1) for i in indices[:5]) + (", ..." if len(indices) > 5 else "")
 
 
 def split_labels(values: list[object], *, sep: str, source: str, column: str) -> list[tuple[str, ...]]:
@@ -432,7 +433,7 @@ def split_labels(values: list[object], *, sep: str, source: str, column: str) ->
     if broken:
         raise MedclfError(
             f"{source} has {len(broken)} label cell(s) in '{column}' with an empty label between or around the "
-            f"separator {sep!r} (data rows {_rows(broken)}, counting from 1); remove the stray separators."
+            f"separator {sep!r} (data rows {row_numbers(broken)}, counting from 1); remove the stray separators."
         )
     return out
 
@@ -461,7 +462,7 @@ def indicator_labels(frame: pd.DataFrame, columns: list[str], *, source: str) ->
         if bad:
             raise MedclfError(
                 f"Label column '{column}' of {source} must hold 0 or 1 (or true/false, yes/no), but {len(bad)} "
-                f"cell(s) do not (data rows {_rows(bad)}, counting from 1); fix them."
+                f"cell(s) do not (data rows {row_numbers(bad)}, counting from 1); fix them."
             )
         flags.append(parsed)
     labels: list[tuple[str, ...]] = []
@@ -513,7 +514,7 @@ def load_labeled(
         missing = [i for i, g in enumerate(groups) if g is None]
         if missing:
             raise MedclfError(f"{source} ({role}) has {len(missing)} row(s) without a group in '{group_column}' (data rows "
-                              f"{_rows(missing)}, counting from 1); fill them in (a patient or trial id per row).")
+                              f"{row_numbers(missing)}, counting from 1); fill them in (a patient or trial id per row).")
     empty_text = [i for i, t in enumerate(texts) if t is None]
     bad = sorted(set(empty_text) | set(empty_label))
     if bad and not drop_empty:
@@ -523,7 +524,7 @@ def load_labeled(
         if empty_label:
             what.append(f"{len(empty_label)} empty or missing label(s)")
         raise MedclfError(
-            f"{source} ({role}) has {' and '.join(what)} (data rows {_rows(bad)}, counting from 1); fix them or pass --drop-empty to skip them."
+            f"{source} ({role}) has {' and '.join(what)} (data rows {row_numbers(bad)}, counting from 1); fix them or pass --drop-empty to skip them."
         )
     keep = list(range(len(texts)))
     if bad:

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from medclf.config import LoadOptions
-from medclf.core.data import iter_table, join_texts, read_table, resolve_columns, table_format
+from medclf.core.data import iter_table, join_texts, read_table, resolve_columns, row_numbers, table_format
 from medclf.errors import MedclfError
 from medclf.inference.classifier import TextClassifier
 from medclf.inference.explain import DEFAULT_STEPS
@@ -78,9 +78,8 @@ def iter_inputs(
         frame = frame.assign(row=range(offset, offset + len(frame)))
         if empty:
             if not drop_empty:
-                rows = ", ".join(str(offset + i + 1) for i in empty[:5]) + (", ..." if len(empty) > 5 else "")
                 raise MedclfError(
-                    f"{len(empty)} empty text(s) to classify (rows {rows}, counting from 1); "
+                    f"{len(empty)} empty text(s) to classify (rows {row_numbers(empty, offset=offset)}, counting from 1); "
                     "remove them or pass --drop-empty to skip them."
                 )
             keep = [i for i, t in enumerate(joined) if t is not None]

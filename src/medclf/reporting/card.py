@@ -190,7 +190,8 @@ def _limits(spec: RunSpec, metrics: dict[str, Any], multi: bool) -> list[str]:
     if spec.config.model == "default":
         out.append("- Language: the encoder (all-MiniLM-L6-v2) was trained on English; other languages are not supported.")
     if metrics.get("few_shot"):
-        out.append("- Few labels: trained from fewer than 30 rows of its rarest class; the figures carry wide intervals.")
+        why = metrics.get("few_shot_reason") or "too few labelled rows to choose weights on validation"
+        out.append(f"- Few labels: {why}; weights were not chosen on validation and the figures carry wide intervals.")
     if spec.method == "zero-shot":
         out.append("- Zero-shot: no labelled row trained it; its quality rests on the label descriptions.")
     if test["n"] < 200:

@@ -20,7 +20,7 @@ from medclf.model.modeling import (
     load_classifier,
     release_memory,
 )
-from medclf.training.fitting import FEW_SHOT_MIN_STEPS, Fitted, Prepared, RunLog, accuracy, loss_text, validate
+from medclf.training.fitting import Fitted, Prepared, RunLog, accuracy, loss_text, validate
 from medclf.training.loop import EpochDone, Schedule, progress_bar, train_epochs
 
 
@@ -46,14 +46,14 @@ def finetune(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     schedule = Schedule.plan(config, n_train=prep.enc["train"].n_docs, world=dist.world,
-                             min_steps=FEW_SHOT_MIN_STEPS if prep.few_shot else 0)
+                             min_steps=prep.few_labels.min_steps)
     runlog.info("Effective batch size %d (batch %d x %d process(es) x gradient accumulation %d); peak lr %g, "
                 "%d optimizer steps.", schedule.global_batch * schedule.accum, config.batch_size, dist.world,
                 schedule.accum, config.lr, schedule.total_steps)
     events = train_epochs(model, prep.enc["train"], prep.y_train, loss_fn=task.loss(prep.y_train, len(labels),
                           config.class_weights).to(device), config=config, schedule=schedule, precision=precision,
                           pad_id=prep.pad_id, device=device, dist=dist)
-    keeper = Keeper(model, average=config.average_epochs, by_validation=not prep.few_shot)
+    keeper = Keeper(model, average=config.average_epochs, by_validation=prep.few_labels.select_on_validation)
     history: list[dict[str, Any]] = []
     train_seconds, samples, tokens, step = 0.0, 0, 0, 0
     for event in progress_bar(events, progress, schedule.epochs):
@@ -77,7 +77,7 @@ def finetune(
             runlog.info("Early stop: no better validation macro-F1 for %d epoch(s).", config.patience)
             break
     if keeper.restore():
-        if prep.few_shot:
+        if not prep.few_labels.select_on_validation:
             runlog.info("Kept the %s (few labels: the latest, not chosen on validation).", keeper.best_name)
         else:
             runlog.info("Kept the %s (best validation macro-F1 %.4f).", keeper.best_name, keeper.best_f1)

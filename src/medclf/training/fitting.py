@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from medclf.config import TrainConfig
+from medclf.core.calibration import MIN_TEXTS
 from medclf.core.tasks import Task
 from medclf.model.batching import Encoded, pool_logits
 from medclf.model.embeddings import EmbeddingClassifier, embed_texts
@@ -54,6 +55,86 @@ class DescriptionRows:
         return task.targets(values, labels)
 
 
+FEW_SHOT_MIN_STEPS = 50
+"""Optimizer steps a few-labels fine-tuning takes at least (3 epochs of 40 texts would be 9 steps)."""
+
+
+def fewest_rows(task: Task, y: np.ndarray, n_labels: int) -> int:
+    """Rows of the rarest class (multi-label: positives of the rarest label)."""
+    counts = y.sum(axis=0) if task.multi_label else np.bincount(y, minlength=n_labels)
+    return int(counts.min()) if len(counts) else 0
+
+
+@dataclass(frozen=True)
+class FewLabels:
+    """The few-labels rule, in one place: can this run's validation part rank weights, and what changes if not.
+
+    Validation can rank when it holds at least `MIN_TEXTS` (30) rows and, for multi-label runs, whose thresholds are
+    tuned per label on that label's validation F1, at least one positive of every label. Single-label selection
+    ranks by macro-F1 over the whole part, so a rare class that has no validation row does not stop it: a full,
+    imbalanced table is not a few-labels problem. `--few-shot auto` applies the rule when validation cannot rank,
+    `on` always, `off` never (select on validation however small); zero-shot never (nothing is selected).
+
+    When the rule applies (`applies`), and only then:
+    - fine-tuning takes at least `FEW_SHOT_MIN_STEPS` optimizer steps (`min_steps`: more epochs) and keeps its last
+      weights, or with --average-epochs the average of all epochs, instead of the best on validation
+      (`select_on_validation` False);
+    - the embeddings method picks its regularisation C (and the label descriptions' prior weight) by
+      cross-validation on the training rows (`cross_validate`);
+    - multi-label thresholds stay at 0.5 (`tune_thresholds` False);
+    - metrics.json says `few_shot: true`, and the report, card and runs table say "few labels".
+    Apart from the rule, the temperature is fitted only from `MIN_TEXTS` validation texts on (core.calibration).
+    """
+
+    applies: bool
+    reason: str
+    """Why, in words for the log (counts and label names only)."""
+
+    @classmethod
+    def decide(cls, mode: str, *, method: str, task: Task, y_val: np.ndarray, labels: list[str]) -> FewLabels:
+        """The rule for one run: `mode` is --few-shot (auto | on | off), `y_val` the validation targets."""
+        if method == "zero-shot" or mode == "off":
+            return cls(False, "zero-shot selects nothing" if method == "zero-shot" else "--few-shot off")
+        if mode == "on":
+            return cls(True, "--few-shot on")
+        n_val = len(y_val)
+        if n_val < MIN_TEXTS:
+            return cls(True, f"the validation part has {n_val} row(s), fewer than the {MIN_TEXTS} that can rank weights")
+        if task.multi_label:
+            missing = [lab for lab, positives in zip(labels, np.asarray(y_val).sum(axis=0)) if positives == 0]
+            if missing:
+                return cls(True, f"{len(missing)} label(s) have no positive validation row to tune a threshold on "
+                                 f"(e.g. {missing[0]!r})")
+        return cls(False, f"the validation part ({n_val} rows) can rank weights")
+
+    @property
+    def min_steps(self) -> int:
+        return FEW_SHOT_MIN_STEPS if self.applies else 0
+
+    @property
+    def select_on_validation(self) -> bool:
+        return not self.applies
+
+    @property
+    def cross_validate(self) -> bool:
+        return self.applies
+
+    @property
+    def tune_thresholds(self) -> bool:
+        return not self.applies
+
+    def note(self) -> str:
+        """What medclf does differently, for the log and the report."""
+        return (f"Few labels: {self.reason}. So: fine-tuning takes at least {FEW_SHOT_MIN_STEPS} optimizer steps "
+                "(more epochs) and keeps its last weights (or, with epoch averaging, the average of all epochs) "
+                "instead of the best on validation; the embeddings method picks its regularisation by "
+                "cross-validation on the training rows; multi-label thresholds stay at 0.5; the temperature is "
+                f"fitted only from {MIN_TEXTS} validation texts on.")
+
+
+NO_FEW_LABELS = FewLabels(False, "not decided")
+
+
 @dataclass
 class Prepared:
     """The tokenized parts and label ids every fitting method starts from."""
@@ -70,8 +151,8 @@ class Prepared:
     """The processes of a multi-process run (SINGLE: one process)."""
     descriptions: DescriptionRows | None = None
     """--label-descriptions, tokenized (None: not given)."""
-    few_shot: bool = False
-    """The fewest class has fewer than FEW_SHOT_ROWS training rows: see `few_shot_note` for what changes."""
+    few_labels: FewLabels = NO_FEW_LABELS
+    """Whether the few-labels rule applies, and why: `FewLabels` says everything it changes."""
 
 
 @dataclass
@@ -87,28 +168,6 @@ class Fitted:
     timing: dict[str, Any]
     selected: str = ""
     """Which weights were kept: 'epoch 2', 'average of epochs 1-3', 'C=0.1'."""
-
-
-FEW_SHOT_ROWS = 30
-"""Training rows of the fewest class below which a run is a few-labels run."""
-FEW_SHOT_MIN_STEPS = 50
-"""Optimizer steps a few-labels fine-tuning takes at least (3 epochs of 40 texts would be 9 steps)."""
-
-
-def fewest_rows(task: Task, y: np.ndarray, n_labels: int) -> int:
-    """Training rows of the rarest class (multi-label: positives of the rarest label)."""
-    counts = y.sum(axis=0) if task.multi_label else np.bincount(y, minlength=n_labels)
-    return int(counts.min()) if len(counts) else 0
-
-
-def few_shot_note(fewest: int, n_val: int) -> str:
-    """What medclf does differently with few labels, for the log and the report."""
-    return (f"Few labels: the rarest class has {fewest} training row(s) (< {FEW_SHOT_ROWS}), and {n_val} validation "
-            "row(s) cannot rank weights. So: fine-tuning takes at least "
-            f"{FEW_SHOT_MIN_STEPS} optimizer steps (more epochs) and keeps its last weights (or, with epoch averaging, "
-            "the average of all epochs) instead of the best on validation; the embeddings method picks its "
-            "regularisation by cross-validation on the training rows; multi-label thresholds stay at 0.5; the "
-            "temperature is fitted only from 30 validation texts on.")
 
 
 def set_seed(seed: int) -> None:

@@ -110,7 +110,7 @@ def fit_embeddings(
             row["prior_weight"] = alpha
         score = val["macro_f1"]
         crossed = cross_validated_f1(features["train"], y_train, labels, task, c=c, class_weight=class_weight,
-                                     seed=config.seed, prior=prior, extra=extra) if prep.few_shot else None
+                                     seed=config.seed, prior=prior, extra=extra) if prep.few_labels.cross_validate else None
         if crossed is not None:  # too few validation rows to rank C: cross-validation on the training rows decides
             score = row["cv_macro_f1"] = crossed
         history.append(row)

@@ -43,13 +43,12 @@ from medclf.run.tracking import require_mlflow, track_train
 from medclf.training.distributed import Dist, distributed_state
 from medclf.training.finetune import finetune
 from medclf.training.fitting import (
-    FEW_SHOT_ROWS,
     DescriptionRows,
+    FewLabels,
     Fitted,
     Prepared,
     RunLog,
     document_logits,
-    few_shot_note,
     fewest_rows,
     set_seed,
 )
@@ -163,11 +162,13 @@ def _prepare(config: TrainConfig, splits: Splits, task: Task, *, tokenizer: Any,
             )
     labels = splits.labels
     y_train = task.targets(splits.train.labels, labels)
-    fewest = fewest_rows(task, y_train, len(labels))
-    few_shot = config.method != "zero-shot" and (config.few_shot == "on" or (config.few_shot == "auto"
-                                                                             and fewest < FEW_SHOT_ROWS))
-    if few_shot:
-        runlog.info(few_shot_note(fewest, len(splits.val)))
+    y_val = task.targets(splits.val.labels, labels)
+    few_labels = FewLabels.decide(config.few_shot, method=config.method, task=task, y_val=y_val, labels=labels)
+    if few_labels.applies:
+        runlog.info(few_labels.note())
+    elif config.few_shot == "auto" and config.method != "zero-shot":
+        runlog.info("Few-labels rule not applied: %s (the rarest class has %d training row(s)).", few_labels.reason,
+                    fewest_rows(task, y_train, len(labels)))
     rows = None
     if descriptions is not None:
         texts = [(text, i) for i, lab in enumerate(labels) for text in descriptions[lab]]
@@ -177,14 +178,14 @@ def _prepare(config: TrainConfig, splits: Splits, task: Task, *, tokenizer: Any,
     return Prepared(
         enc=enc,
         y_train=y_train,
-        y_val=task.targets(splits.val.labels, labels),
+        y_val=y_val,
         y_test=task.targets(splits.test.labels, labels),
         pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
         device=device,
         task=task,
         dist=dist,
         descriptions=rows,
-        few_shot=few_shot,
+        few_labels=few_labels,
     )
 
 
@@ -205,7 +206,7 @@ def _test(fitted: Fitted, prep: Prepared, labels: list[str], config: TrainConfig
     # multi-label: the thresholds tuned on validation for the kept weights decide (moved with the temperature);
     # 0.5 on the model's own sigmoid probabilities, as tools without tuning use it, is reported beside them.
     thresholds = None
-    if task.multi_label and not prep.few_shot:
+    if task.multi_label and prep.few_labels.tune_thresholds:
         thresholds = scale_thresholds(np.array([fitted.validation["thresholds"][lab] for lab in labels]), temperature)
     test = task.metrics(y_test, probs, labels, thresholds)
     test["calibration"] = calibration_summary(test_logits, y_test, task, temperature)
@@ -227,7 +228,8 @@ def _metrics(config: TrainConfig, splits: Splits, prep: Prepared, fitted: Fitted
     """metrics.json: the test figures, the TF-IDF baseline on the same split, the history and where the time went."""
     task, labels, y_test = prep.task, splits.labels, prep.y_test
     return {
-        "few_shot": prep.few_shot,
+        "few_shot": prep.few_labels.applies,
+        "few_shot_reason": prep.few_labels.reason,
         "test": tested.metrics,
         "baseline_tfidf": None if baseline is None else headline_figures(task.metrics(y_test, baseline, labels)),
         "task": task.name,

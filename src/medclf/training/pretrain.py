@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from medclf.config import PretrainConfig
-from medclf.core.data import join_texts, read_table, resolve_columns
+from medclf.core.data import join_texts, read_table, resolve_columns, row_numbers
 from medclf.errors import MedclfError
 from medclf.model.batching import encode, length_grouped_batches, padded_width
 from medclf.model.modeling import (
@@ -69,8 +69,8 @@ def read_unlabelled(config: PretrainConfig) -> list[str]:
     texts = join_texts(frame, columns)
     empty = [i for i, t in enumerate(texts) if t is None]
     if empty and not config.drop_empty:
-        shown = ", ".join(str(i + 1) for i in empty[:5]) + (", ..." if len(empty) > 5 else "")
-        raise MedclfError(f"{config.data} has {len(empty)} empty text(s) (row(s) {shown}); fill them or pass --drop-empty.")
+        raise MedclfError(f"{config.data} has {len(empty)} empty text(s) (row(s) {row_numbers(empty)}); fill them or pass "
+                          "--drop-empty.")
     kept = [t for t in texts if t is not None]
     if len(kept) < 2:
         raise MedclfError(f"{config.data} has {len(kept)} text(s); continued pretraining needs at least 2 (one held out).")
