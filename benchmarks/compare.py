@@ -16,7 +16,7 @@ RSS are its own), in this order:
      (batch 32) vs the tutorial's padded loop (bench_inference.py).
 
 Then it measures this machine's matmul throughput at the encoder's shapes and prints one markdown
-table, the limit it implies, and the targets of issue 4; everything also goes to DIR/results.json
+table, the limit it implies, and the speed and accuracy targets against the Trainer; everything also goes to DIR/results.json
 and DIR/results.md. --quick takes a stratified sample of a few hundred rows and one epoch; with a
 tiny --model it is the suite's smoke test.
 """
@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the helper modules beside this script, also when imported from elsewhere
 from bench_common import DEFAULT_DATA  # noqa: E402
 
-# Figures of issue 4 that this run does not re-measure (the best Trainer setting was a second, 31-minute run).
+# Figures of the first side-by-side run that this run does not re-measure (the best Trainer setting was a second, 31-minute run).
 TRAINER_BEST_MACRO_F1_LR5E5 = 0.604
 F1_FLOOR = 0.61
 
@@ -387,7 +387,7 @@ def render(results: dict[str, Any]) -> str:
         "Trainer reference; *infer vs pipeline* above 1 means faster than `transformers.pipeline`. Shares of the "
         "limit count useful work at the measured mean token count, so padding shows up as a lower share.",
         "",
-        "Targets (issue 4):",
+        "Targets (speed and accuracy against the Trainer):",
     ]
     for t in results["targets"]:
         lines.append(f"- [{'x' if t['met'] else ' '}] {t['target']}: {t['value']:.3f} (bound {t['bound']:.3f})")

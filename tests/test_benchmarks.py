@@ -226,3 +226,20 @@ def test_gpu_benchmark_quick_mode_runs_every_system_and_writes_its_table(tmp_pat
     for path in out.rglob("*"):  # only the split files (the benchmark's input) may hold text
         if path.is_file() and "split" not in path.parts and path.suffix in (".json", ".md", ".log", ".csv", ".txt"):
             assert SECRET not in path.read_text(errors="ignore"), path
+
+
+def test_few_labels_rule_benchmark_compares_both_rules_per_seed(tmp_path, tiny_model):
+    """A table of 600 rows with one class cut to 9 training rows: the rule before applies, the rule now does not."""
+    data = write_csv(tmp_path / "notes.csv", make_rows(200))
+    out = tmp_path / "rule"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "few_labels_rule.py"), "--data", str(data), "--text-column", "text",
+         "--label-column", "label", "--model", tiny_model, "--seeds", "0", "1", "--extra=--max-length=32",
+         "--out", str(out)], capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "results.json").read_text())
+    assert [(r["rule"], r["seed"], r["applied"]) for r in result["runs"]] == [
+        ("before", 0, True), ("now", 0, False), ("before", 1, True), ("now", 1, False)]
+    summary = result["summary"]
+    assert summary["before"]["low"] <= summary["before"]["mean"] <= summary["before"]["high"]
+    assert "Paired difference now - before" in (out / "results.md").read_text()
