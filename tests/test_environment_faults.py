@@ -113,31 +113,25 @@ def test_every_writing_command_gives_one_sentence_and_exit_2(command: str, fault
 # ---------------------------------------------------------------- the real thing: small and read-only file systems
 
 
-def _mount(where: Path, options: str) -> bool:
+def _mounted(where: Path, options: str) -> Iterator[Path]:
+    """A tmpfs at `where` for one test (skipped where this machine does not let the test mount one)."""
     where.mkdir()
-    if sys.platform != "linux" or os.geteuid() != 0:
-        return False
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
-    return done.returncode == 0
+    if sys.platform != "linux" or os.geteuid() != 0 or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root with CAP_SYS_ADMIN; the patched-fault tests above cover the messages")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB file system: the tiny model's weights (4 MB) do not fit."""
-    where = tmp_path / "small"
-    if not _mount(where, "size=1m"):
-        pytest.skip("mounting a tmpfs needs root with CAP_SYS_ADMIN; the patched-fault tests above cover the messages")
-    yield where
-    subprocess.run(["umount", "-l", str(where)], check=False)
+    yield from _mounted(tmp_path / "small", "size=1m")
 
 
 @pytest.fixture
 def read_only_disk(tmp_path: Path) -> Iterator[Path]:
-    where = tmp_path / "ro"
-    if not _mount(where, "ro,size=1m"):
-        pytest.skip("mounting a tmpfs needs root with CAP_SYS_ADMIN; the patched-fault tests above cover the messages")
-    yield where
-    subprocess.run(["umount", "-l", str(where)], check=False)
+    yield from _mounted(tmp_path / "ro", "ro,size=1m")
 
 
 def _medclf(*args: str) -> subprocess.CompletedProcess[str]:
