@@ -34,6 +34,33 @@ def test_version():
     assert result.exit_code == 0 and result.stdout.strip() == f"medclf {__version__}"
 
 
+def _options(command):
+    import typer
+
+    group = typer.main.get_command(app)
+    return {p.name: p.default for p in group.commands[command].params}
+
+
+def test_train_cv_and_audit_take_the_same_train_options_with_the_configs_defaults():
+    """One declaration of train's options: cv and audit have every one of them (plus their own), with the defaults
+    of TrainConfig (audit fits embeddings unless told otherwise), so the three commands cannot drift apart."""
+    from medclf.config import TrainConfig
+
+    train, cv, audit = (_options(c) for c in ("train", "cv", "audit"))
+    config = TrainConfig()
+    for name, default in train.items():
+        if name in TrainConfig.__dataclass_fields__:
+            assert default == getattr(config, name), name
+    assert {k: v for k, v in cv.items() if k in train} == train
+    assert {k: v for k, v in audit.items() if k in train} == {**train, "method": "embeddings"}
+    assert set(cv) - set(train) == {"folds", "workers"}
+    assert set(audit) - set(train) == {"folds", "workers", "id_column", "keep_text", "fix", "accept_top"}
+
+
+def test_cv_refuses_num_processes_in_one_sentence(small_csv):
+    assert_user_error(invoke("cv", "--data", small_csv, "--num-processes", "2"), "--workers runs folds in parallel")
+
+
 def test_train_evaluate_predict_pipeline(tmp_path, tiny_model, small_csv):
     out = tmp_path / "run"
     result = invoke("train", "--data", small_csv, "--model", tiny_model, "--output", out, "--epochs", "3",

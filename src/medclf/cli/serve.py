@@ -1,0 +1,40 @@
+"""`medclf serve`: a run over HTTP."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from medclf.cli._common import BackendOpt, LongTextOpt, RunDirArg, app, guard
+
+
+@app.command()
+def serve(
+    run_dir: RunDirArg,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on. 127.0.0.1 (this machine only) by default; 0.0.0.0 opens it to the network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    backend: BackendOpt = "auto",
+    max_batch: Annotated[int, typer.Option("--max-batch", help="Most texts per request, and per forward pass when the server batches concurrent requests.")] = 64,
+    max_chars: Annotated[int, typer.Option("--max-chars", help="Most characters per text; longer ones get 413.")] = 20_000,
+    max_queue: Annotated[int, typer.Option("--max-queue", help="Most texts waiting for the model; beyond it requests get 503 with Retry-After.")] = 1024,
+    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", help="How long a batch waits for more requests when the queue is short.")] = 5.0,
+    api_key_env: Annotated[str | None, typer.Option("--api-key-env", help="Name of an environment variable holding the API key; /v1/* then needs 'Authorization: Bearer KEY'.")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Server processes, each with its own copy of the model.")] = 1,
+    threads: Annotated[int | None, typer.Option("--threads", help="Inference threads per worker. Default: the cores divided among the workers.")] = None,
+    long_text: LongTextOpt = None,
+) -> None:
+    """Serve a run over HTTP: POST /v1/predict, GET /v1/model, /healthz, /readyz, /metrics, and a page at /."""
+
+    def run() -> None:
+        from medclf.serving.app import serve as serve_fn
+        from medclf.serving.settings import ServeSettings
+
+        settings = ServeSettings(
+            run_dir=run_dir, host=host, port=port, backend=backend, max_batch=max_batch, max_chars=max_chars,
+            max_queue=max_queue, max_wait_ms=max_wait_ms, api_key_env=api_key_env, workers=workers, threads=threads,
+            long_text=long_text,
+        )
+        serve_fn(settings)
+
+    guard(run)
