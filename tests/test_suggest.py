@@ -84,9 +84,9 @@ def test_embed_is_the_space_the_embeddings_head_reads(embedding_run, trained_run
     texts = [r["text"] for r in make_rows(3, seed=5)]
     clf = TextClassifier.load(embedding_run)
     vectors = clf.embed(texts)
-    assert vectors.shape == (len(texts), clf.model.encoder.config.hidden_size)
+    assert vectors.shape == (len(texts), clf.torch_model().encoder.config.hidden_size)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    logits = clf.model.head(torch.from_numpy(vectors)).detach().numpy() / clf.temperature
+    logits = clf.torch_model().head(torch.from_numpy(vectors)).detach().numpy() / clf.temperature
     assert np.allclose(clf.task.probabilities(logits), clf.predict_proba(texts), atol=1e-4)
     fine_tuned = TextClassifier.load(trained_run)
     same = fine_tuned.embed([texts[0], texts[0], texts[1]])

@@ -35,7 +35,8 @@ import torch
 
 from medclf.errors import MedclfError
 from medclf.inference.onnx_runtime import EXPORT_INFO, FP32_FILE, INT8_FILE, ONNX_DIR, OnnxRunner, onnxruntime_available
-from medclf.model.batching import collate, sorted_batches
+from medclf.model.batching import Batching
+from medclf.model.modeling import run_batches
 from medclf.run.artifacts import CONFIG_FILE, MODEL_DIR, atomic_write_json, is_run_dir, publish_dir, staging_dir
 
 log = logging.getLogger(__name__)
@@ -122,16 +123,17 @@ def export_onnx(
     encoded = clf.encode(texts).input_ids  # for long_text='chunk', windows: the check compares window by window
     pad_id = clf.pad_id
     probabilities = clf.task.probabilities  # softmax, or sigmoid for a multi-label run
-    reference = probabilities(_run_batches(lambda inputs: clf.run_batch(inputs), encoded, pad_id))
+    reference = probabilities(clf.sequence_logits(encoded, batch_size=CHECK_BATCH))
 
     staging = staging_dir(final)
     try:
         raw = staging / "model.raw.onnx"
-        _torch_export(clf.model, raw, clf.max_length)
+        model = clf.torch_model()
+        _torch_export(model, raw, clf.max_length)
         fp32 = staging / FP32_FILE
-        optimized = _optimize(raw, fp32, clf.model.config)
+        optimized = _optimize(raw, fp32, getattr(model, "config"))
         raw.unlink()
-        fp32_probs = probabilities(_run_batches(OnnxRunner(fp32), encoded, pad_id))
+        fp32_probs = probabilities(_onnx_logits(OnnxRunner(fp32), encoded, clf))
         diff = float(np.abs(fp32_probs - reference).max())
         log.info("fp32 ONNX vs PyTorch on %d check texts: max |p difference| %.2e (limit %.0e).", len(texts), diff, PARITY_TOLERANCE)
         if not diff <= PARITY_TOLERANCE:
@@ -174,16 +176,10 @@ def _check_texts(clf: Any, data: str | None, text_columns: list[str] | None, lim
     return texts, source
 
 
-def _run_batches(run: Callable[[dict[str, torch.Tensor]], np.ndarray], input_ids: list[list[int]], pad_id: int) -> np.ndarray:
-    """Logits in input order; batches of mixed lengths, so padding is part of the check."""
-    out: np.ndarray | None = None
-    for batch in sorted_batches([len(ids) for ids in input_ids], CHECK_BATCH):
-        logits = run(collate([input_ids[i] for i in batch], pad_id))
-        if out is None:
-            out = np.zeros((len(input_ids), logits.shape[1]), dtype=np.float32)
-        out[batch] = logits
-    assert out is not None
-    return out
+def _onnx_logits(runner: OnnxRunner, input_ids: list[list[int]], clf: Any) -> np.ndarray:
+    """An ONNX model's logits on the check texts, in the batches of the PyTorch reference (mixed lengths, so padding
+    is part of the check)."""
+    return run_batches(runner, input_ids, batching=Batching(CHECK_BATCH), pad_id=clf.pad_id, width=len(clf.labels))
 
 
 class _LogitsOnly(torch.nn.Module):
@@ -303,7 +299,7 @@ def _quantize_checked(
         try:
             with _quiet_onnxruntime():
                 recipe(fp32, candidate)
-            probs = clf.task.probabilities(_run_batches(OnnxRunner(candidate), encoded, pad_id))
+            probs = clf.task.probabilities(_onnx_logits(OnnxRunner(candidate), encoded, clf))
         except Exception as exc:  # noqa: BLE001 - a recipe the graph does not take (Longformer: ScatterND after int8)
             reason = _first_line(exc)
             result.int8_tried.append({"recipe": name, "error": reason})

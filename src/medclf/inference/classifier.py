@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, overload
 
@@ -14,15 +13,15 @@ from medclf.config import BACKENDS, INFER_BATCH_SIZE, TRAIN_DEFAULTS, LoadOption
 from medclf.core.tasks import softmax, task_for
 from medclf.errors import MedclfError
 from medclf.inference.onnx_runtime import OnnxRunner, onnx_file
-from medclf.model.batching import Encoded, encode, pool_logits, unpaired_surrogate
+from medclf.inference.runners import Runner, TorchRunner
+from medclf.model.batching import Batching, Encoded, encode, pool_logits, unpaired_surrogate
 from medclf.model.modeling import (
-    autocast,
+    PrecisionChoice,
     batching_for,
     choose_device,
-    inference_precision,
     load_classifier,
     load_tokenizer,
-    to_device,
+    run_batches,
 )
 from medclf.run.artifacts import CONFIG_FILE, MODEL_DIR, is_run_dir, read_json
 from medclf.run.runspec import RunSpec
@@ -55,7 +54,7 @@ class TextClassifier:
 
     def __init__(
         self,
-        model: torch.nn.Module | Callable[[dict[str, torch.Tensor]], np.ndarray],
+        model: torch.nn.Module | Runner,
         tokenizer: Any,
         *,
         max_length: int = TRAIN_DEFAULTS["max_length"],
@@ -65,7 +64,6 @@ class TextClassifier:
         precision: str = "auto",
         spec: RunSpec | None = None,
         labels: list[str] | None = None,
-        backend: str = "torch",
         stride: int | None = None,
         max_chunks: int = TRAIN_DEFAULTS["max_chunks"],
         pool: str = TRAIN_DEFAULTS["pool"],
@@ -73,7 +71,6 @@ class TextClassifier:
         thresholds: list[float] | np.ndarray | None = None,
         temperature: float = 1.0,
     ) -> None:
-        self.backend = backend
         self.run_dir: Path | None = None
         """The run directory this classifier was loaded from (None when built in memory)."""
         self._torch_twin: Any = None
@@ -86,17 +83,15 @@ class TextClassifier:
         self.stride = stride
         self.max_chunks = max_chunks
         self.pool = pool
-        if isinstance(model, torch.nn.Module):
-            self.device = device or next(model.parameters()).device
-            self.model: Any = model.to(self.device).eval()
-            config: Any = getattr(model, "config")  # a transformers config (torch types module attributes loosely)
+        self.runner: Runner = TorchRunner(model, device=device, precision=precision) \
+            if isinstance(model, torch.nn.Module) else model
+        """What runs the model on a padded batch (PyTorch or ONNX Runtime: `inference.runners`)."""
+        if self.runner.module is not None and not labels:
+            config: Any = getattr(self.runner.module, "config")  # a transformers config
             id2label: dict[int, str] = config.id2label
-            labels = labels or [str(id2label[i]) for i in range(len(id2label))]
-        else:  # an ONNX Runtime session (medclf.inference.onnx_runtime.OnnxRunner) or any callable giving logits
-            self.device = torch.device("cpu")
-            self.model = model
-            if not labels:
-                raise MedclfError("A classifier that is not a PyTorch model needs its labels.")
+            labels = [str(id2label[i]) for i in range(len(id2label))]
+        if not labels:
+            raise MedclfError("A classifier that is not a PyTorch model needs its labels.")
         self._labels = list(labels)
         self._thresholds = None
         if multi_label:
@@ -108,11 +103,23 @@ class TextClassifier:
         self.long_text = long_text
         self.batch_size = batch_size
         """Texts per batch; None: by device (`modeling.batching_for`: 16 on a CPU, a token budget on a GPU)."""
-        self.precision = inference_precision(precision if backend == "torch" else "fp32", self.device)
-        """PyTorch backend: fp32, or bf16 autocast (by default on a CUDA GPU that supports it)."""
         self.spec = spec
         """The run's description (train_config.json) when loaded from a run directory; None when built in memory."""
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    @property
+    def backend(self) -> str:
+        """'torch', 'onnx' or 'onnx-int8'."""
+        return self.runner.backend
+
+    @property
+    def device(self) -> torch.device:
+        return self.runner.device
+
+    @property
+    def precision(self) -> PrecisionChoice:
+        """fp32, or bf16 autocast (PyTorch; by default on a CUDA GPU that supports it)."""
+        return self.runner.precision
 
     @property
     def labels(self) -> list[str]:
@@ -177,9 +184,7 @@ class TextClassifier:
                                   "on auto with ONNX.")
             labels = _config_labels(model_dir)
             log.info("Backend: ONNX Runtime (%s).", onnx_path.name)
-            runner = OnnxRunner(onnx_path, threads=threads)
-            clf = cls(runner, tokenizer, labels=labels, backend="onnx-int8" if ".int8." in onnx_path.name else "onnx",
-                      **common)
+            clf = cls(OnnxRunner(onnx_path, threads=threads), tokenizer, labels=labels, **common)
             clf.run_dir = model_dir.parent
             return clf
         from medclf.model.embeddings import EmbeddingClassifier, is_embedding_model
@@ -188,21 +193,9 @@ class TextClassifier:
             model: torch.nn.Module = EmbeddingClassifier.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         else:
             model = load_classifier(str(model_dir), trust_remote_code=trust_remote_code)
-        clf = cls(model, tokenizer, device=choose_device(device), backend="torch", precision=options.precision, **common)
+        clf = cls(model, tokenizer, device=choose_device(device), precision=options.precision, **common)
         clf.run_dir = model_dir.parent
         return clf
-
-    def run_batch(self, inputs: dict[str, torch.Tensor]) -> np.ndarray:
-        """Logits (float32) for one padded batch."""
-        logits = self._forward(inputs)
-        return logits.cpu().numpy() if isinstance(logits, torch.Tensor) else logits
-
-    def _forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor | np.ndarray:
-        """Float32 logits of one padded batch: PyTorch's stay on the device (no wait for it), a runner's are arrays."""
-        if self.backend == "torch":
-            with torch.inference_mode(), autocast(self.device, self.precision):
-                return self.model(**to_device(inputs, self.device)).logits.float()
-        return self.model(inputs)
 
     def _logits(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
         window_logits, encoded = self._window_logits(texts, batch_size)
@@ -214,17 +207,11 @@ class TextClassifier:
 
     def sequence_logits(self, sequences: list[list[int]], batch_size: int | None = None) -> np.ndarray:
         """Logits per token-id sequence, in order: length-sorted batches, each padded to its longest."""
-        out = np.zeros((len(sequences), len(self._labels)), dtype=np.float32)
-        batching = batching_for(self.device, batch_size or self.batch_size, default=INFER_BATCH_SIZE)
-        order: list[int] = []
-        parts: list[torch.Tensor | np.ndarray] = []
-        for batch in batching.batches([len(s) for s in sequences]):
-            order += batch
-            parts.append(self._forward(batching.collate([sequences[i] for i in batch], self.pad_id)))
-        if parts:  # PyTorch's logits come to the host in one copy, after the last batch is queued
-            tensors = [p for p in parts if isinstance(p, torch.Tensor)]
-            out[order] = torch.cat(tensors).cpu().numpy() if tensors else np.concatenate(parts)
-        return out
+        return run_batches(self.runner, sequences, batching=self._batching(self.device, batch_size),
+                           pad_id=self.pad_id, width=len(self._labels), device=self.device, precision=self.precision)
+
+    def _batching(self, device: torch.device, batch_size: int | None) -> Batching:
+        return batching_for(device, batch_size or self.batch_size, default=INFER_BATCH_SIZE)
 
     def _window_logits(self, texts: list[str], batch_size: int | None = None) -> tuple[np.ndarray, Encoded]:
         """Logits per sequence (per window with long_text='chunk'), and the encoding they came from."""
@@ -243,7 +230,7 @@ class TextClassifier:
     def _overlap_tokenizing(self) -> bool:
         """Tokenize the next slice of texts while the model runs this one: where the model runs on a GPU (on a CPU the
         cores that would tokenize are the ones running the model)."""
-        return self.backend == "torch" and self.device.type == "cuda"
+        return self.device.type == "cuda"
 
     def _overlapped_logits(self, texts: list[str], batch_size: int | None) -> tuple[np.ndarray, Encoded]:
         """`_window_logits` in slices of TOKENIZE_AHEAD texts: a thread tokenizes slice i+1 (the fast tokenizer works
@@ -332,27 +319,25 @@ class TextClassifier:
         encoder = model.encoder if isinstance(model, EmbeddingClassifier) else getattr(model, "base_model")
         device = next(model.parameters()).device
         encoded = self.encode(list(texts)) if texts else Encoded([], 0, 0, 0)
-        hidden = int(getattr(model, "config").hidden_size)
-        out = np.zeros((len(encoded.input_ids), hidden), dtype=np.float32)
-        batching = batching_for(device, batch_size or self.batch_size, default=INFER_BATCH_SIZE)
-        for batch in batching.batches([len(s) for s in encoded.input_ids]):
-            inputs = to_device(batching.collate([encoded.input_ids[i] for i in batch], self.pad_id), device)
-            with torch.inference_mode(), autocast(device, self.precision):
-                states = encoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
-            out[batch] = mean_pool(states.float(), inputs["attention_mask"]).cpu().numpy()
+
+        def mean_states(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+            states = encoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
+            return mean_pool(states.float(), inputs["attention_mask"])
+
+        out = run_batches(mean_states, encoded.input_ids, batching=self._batching(device, batch_size), pad_id=self.pad_id,
+                          width=int(getattr(model, "config").hidden_size), device=device, precision=self.precision)
         pooled = pool_logits(out, encoded.doc_of, encoded.n_docs, "mean")
         return np.asarray(pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None), dtype=np.float32)
 
     def torch_model(self) -> torch.nn.Module:
         """The PyTorch model behind this classifier (what gradients need): its own with the torch backend; for ONNX,
         the run's PyTorch model, loaded on the CPU once."""
-        if self.backend == "torch":
-            assert isinstance(self.model, torch.nn.Module)
-            return self.model
+        if self.runner.module is not None:
+            return self.runner.module
         if self._torch_twin is None:
             if self.run_dir is None:
                 raise MedclfError("Integrated gradients need the PyTorch model; load the run with backend='torch'.")
-            self._torch_twin = type(self).load(self.run_dir, backend="torch", device="cpu").model
+            self._torch_twin = type(self).load(self.run_dir, backend="torch", device="cpu").torch_model()
         return self._torch_twin
 
     def decide(self, probs: np.ndarray) -> list[Any]:

@@ -1,6 +1,6 @@
 """The ONNX Runtime backend: where `medclf export` puts its models in a run, and the session that runs them.
 
-Inference reads it; the exporter (medclf.export.onnx) writes what it reads. It imports no torch model code.
+Inference reads it; the exporter (medclf.export.onnx) writes what it reads.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from medclf.errors import MedclfError
+from medclf.model.modeling import PrecisionChoice
 
 ONNX_DIR = "onnx"
 FP32_FILE = "model.onnx"
@@ -27,7 +28,11 @@ def onnxruntime_available() -> bool:
 
 
 class OnnxRunner:
-    """One ONNX Runtime session on the CPU: padded token ids and mask in, float32 logits out."""
+    """One ONNX Runtime session on the CPU: padded token ids and mask in, float32 logits out (a `runners.Runner`)."""
+
+    device = torch.device("cpu")
+    precision = PrecisionChoice("fp32", "ONNX Runtime runs the exported graph as it is")
+    module = None
 
     def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
         try:
@@ -39,6 +44,7 @@ class OnnxRunner:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3
         self.path = Path(path)
+        self.backend = "onnx-int8" if ".int8." in self.path.name else "onnx"
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from medclf.errors import MedclfError
-from medclf.model.modeling import batching_for, to_device
+from medclf.model.modeling import batching_for, run_batches
 
 HEAD_WEIGHTS = "head.safetensors"
 HEAD_CONFIG = "head.json"
@@ -126,7 +126,6 @@ def is_embedding_model(directory: str | Path) -> bool:
     return (Path(directory) / HEAD_CONFIG).is_file()
 
 
-@torch.inference_mode()
 def embed_texts(
     model: EmbeddingClassifier, input_ids: list[list[int]], *, batch_size: int | None, pad_id: int,
     device: torch.device,
@@ -134,12 +133,9 @@ def embed_texts(
     """Pooled, normalised embeddings of pre-tokenized texts (fp32), in input order (batches as `batching_for` the
     device gives them)."""
     model.eval()
-    batching = batching_for(device, batch_size)
-    out = np.zeros((len(input_ids), model.head.in_features), dtype=np.float32)
-    for batch in batching.batches([len(ids) for ids in input_ids]):
-        inputs = to_device(batching.collate([input_ids[i] for i in batch], pad_id), device)
-        out[batch] = model.embed(inputs["input_ids"], inputs["attention_mask"]).cpu().numpy()
-    return out
+    return run_batches(lambda inputs: model.embed(inputs["input_ids"], inputs["attention_mask"]), input_ids,
+                       batching=batching_for(device, batch_size), pad_id=pad_id, width=model.head.in_features,
+                       device=device)
 
 
 def fit_logistic(

@@ -9,7 +9,7 @@ import inspect
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -370,36 +370,53 @@ def to_device(inputs: dict[str, torch.Tensor], device: torch.device) -> dict[str
     return {k: v.to(device) for k, v in inputs.items()}
 
 
-def forward_batches(
-    model: torch.nn.Module, input_ids: list[list[int]], *, batch_size: int | None, pad_id: int, device: torch.device
-) -> Iterator[tuple[list[int], Any]]:
-    """Run the model in eval mode over batches sorted by length and padded per batch (`batching_for` the device).
-
-    Yields (the batch's indices into input_ids, the model's outputs); the caller runs it under
-    torch.inference_mode. The model's train/eval mode is restored afterwards.
-    """
-    batching = batching_for(device, batch_size)
+@contextlib.contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """The model in eval mode (no dropout) inside the block, its train/eval mode as it was afterwards."""
     was_training = model.training
     model.eval()
     try:
-        for batch in batching.batches([len(ids) for ids in input_ids]):
-            yield batch, model(**to_device(batching.collate([input_ids[i] for i in batch], pad_id), device))
+        yield
     finally:
         model.train(was_training)
 
 
+Step = Callable[[dict[str, torch.Tensor]], torch.Tensor | np.ndarray]
+"""One forward pass: a padded batch (`input_ids`, `attention_mask`) in, one output row per sequence out (logits,
+pooled states): a tensor (it may stay on the device) or an array (ONNX Runtime)."""
+
+
 @torch.inference_mode()
+def run_batches(
+    step: Step, sequences: list[list[int]], *, batching: Batching, pad_id: int, width: int,
+    device: torch.device | None = None, precision: PrecisionChoice | None = None,
+) -> np.ndarray:
+    """The one pass over token-id sequences without gradients, used by every forward pass of the package: sort by
+    length and batch as `batching` says, pad each batch, copy it to `device` (None: the step takes host tensors),
+    run `step` under `precision`'s autocast, and give the outputs as float32 rows in input order (`width` columns when
+    there is no sequence). Tensors stay on the device until the last batch is queued and come to the host in one
+    copy (no wait for the device between batches)."""
+    order: list[int] = []
+    parts: list[torch.Tensor | np.ndarray] = []
+    amp = autocast(device, precision) if device is not None and precision is not None else contextlib.nullcontext()
+    with amp:
+        for batch in batching.batches([len(s) for s in sequences]):
+            inputs = batching.collate([sequences[i] for i in batch], pad_id)
+            order += batch
+            parts.append(step(inputs if device is None else to_device(inputs, device)))
+    if not parts:
+        return np.zeros((0, width), dtype=np.float32)
+    tensors = [p.float() for p in parts if isinstance(p, torch.Tensor)]
+    rows = torch.cat(tensors).cpu().numpy() if tensors else np.concatenate(parts)
+    out = np.zeros((len(sequences), *rows.shape[1:]), dtype=np.float32)
+    out[order] = rows
+    return out
+
+
 def batched_logits(
     model: Any, input_ids: list[list[int]], *, batch_size: int | None, pad_id: int, device: torch.device
 ) -> np.ndarray:
-    """Logits for pre-tokenized texts, in input order. The logits stay on the device until the last batch is queued
-    and come to the host in one copy (no wait for the device between batches)."""
-    out = np.zeros((len(input_ids), model.config.num_labels), dtype=np.float32)
-    order: list[int] = []
-    parts: list[torch.Tensor] = []
-    for batch, outputs in forward_batches(model, input_ids, batch_size=batch_size, pad_id=pad_id, device=device):
-        order += batch
-        parts.append(outputs.logits.float())
-    if parts:
-        out[order] = torch.cat(parts).cpu().numpy()
-    return out
+    """A classifier's logits for pre-tokenized texts, in input order, in eval mode (validation and test passes)."""
+    with evaluating(model):
+        return run_batches(lambda inputs: model(**inputs).logits, input_ids, batching=batching_for(device, batch_size),
+                           pad_id=pad_id, width=model.config.num_labels, device=device)

@@ -14,11 +14,13 @@ from medclf.config import TrainConfig
 from medclf.model.batching import pool_logits
 from medclf.model.modeling import (
     autocast,
+    batching_for,
     choose_precision,
-    forward_batches,
+    evaluating,
     freeze_embeddings,
     load_classifier,
     release_memory,
+    run_batches,
 )
 from medclf.training.fitting import Fitted, Prepared, RunLog, accuracy, loss_text, validate
 from medclf.training.loop import EpochDone, Schedule, progress_bar, train_epochs
@@ -196,13 +198,17 @@ def fit_head_on_frozen_features(
     head = getattr(model, "classifier", None)
     if not isinstance(head, torch.nn.Linear):
         return False
-    features = torch.zeros((len(input_ids), head.in_features))
     captured: list[torch.Tensor] = []
-    hook = head.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0].detach().float().cpu()))
+
+    def head_inputs(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        model(**inputs)
+        return captured.pop()
+
+    hook = head.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0].detach().float()))
     try:
-        with amp():
-            for batch, _ in forward_batches(model, input_ids, batch_size=batch_size, pad_id=pad_id, device=device):
-                features[batch] = captured.pop()
+        with amp(), evaluating(model):
+            features = torch.as_tensor(run_batches(head_inputs, input_ids, batching=batching_for(device, batch_size),
+                                                   pad_id=pad_id, width=head.in_features, device=device))
     finally:
         hook.remove()
     if doc_of is not None:  # windows of one text: the mean of their features stands for the text
