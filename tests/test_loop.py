@@ -10,7 +10,7 @@ from medclf.config import TrainConfig
 from medclf.model.batching import encode
 from medclf.model.modeling import choose_precision, load_classifier
 from medclf.training.finetune import Keeper
-from medclf.training.loop import EpochDone, Schedule, StepDone, train_epochs
+from medclf.training.loop import EpochDone, Schedule, StepDone, classification_loss, train_epochs
 
 LABELS = ["cardio", "derm", "neuro"]
 
@@ -26,9 +26,11 @@ def _setup(tiny_model, n_per_class=8):
 
 def _events(model, enc, y, config):
     schedule = Schedule.plan(config, n_train=enc.n_docs)
-    return schedule, train_epochs(model, enc, y, loss_fn=torch.nn.CrossEntropyLoss(), config=config, schedule=schedule,
-                                  precision=choose_precision("fp32", torch.device("cpu")), pad_id=0,
-                                  device=torch.device("cpu"))
+    precision, cpu = choose_precision("fp32", torch.device("cpu")), torch.device("cpu")
+    loss = classification_loss(enc, y, loss_fn=torch.nn.CrossEntropyLoss(), config=config, precision=precision,
+                               pad_id=0, device=cpu)
+    return schedule, train_epochs(model, enc.doc_lengths, loss, config=config, schedule=schedule, precision=precision,
+                                  device=cpu)
 
 
 @pytest.mark.parametrize(("n", "batch", "accum", "epochs", "max_steps", "expected"), [

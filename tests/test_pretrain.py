@@ -65,3 +65,30 @@ def test_bad_pretraining_inputs_get_one_sentence(tmp_path, tiny_model):
         assert message in result.output and "Traceback" not in result.output
     bad = runner.invoke(app, ["pretrain", "--data", str(one), "--mlm-probability", "1.5"])
     assert bad.exit_code == 2 and "mlm_probability must be between 0 and 1" in bad.output
+
+
+def test_fp16_pretraining_steps_through_the_gradient_scaler(tmp_path, tiny_model, monkeypatch):
+    """Where fp16 is chosen (a CUDA GPU without bf16), pretraining's steps go through the gradient scaler, as
+    fine-tuning's do: both run the one step loop. fp16 is forced here on the CPU (autocast fp16 runs there too)."""
+    import medclf.training.loop
+    import medclf.training.pretrain
+    from medclf.model.modeling import PrecisionChoice
+
+    scalers = []
+
+    class Recording(torch.amp.GradScaler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            scalers.append(self)
+
+    monkeypatch.setattr(medclf.training.pretrain, "choose_precision", lambda *a: PrecisionChoice("fp16", "test"))
+    monkeypatch.setattr(medclf.training.loop.torch.amp, "GradScaler", Recording)
+    out = tmp_path / "pre"
+    result = runner.invoke(app, ["pretrain", "--data", str(_corpus(tmp_path / "notes.txt")), "--model", tiny_model,
+                                 "--output", str(out), "--epochs", "4", "--lr", "3e-3", "--max-length", "24",
+                                 "--head-warmup-steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert len(scalers) == 2 and all(s.is_enabled() for s in scalers), "the head warmup and the main phase"
+    assert all(s.get_scale() > 0 for s in scalers)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["precision"] == "fp16" and metrics["held_out_mlm_loss_after"] < metrics["held_out_mlm_loss_before"]

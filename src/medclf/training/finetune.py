@@ -23,7 +23,7 @@ from medclf.model.modeling import (
     run_batches,
 )
 from medclf.training.fitting import Fitted, Prepared, RunLog, accuracy, loss_text, validate
-from medclf.training.loop import EpochDone, Schedule, progress_bar, train_epochs
+from medclf.training.loop import EpochDone, Schedule, classification_loss, progress_bar, train_epochs
 
 
 def finetune(
@@ -52,9 +52,12 @@ def finetune(
     runlog.info("Effective batch size %d (batch %d x %d process(es) x gradient accumulation %d); peak lr %g, "
                 "%d optimizer steps.", schedule.global_batch * schedule.accum, config.batch_size, dist.world,
                 schedule.accum, config.lr, schedule.total_steps)
-    events = train_epochs(model, prep.enc["train"], prep.y_train, loss_fn=task.loss(prep.y_train, len(labels),
-                          config.class_weights).to(device), config=config, schedule=schedule, precision=precision,
-                          pad_id=prep.pad_id, device=device, dist=dist)
+    train = prep.enc["train"]
+    batch_loss = classification_loss(train, prep.y_train, loss_fn=task.loss(prep.y_train, len(labels),
+                                     config.class_weights).to(device), config=config, precision=precision,
+                                     pad_id=prep.pad_id, device=device)
+    events = train_epochs(model, train.doc_lengths, batch_loss, config=config, schedule=schedule, precision=precision,
+                          device=device, dist=dist)
     keeper = Keeper(model, average=config.average_epochs, by_validation=prep.few_labels.select_on_validation)
     history: list[dict[str, Any]] = []
     train_seconds, samples, tokens, step = 0.0, 0, 0, 0

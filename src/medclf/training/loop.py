@@ -1,5 +1,7 @@
-"""The fine-tuning step loop: AdamW, linear warmup and decay, clipping, gradient accumulation, dynamic padding,
-length-grouped batches. It yields an event after every batch and at the end of every epoch and decides nothing else:
+"""The one step loop, for fine-tuning and for masked-LM pretraining: AdamW, linear warmup and decay, clipping,
+gradient accumulation, the gradient scaler where fp16 is chosen, length-grouped batches, the periodic memory trim.
+What a batch's loss is comes from the caller (`BatchLoss`: `classification_loss` for fine-tuning, the MLM collator's
+loss for pretraining). It yields an event after every batch and at the end of every epoch and decides nothing else:
 logging, validation, weight averaging, selection and early stopping sit with the caller (as in spaCy's
 `train_while_improving`), which stops the loop by leaving it."""
 
@@ -8,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,13 +39,17 @@ class Schedule:
     warmup: int
 
     @classmethod
-    def plan(cls, config: TrainConfig | PretrainConfig, *, n_train: int, world: int = 1, min_steps: int = 0) -> Schedule:
-        """config's epochs (more where they would take fewer than `min_steps` steps), cut at config.max_steps."""
+    def plan(cls, config: TrainConfig | PretrainConfig, *, n_train: int, world: int = 1, min_steps: int = 0,
+             steps: int | None = None) -> Schedule:
+        """config's epochs (more where they would take fewer than `min_steps` steps), cut at config.max_steps; or
+        exactly `steps` optimizer steps (pretraining's MLM-head warmup)."""
         global_batch = config.batch_size * world
         steps_per_epoch = math.ceil(math.ceil(n_train / global_batch) / config.grad_accum)
         total = max(config.epochs, math.ceil(min_steps / steps_per_epoch)) * steps_per_epoch
         if config.max_steps is not None:
             total = min(total, config.max_steps)
+        if steps is not None:
+            total = steps
         return cls(global_batch=global_batch, accum=config.grad_accum, steps_per_epoch=steps_per_epoch,
                    total_steps=total, epochs=math.ceil(total / steps_per_epoch), warmup=round(config.warmup_ratio * total))
 
@@ -111,47 +117,66 @@ def optimizer_for(model: torch.nn.Module, config: TrainConfig | PretrainConfig) 
         return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
 
 
-def train_epochs(
-    model: torch.nn.Module, train: Encoded, y_train: np.ndarray, *, loss_fn: torch.nn.Module, config: TrainConfig,
-    schedule: Schedule, precision: PrecisionChoice, pad_id: int, device: torch.device, dist: Dist = SINGLE,
-) -> Iterator[StepDone | EpochDone]:
-    """Train `model` epoch after epoch as `schedule` says, yielding a `StepDone` per batch and an `EpochDone` per
-    epoch. Batches are drawn from a generator seeded with `config.seed`, the same on every process."""
-    optimizer = optimizer_for(model, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.lr_factor)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision.name == "fp16")
-    generator = torch.Generator().manual_seed(config.seed)
+BatchLoss = Callable[[torch.nn.Module, list[int]], tuple[torch.Tensor, int]]
+"""What one batch costs: (the model to call, wrapped in DDP where several processes train; the batch's rows) ->
+(the batch's mean loss, the real (unpadded) tokens it held, counted on the host)."""
+
+
+def classification_loss(
+    train: Encoded, y_train: np.ndarray, *, loss_fn: torch.nn.Module, config: TrainConfig,
+    precision: PrecisionChoice, pad_id: int, device: torch.device,
+) -> BatchLoss:
+    """Fine-tuning's batch loss: the rows' windows padded to the batch's longest, the logits (under autocast), in
+    chunk mode pooled over each text's windows end to end, and `loss_fn` against the rows' targets."""
     amp = functools.partial(autocast, device, precision)
     y = torch.as_tensor(y_train)
     non_blocking = device.type == "cuda"
     pad_multiple = pad_multiple_for(device)
+
+    def loss(net: torch.nn.Module, batch: list[int]) -> tuple[torch.Tensor, int]:
+        windows = train.windows_of(batch)
+        inputs = collate([train.input_ids[w] for w in windows], pad_id, pad_multiple=pad_multiple)
+        tokens = int(inputs["attention_mask"].sum())  # counted on the host, before the copy
+        inputs = to_device(inputs, device)
+        target = y[batch].to(device, non_blocking=non_blocking)
+        with amp():
+            logits = net(**inputs).logits.float()
+        if train.doc_of is not None:  # chunk: pool the windows' logits into one per text, end to end
+            position = {d: j for j, d in enumerate(batch)}
+            index = torch.tensor([position[train.doc_of[w]] for w in windows], device=device)
+            logits = pool_logits_torch(logits, index, len(batch), config.pool)
+        return loss_fn(logits, target), tokens
+
+    return loss
+
+
+def train_epochs(
+    model: torch.nn.Module, lengths: list[int], batch_loss: BatchLoss, *, config: TrainConfig | PretrainConfig,
+    schedule: Schedule, precision: PrecisionChoice, device: torch.device, dist: Dist = SINGLE,
+) -> Iterator[StepDone | EpochDone]:
+    """Train `model` epoch after epoch as `schedule` says, yielding a `StepDone` per batch and an `EpochDone` per
+    epoch. Batches group rows of similar `lengths` (tokens per row) and are drawn from a generator seeded with
+    `config.seed`, the same on every process; `batch_loss` says what each costs."""
+    optimizer = optimizer_for(model, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.lr_factor)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.name == "fp16")
+    generator = torch.Generator().manual_seed(config.seed)
     net: torch.nn.Module = model
     if dist.active:  # gradients averaged over the processes at every backward pass (DDP)
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     step, accum = 0, schedule.accum
     for epoch in range(1, schedule.epochs + 1):
         model.train()
-        batches = length_grouped_batches(train.doc_lengths, schedule.global_batch, generator)
+        batches = length_grouped_batches(lengths, schedule.global_batch, generator)
         if dist.active:  # this process's shard of each global batch; a last one with fewer texts than processes goes
             batches = [b[dist.rank :: dist.world] for b in batches if len(b) >= dist.world]
-        if config.max_steps is not None:
-            batches = batches[: (schedule.total_steps - step) * accum]
+        batches = batches[: (schedule.total_steps - step) * accum]  # the schedule may end inside an epoch
         start = time.perf_counter()
         running = torch.zeros((), dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
         samples = tokens = 0
         for i, batch in enumerate(batches, 1):
-            windows = train.windows_of(batch)
-            inputs = collate([train.input_ids[w] for w in windows], pad_id, pad_multiple=pad_multiple)
-            tokens += int(inputs["attention_mask"].sum())  # counted on the host, before the copy
-            inputs = to_device(inputs, device)
-            target = y[batch].to(device, non_blocking=non_blocking)
-            with amp():
-                logits = net(**inputs).logits.float()
-            if train.doc_of is not None:  # chunk: pool the windows' logits into one per text, end to end
-                position = {d: j for j, d in enumerate(batch)}
-                index = torch.tensor([position[train.doc_of[w]] for w in windows], device=device)
-                logits = pool_logits_torch(logits, index, len(batch), config.pool)
-            loss = loss_fn(logits, target)
+            loss, batch_tokens = batch_loss(net, batch)
+            tokens += batch_tokens
             # gradient accumulation: `accum` batches (fewer at the end of an epoch) make one optimizer step,
             # each batch's loss weighted by 1/(batches in its group) so the step sees the group's mean loss
             group_start = (i - 1) // accum * accum

@@ -25,8 +25,9 @@ import torch
 from medclf.config import PretrainConfig
 from medclf.core.data import join_texts, read_table, resolve_columns, row_numbers
 from medclf.errors import MedclfError
-from medclf.model.batching import encode, length_grouped_batches, padded_width
+from medclf.model.batching import encode, padded_width
 from medclf.model.modeling import (
+    PrecisionChoice,
     autocast,
     choose_device,
     choose_precision,
@@ -34,7 +35,6 @@ from medclf.model.modeling import (
     load_encoder,
     load_tokenizer,
     pad_multiple_for,
-    release_memory,
     resolve_model,
     to_device,
 )
@@ -51,7 +51,7 @@ from medclf.run.artifacts import (
 from medclf.run.tracking import log_job, require_mlflow
 from medclf.training.distributed import Dist, distributed_state
 from medclf.training.fitting import RunLog, set_seed
-from medclf.training.loop import Schedule, optimizer_for, warmup_then_decay
+from medclf.training.loop import BatchLoss, EpochDone, Schedule, progress_bar, train_epochs
 
 PRETRAIN_CONFIG_FILE = "pretrain_config.json"
 
@@ -152,23 +152,30 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> PretrainResult
     before = held_out_loss()
     runlog.info("Held-out MLM loss before: %.4f (perplexity %.1f).", before, _perplexity(before))
     train_collator = collator(config.seed + 1)
+
+    def mlm_loss(net: torch.nn.Module, rows: list[int]) -> tuple[torch.Tensor, int]:
+        """A batch's MLM loss: the collator masks the rows (its own seeded generator), the model predicts the masks."""
+        inputs = dict(train_collator(examples(train_enc, rows)))
+        tokens = int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else 0
+        with amp():
+            return net(**to_device(inputs, device)).loss, tokens
+
     head_seconds = 0.0
     if config.head_warmup_steps:
         start = time.perf_counter()
         frozen = [p for p in model.base_model.parameters() if p.requires_grad]
         for p in frozen:
             p.requires_grad_(False)
-        _steps(model, config, train_enc, examples, train_collator, amp=amp, device=device, dist=dist,
-               total=config.head_warmup_steps, progress=progress, desc="MLM head")
+        _steps(model, config, train_enc, mlm_loss, precision=precision, device=device, dist=dist,
+               steps=config.head_warmup_steps, progress=progress)
         for p in frozen:
             p.requires_grad_(True)
         head_seconds = time.perf_counter() - start
         runlog.info("MLM head trained alone for %d steps (encoder frozen; %.0f s): loss %.4f.", config.head_warmup_steps,
                     head_seconds, held_out_loss())
-    total = Schedule.plan(config, n_train=len(train_texts), world=dist.world).total_steps
     start = time.perf_counter()
-    samples = _steps(model, config, train_enc, examples, train_collator, amp=amp, device=device, dist=dist,
-                     total=total, progress=progress, desc="MLM")
+    total, samples = _steps(model, config, train_enc, mlm_loss, precision=precision, device=device, dist=dist,
+                            steps=None, progress=progress)
     samples *= dist.world  # every process saw its shard of each global batch
     seconds = time.perf_counter() - start
     after = held_out_loss()
@@ -203,52 +210,17 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> PretrainResult
     return PretrainResult(run_dir=run.final, metrics=metrics)
 
 
-def _steps(model: Any, config: PretrainConfig, enc: Any, examples: Any, collator: Any, *, amp: Any,
-           device: torch.device, dist: Dist, total: int, progress: bool, desc: str) -> int:
-    """`total` optimizer steps of MLM over length-grouped batches (epochs as needed); returns the texts this process
-    saw. Several processes: each takes its shard of every global batch (batch_size x processes texts, the same
-    seeded order everywhere) and DDP averages the gradients."""
-    optimizer = optimizer_for(model, config)
-    net: Any = model
-    if dist.active:  # wrapped per phase: DDP tracks the parameters that train (the head alone, then all)
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
-        warmup_then_decay, warmup=round(config.warmup_ratio * total), total=total))
-    generator = torch.Generator().manual_seed(config.seed)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
-    model.train()
-    step = seen = 0
-    while step < total:
-        batches = length_grouped_batches(enc.lengths, config.batch_size * dist.world, generator)
-        if dist.active:  # this process's shard; a last global batch with fewer texts than processes goes
-            batches = [b[dist.rank :: dist.world] for b in batches if len(b) >= dist.world]
-        for i in range(0, len(batches), config.grad_accum):
-            group = batches[i : i + config.grad_accum]
-            for rows in group:
-                batch = to_device(dict(collator(examples(enc, rows))), device)
-                with amp():
-                    loss = net(**batch).loss
-                (loss / len(group)).backward()
-                seen += len(rows)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if bar is not None:
-                bar.update(1)
-            if step % 8 == 0:
-                release_memory()
-            if step >= total:
-                break
-    if bar is not None:
-        bar.close()
-    return seen
+def _steps(model: Any, config: PretrainConfig, enc: Any, mlm_loss: BatchLoss, *, precision: PrecisionChoice,
+           device: torch.device, dist: Dist, steps: int | None, progress: bool) -> tuple[int, int]:
+    """MLM over length-grouped batches in the one step loop (`training.loop.train_epochs`): config's schedule, or
+    exactly `steps` optimizer steps; returns (optimizer steps, texts this process saw). Several processes: each takes
+    its shard of every global batch (batch_size x processes texts, the same seeded order everywhere) and DDP averages
+    the gradients (wrapped per phase: DDP tracks the parameters that train, the head alone, then all)."""
+    schedule = Schedule.plan(config, n_train=len(enc.input_ids), world=dist.world, steps=steps)
+    events = train_epochs(model, enc.lengths, mlm_loss, config=config, schedule=schedule, precision=precision,
+                          device=device, dist=dist)
+    samples = sum(e.samples for e in progress_bar(events, progress, schedule.epochs) if isinstance(e, EpochDone))
+    return schedule.total_steps, samples
 
 
 def _carry_pooler(source: str, model_dir: Path, model: Any, *, trust_remote_code: bool) -> None:
