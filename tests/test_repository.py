@@ -29,7 +29,7 @@ def _modules() -> dict[str, list[str]]:
 
 
 def _resolves(name: str, modules: dict[str, list[str]]) -> bool:
-    """`training.loop.train_epochs`, `pipeline.FIT_METHODS`, `ServeSettings.load_options()`: a module, or a name
+    """`training.loop.train_epochs`, `methods.FIT_METHODS`, `ServeSettings.load_options()`: a module, or a name
     inside one (a module given by its full or its last name; a class named alone is looked up in every module)."""
     parts = name.removesuffix("()").split(".")
     if parts[0] not in modules and importlib.util.find_spec(parts[0]) is not None:  # a library's name: `scipy.stats.bootstrap`

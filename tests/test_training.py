@@ -369,3 +369,20 @@ def test_the_few_labels_rule_decides_from_what_validation_can_rank():
     assert FewLabels.decide("on", method="finetune", task=SINGLE_LABEL, y_val=big, labels=labels).applies
     assert not FewLabels.decide("off", method="finetune", task=SINGLE_LABEL, y_val=big[:3], labels=labels).applies
     assert not FewLabels.decide("auto", method="zero-shot", task=SINGLE_LABEL, y_val=big[:3], labels=labels).applies
+
+
+def test_every_method_has_one_descriptor_that_names_its_fitting_function():
+    """Adding a method is a function and one descriptor: --method's names are the descriptors', each descriptor's
+    function exists, and what the report, card and runs table say comes from it."""
+    from medclf.config import METHODS, TrainConfig
+    from medclf.core.methods import FIT_METHODS, method_of
+    from medclf.training.pipeline import fit_function
+
+    assert tuple(FIT_METHODS) == METHODS
+    config = TrainConfig(label_descriptions="descriptions.csv")
+    for name, method in FIT_METHODS.items():
+        assert callable(fit_function(method)) and method_of(name) is method
+        assert method.describe(config) and method.options(config).startswith("- ") and method.runs_options(config)
+        assert method.history in ("epoch", "C", None) and method.library_name in ("transformers", "medclf")
+    assert [m for m in FIT_METHODS.values() if not m.selects] == [FIT_METHODS["zero-shot"]]
+    assert "descriptions.csv" in method_of("zero-shot").describe(config)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from medclf.core.methods import method_of
 from medclf.core.tasks import task_of
 from medclf.run.artifacts import METRICS_FILE, MODEL_DIR, atomic_write_text, read_json
 from medclf.run.runspec import RunSpec
@@ -64,7 +65,7 @@ def header(spec: RunSpec, metrics: dict[str, Any], name: str) -> str:
                for kind, key, title, average in figures]
     tags = ["medclf", "medical", "text-classification", spec.method] + (["multi-label"] if multi else [])
     data = ModelCardData(
-        library_name="transformers" if spec.method == "finetune" else "medclf",
+        library_name=method_of(spec.method).library_name,
         pipeline_tag="text-classification", tags=tags, base_model=base_model(spec),
         metrics=sorted({kind for kind, *_ in figures}), model_name=name, eval_results=results,
         language=["en"] if spec.config.model == "default" else None,
@@ -81,7 +82,7 @@ def model_card(spec: RunSpec, metrics: dict[str, Any], *, name: str) -> str:
     shown = ", ".join(f"`{lab}`" for lab in labels)
     lines = [header(spec, metrics, name), f"# {name}: a medical text classifier (medclf)", "",
              f"Reads {' + '.join(spec.text_columns)} and gives {len(labels)} {kind}: {shown}. Trained with medclf "
-             f"{spec.medclf_version} on {spec.created[:10] or 'an unknown date'} ({_method(spec, metrics)}).", ""]
+             f"{spec.medclf_version} on {spec.created[:10] or 'an unknown date'} ({method_text(spec)}).", ""]
     lines += ["## Intended use", "",
               f"For texts like those of `{Path(spec.data_file).name}`: {INTENDED_USE}. Measure it on your own texts "
               "(`medclf evaluate`) before relying on it.", "",
@@ -102,7 +103,7 @@ def model_card(spec: RunSpec, metrics: dict[str, Any], *, name: str) -> str:
     lines += ["", "No text from the data is stored in the model directory or this card.", "",
               "## Method and options", "",
               f"- Encoder: `{config.model}`" + (f" (a copy of `{DEFAULT_BASE}`)" if config.model == "default" else ""),
-              f"- Method: {_method(spec, metrics)}; kept: {metrics.get('selected') or 'epoch ' + str(metrics.get('best_epoch'))}",
+              f"- Method: {method_text(spec)}; kept: {metrics.get('selected') or 'epoch ' + str(metrics.get('best_epoch'))}",
               f"- Options: max length {config.max_length} tokens ({config.long_text}), epochs {config.epochs}, batch "
               f"{config.batch_size}, lr {config.lr}, seed {config.seed}, class weights {config.class_weights}, "
               f"precision {spec.precision}" + (", few-labels rules on" if metrics.get("few_shot") else ""),
@@ -127,15 +128,9 @@ def _columns(column: str | list[str]) -> str:
 
 def method_text(spec: RunSpec) -> str:
     """The run's method in words (the card's, and the served page's)."""
-    return _method(spec, {})
+    return method_of(spec.method).describe(spec.config)
 
 
-def _method(spec: RunSpec, metrics: dict[str, Any]) -> str:
-    if spec.method == "zero-shot":
-        return f"zero-shot: each class is the embedding of its label descriptions (`{spec.config.label_descriptions}`)"
-    if spec.method == "embeddings":
-        return "logistic regression on the frozen encoder's mean-pooled embeddings"
-    return "fine-tuning of the encoder with a classification head"
 
 
 def _figures(test: dict[str, Any], baseline: dict[str, Any] | None, multi: bool) -> list[str]:
@@ -192,8 +187,8 @@ def _limits(spec: RunSpec, metrics: dict[str, Any], multi: bool) -> list[str]:
     if metrics.get("few_shot"):
         why = metrics.get("few_shot_reason") or "too few labelled rows to choose weights on validation"
         out.append(f"- Few labels: {why}; weights were not chosen on validation and the figures carry wide intervals.")
-    if spec.method == "zero-shot":
-        out.append("- Zero-shot: no labelled row trained it; its quality rests on the label descriptions.")
+    if method_of(spec.method).limit:
+        out.append(str(method_of(spec.method).limit))
     if test["n"] < 200:
         out.append(f"- The test part is small ({test['n']} texts): see the intervals before trusting a figure.")
     return out
@@ -203,18 +198,7 @@ def _loading(spec: RunSpec, name: str) -> list[str]:
     lines = ["## How to load it", "", "```python", "from medclf import TextClassifier", "",
              f'clf = TextClassifier.load("{name}")   # the run directory (this file is in its model/ folder)',
              'clf.predict("..."), clf.predict_proba(["...", "..."]), clf.labels', "```", ""]
-    if spec.method == "finetune":
-        scaled = ("the saved head already gives calibrated logits" if spec.temperature == 1.0 else
-                  f"divide the logits by the temperature {spec.temperature:.4f} (train_config.json) for calibrated "
-                  "probabilities")
-        lines += ["Plain transformers (config.json carries id2label; " + scaled + "):", "", "```python",
-                  "from transformers import AutoModelForSequenceClassification, AutoTokenizer", "",
-                  f'model = AutoModelForSequenceClassification.from_pretrained("{name}/model")',
-                  f'tokenizer = AutoTokenizer.from_pretrained("{name}/model")', "```", ""]
-    else:
-        lines += ["Plain transformers: `AutoModel.from_pretrained(\"" + name + "/model\")` is the encoder; the head is "
-                  "head.safetensors (`weight`, `bias`), applied as head.json says: logits = normalize(mean-pool(last "
-                  "hidden state)) @ weight.T + bias.", ""]
+    lines += method_of(spec.method).loading(name, spec.temperature)
     lines += ["ONNX Runtime: `medclf export " + name + "` writes onnx/model.onnx (and an int8 copy), checked against "
               "PyTorch; `TextClassifier.load(\"" + name + "\", backend=\"onnx\")` or an `onnxruntime.InferenceSession`."]
     return lines

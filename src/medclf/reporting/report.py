@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from medclf.config import TrainConfig
+from medclf.core.methods import method_of
 from medclf.core.metrics import format_table
 from medclf.core.tasks import task_of
 from medclf.run.artifacts import (
@@ -79,8 +80,10 @@ def _baseline_lines(baseline: dict[str, Any] | None, test: dict[str, Any], multi
             "does not beat it is not worth its cost.", ""]
 
 
-def training_png(history: list[dict[str, Any]], *, embeddings: bool) -> bytes:
-    """Loss (train and validation) and validation macro-F1 per epoch; for the embeddings method, per C tried."""
+def training_png(history: list[dict[str, Any]], *, per: str) -> bytes:
+    """Loss (train and validation) and validation macro-F1 per epoch (`per` 'epoch'), or per regularisation value
+    tried ('C': the embeddings method)."""
+    embeddings = per == "C"
     import matplotlib
 
     matplotlib.use("Agg")
@@ -231,31 +234,11 @@ def write_report(directory: Path, *, metrics: dict[str, Any], config: TrainConfi
             cal, title=f"Test reliability ({'every label' if multi else 'top label'}, n={test['n']})"))
     timing = metrics["timing"]
     data = metrics["data"]
-    embeddings = metrics.get("method") == "embeddings"
-    zero_shot = metrics.get("method") == "zero-shot"
-    if plots and not zero_shot:  # a zero-shot run has no training history to plot
-        atomic_write_bytes(directory / TRAINING_FILE, training_png(metrics["history"], embeddings=embeddings))
+    method = method_of(metrics["method"])
+    if plots and method.history is not None:  # a method that trains nothing has no history to plot
+        atomic_write_bytes(directory / TRAINING_FILE, training_png(metrics["history"], per=method.history))
     images = [name for name in (CONFUSION_FILE, CALIBRATION_FILE, TRAINING_FILE) if (directory / name).is_file()]
-    if zero_shot:
-        options = (f"- Method: zero-shot: each class is the embedding of its label descriptions "
-                   f"(`{config.label_descriptions}`); max length {config.max_length}")
-        chosen = (f"- No labelled row trains it: the validation part fits the temperature (validation macro-F1 "
-                  f"{metrics['validation']['macro_f1']:.4f}) and the test part measures it")
-    elif embeddings:
-        options = (f"- Method: logistic regression on frozen mean-pooled embeddings; max length {config.max_length}, "
-                   f"seed {config.seed}, class weights {config.class_weights}")
-        how = ("cross-validation on the training rows (few labels)" if metrics.get("few_shot") else
-               f"validation macro-F1 ({metrics['validation']['macro_f1']:.4f})")
-        chosen = f"- Regularisation C={timing.get('chosen_C')} chosen by {how}"
-    else:
-        options = (f"- Options: epochs {config.epochs}, batch {config.batch_size}, lr {config.lr}, "
-                   f"max length {config.max_length} ({config.long_text}), head init {config.head_init}, "
-                   f"frozen embeddings {'yes' if config.freeze_embeddings else 'no'}, attention dropout "
-                   f"{'model default' if config.attention_dropout is None else config.attention_dropout}, "
-                   f"epoch averaging {'on' if config.average_epochs else 'off'}, patience {config.patience or 'off'}, "
-                   f"seed {config.seed}, class weights {config.class_weights}")
-        chosen = (f"- Kept by validation macro-F1: {metrics.get('selected') or 'epoch ' + str(metrics['best_epoch'])} "
-                  f"(validation macro-F1 {metrics['validation']['macro_f1']:.4f})")
+    options, chosen = method.options(config), method.chosen(metrics)
     lines = [
         "# medclf run report",
         "",
@@ -286,9 +269,9 @@ def write_report(directory: Path, *, metrics: dict[str, Any], config: TrainConfi
         "",
         *(_calibration_lines(cal, config, multi) if cal is not None else []),
     ]
-    if not zero_shot:
+    if method.history is not None:
         lines += ["## Training history", "", f"![training curve]({TRAINING_FILE})", ""]
-    if embeddings:
+    if method.history == "C":
         prior = any("prior_weight" in row for row in metrics["history"])  # the descriptions' zero-shot head, weighted
         lines += [f"| C |{' prior weight |' if prior else ''} val loss | val accuracy | val macro-F1 |",
                   "|---|" + ("---|" if prior else "") + "---|---|---|"]
@@ -297,7 +280,7 @@ def write_report(directory: Path, *, metrics: dict[str, Any], config: TrainConfi
             f"{_num(row['val_loss'])} | {row['val_accuracy']:.4f} | {row['val_macro_f1']:.4f} |"
             for row in metrics["history"]
         ]
-    elif not zero_shot:
+    elif method.history == "epoch":
         lines += [
             "| epoch | train loss | val loss | val accuracy | val macro-F1 | averaged weights: val loss / macro-F1 "
             "| seconds | samples/s |",

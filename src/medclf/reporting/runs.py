@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from medclf.core.methods import method_of
 from medclf.core.tasks import task_of
 from medclf.errors import MedclfError
 from medclf.run.artifacts import CV_FILE, METRICS_FILE, is_run_dir, read_json
@@ -42,13 +43,6 @@ def find_runs(root: str | Path) -> pd.DataFrame:
     return frame.sort_values("created", kind="stable").reset_index(drop=True)
 
 
-def _options(config: Any, method: str) -> str:
-    if method == "finetune":
-        return (f"epochs {config.epochs}, lr {config.lr:g}, batch {config.batch_size}, max length {config.max_length} "
-                f"({config.long_text}), seed {config.seed}")
-    return f"max length {config.max_length} ({config.long_text}), seed {config.seed}"
-
-
 def _train_row(path: Path, root: Path) -> dict[str, Any]:
     spec = RunSpec.read(path)
     metrics = read_json(path / METRICS_FILE)
@@ -58,7 +52,7 @@ def _train_row(path: Path, root: Path) -> dict[str, Any]:
     return {"run": str(path.relative_to(root)) if path != root else path.name, "kind": "train", "created": spec.created,
             "data": Path(spec.data_file).name, "data_sha256": (spec.data_sha256.get("data") or "")[:12],
             "encoder": spec.config.model, "method": spec.method, "task": spec.task,
-            "options": _options(spec.config, spec.method) + (", few labels" if metrics.get("few_shot") else ""),
+            "options": method_of(spec.method).runs_options(spec.config) + (", few labels" if metrics.get("few_shot") else ""),
             "macro_f1": test["macro_f1"], "macro_f1_low": band.get("low"), "macro_f1_high": band.get("high"),
             "accuracy": test.get(accuracy_key), "train_seconds": metrics["timing"]["train_seconds"]}
 
@@ -77,7 +71,7 @@ def _cv_row(path: Path, root: Path) -> dict[str, Any] | None:
     return {"run": str(path.relative_to(root)) if path != root else path.name, "kind": f"cv ({report['folds']} folds)",
             "created": spec.created, "data": Path(spec.data_file).name,
             "data_sha256": (spec.data_sha256.get("data") or "")[:12], "encoder": config.model, "method": spec.method,
-            "task": spec.task, "options": _options(config, spec.method), "macro_f1": summary["macro_f1"]["mean"],
+            "task": spec.task, "options": method_of(spec.method).runs_options(config), "macro_f1": summary["macro_f1"]["mean"],
             "macro_f1_low": summary["macro_f1"]["low"], "macro_f1_high": summary["macro_f1"]["high"],
             "accuracy": accuracy.get("mean"), "train_seconds": sum(r.get("train_seconds", 0.0) for r in report["rows"])}
 

@@ -14,6 +14,7 @@ import torch
 
 from medclf.config import TrainConfig
 from medclf.core.calibration import MIN_TEXTS
+from medclf.core.methods import method_of
 from medclf.core.tasks import Task
 from medclf.model.batching import Encoded, pool_logits
 from medclf.model.embeddings import EmbeddingClassifier, embed_texts
@@ -93,8 +94,8 @@ class FewLabels:
     @classmethod
     def decide(cls, mode: str, *, method: str, task: Task, y_val: np.ndarray, labels: list[str]) -> FewLabels:
         """The rule for one run: `mode` is --few-shot (auto | on | off), `y_val` the validation targets."""
-        if method == "zero-shot" or mode == "off":
-            return cls(False, "zero-shot selects nothing" if method == "zero-shot" else "--few-shot off")
+        if not method_of(method).selects or mode == "off":
+            return cls(False, f"{method} selects nothing" if not method_of(method).selects else "--few-shot off")
         if mode == "on":
             return cls(True, "--few-shot on")
         n_val = len(y_val)

@@ -4,8 +4,10 @@ metrics, intervals, the TF-IDF baseline), then the run directory written in a st
 from __future__ import annotations
 
 import hashlib
+import importlib
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,6 +22,7 @@ from medclf.core.baseline import start_tfidf
 from medclf.core.calibration import calibration_summary, fold_temperature, scale_thresholds, temperature_for
 from medclf.core.data import LabeledData, demo_data_path
 from medclf.core.descriptions import Descriptions, check_label_descriptions, read_label_descriptions
+from medclf.core.methods import FitMethod, method_of
 from medclf.core.metrics import bootstrap_intervals, headline
 from medclf.core.tasks import Task, headline_figures, task_for
 from medclf.errors import MedclfError
@@ -41,7 +44,6 @@ from medclf.run.artifacts import (
 from medclf.run.runspec import RunSpec
 from medclf.run.tracking import require_mlflow, track_train
 from medclf.training.distributed import Dist, distributed_state
-from medclf.training.finetune import finetune
 from medclf.training.fitting import (
     DescriptionRows,
     FewLabels,
@@ -52,12 +54,16 @@ from medclf.training.fitting import (
     fewest_rows,
     set_seed,
 )
-from medclf.training.frozen import fit_embeddings
 from medclf.training.splits import Splits, prepare_splits
-from medclf.training.zeroshot import fit_zero_shot
 
-FIT_METHODS = {"finetune": finetune, "embeddings": fit_embeddings, "zero-shot": fit_zero_shot}
-"""config.method -> the function that fits a model to the prepared parts."""
+
+def fit_function(method: FitMethod) -> Callable[..., Fitted]:
+    """The function that fits `method` (its descriptor names it as 'module:function' in medclf.training)."""
+    module, name = method.fit.split(":")
+    if not module.startswith("medclf.training."):
+        raise MedclfError(f"The fitting method {method.name!r} must name a function in medclf.training, not {module}.")
+    fit: Callable[..., Fitted] = getattr(importlib.import_module(module), name)
+    return fit
 
 
 @dataclass
@@ -120,8 +126,8 @@ def train(config: TrainConfig, *, progress: bool = True, splits: Splits | None =
     # the TF-IDF baseline: meanwhile in another process where a GPU trains (the CPU is idle then), after it on a CPU
     baseline = start_tfidf(splits.train.texts, prep.y_train, splits.test.texts, len(splits.labels),
                            multi_label=task.multi_label, background=prep.device.type == "cuda")
-    fitted = FIT_METHODS[config.method](config, source=source, labels=splits.labels, prep=prep, runlog=runlog,
-                                        progress=progress and dist.is_main)
+    fitted = fit_function(method_of(config.method))(config, source=source, labels=splits.labels, prep=prep,
+                                                    runlog=runlog, progress=progress and dist.is_main)
     tested = _test(fitted, prep, splits.labels, config)
     metrics = _metrics(config, splits, prep, fitted, tested, baseline())
     run_info = _run_info(config, splits, task, source, prep, fitted, tested)
@@ -166,7 +172,7 @@ def _prepare(config: TrainConfig, splits: Splits, task: Task, *, tokenizer: Any,
     few_labels = FewLabels.decide(config.few_shot, method=config.method, task=task, y_val=y_val, labels=labels)
     if few_labels.applies:
         runlog.info(few_labels.note())
-    elif config.few_shot == "auto" and config.method != "zero-shot":
+    elif config.few_shot == "auto" and method_of(config.method).selects:
         runlog.info("Few-labels rule not applied: %s (the rarest class has %d training row(s)).", few_labels.reason,
                     fewest_rows(task, y_train, len(labels)))
     rows = None
