@@ -7,9 +7,9 @@ Cuts a class-stratified subset of --rows training and --rows/4 test rows from th
 abstracts (stratified 80/20, seed 42; ../shared/data/medical-abstracts/README.md), then runs, seeded, the CLI on
 it: `train` single-label fine-tuning, multi-label fine-tuning (the condition plus a second label 'long' for
 abstracts over the median length), chunk mode (windows of 64 tokens, max pooling), the embeddings method, and
-`pretrain` (a few MLM steps). Each run's fingerprint is its metrics.json without the timings (per-epoch history,
-validation of the kept weights, test figures) plus the SHA-256 of its test predictions file; `pretrain`'s is its
-held-out MLM losses. --compare prints which fingerprints differ, exits 1 if any does. Seeded runs on one machine
+`pretrain` (a few MLM steps). Each run's fingerprint is its metrics.json without the timings and with the output
+folder written as <out> (per-epoch history, validation of the kept weights, test figures) plus the SHA-256 of its
+test predictions file; `pretrain`'s is its held-out MLM losses. --compare prints which fingerprints differ, exits 1 if any does. Seeded runs on one machine
 are bitwise repeatable (PyTorch's CPU kernels are deterministic at a fixed thread count), so the two files must
 be equal.
 """
@@ -25,7 +25,7 @@ from typing import Any
 
 from bench_common import data_parser, write_result
 
-TIMING_KEYS = ("seconds", "timing", "texts_per_second", "tokens_per_second", "peak_memory", "created")
+TIMING_KEYS = ("seconds", "timing", "per_second", "peak_memory", "created")
 
 
 def _strip(value: Any) -> Any:
@@ -35,6 +35,12 @@ def _strip(value: Any) -> Any:
     if isinstance(value, list):
         return [_strip(v) for v in value]
     return value
+
+
+def _normal(result: dict[str, Any], out: Path) -> dict[str, Any]:
+    """A fingerprint file's content as compared: without timings, the output folder's path written as <out>."""
+    text = json.dumps(_strip(result)).replace(str(out.resolve()), "<out>").replace(str(out), "<out>")
+    return json.loads(text)
 
 
 def subset(args: Any, out: Path) -> tuple[Path, Path, Path]:
@@ -78,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="two same_runs.json files")
     args = parser.parse_args(argv)
     if args.compare:
-        before, after = (json.loads(Path(p).read_text(encoding="utf-8")) for p in args.compare)
+        before, after = (_normal(json.loads(Path(p).read_text(encoding="utf-8")), Path(p).parent) for p in args.compare)
         differ = [name for name in sorted(set(before) | set(after)) if before.get(name) != after.get(name)]
         for name in sorted(set(before) | set(after)):
             print(f"{name}: {'DIFFERENT' if name in differ else 'identical'}")
@@ -106,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     run([*medclf, "pretrain", "--data", str(train), "--model", args.model, "--seed", "0", "--max-steps", "12",
          "--max-length", "128", "--overwrite", "--output", str(run_dir)])
     result["pretrain"] = fingerprint(run_dir)
-    write_result(out / "same_runs.json", result)
+    write_result(out / "same_runs.json", _normal(result, out))
 
 
 if __name__ == "__main__":

@@ -133,10 +133,12 @@ def test_tokenizing_ahead_gives_what_tokenizing_at_once_gives(trained_run, monke
     rows = make_rows(6)
     texts = [r["text"] + (" more words here" * (i % 4) * 20) for i, r in enumerate(rows)]
     clf = TextClassifier.load(trained_run, long_text=long_text)
-    at_once, windows = clf.predict_with_windows(texts)
+    first = clf.predictions(texts)
+    at_once, windows = first.probabilities, first.windows
     monkeypatch.setattr(classifier, "TOKENIZE_AHEAD", 5)
     monkeypatch.setattr(TextClassifier, "_overlap_tokenizing", lambda self: True)
-    ahead, windows_ahead = clf.predict_with_windows(texts)
+    second = clf.predictions(texts)
+    ahead, windows_ahead = second.probabilities, second.windows
     np.testing.assert_allclose(ahead, at_once, atol=1e-6)
     assert windows_ahead == windows
     if long_text == "chunk":

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import SECRET, write_csv
+from conftest import SECRET, make_rows, write_csv
 from typer.testing import CliRunner
 
 from medclf.cli.main import app
@@ -222,7 +222,8 @@ def test_a_run_trained_on_short_texts_reads_long_ones_in_windows_when_asked(tiny
     long_text = " ".join(["patient seen today history reviewed"] * 40) + " chest pain troponin"
     clf = TextClassifier.load(trained_run, backend="torch", long_text="chunk")
     assert clf.long_text == "chunk" and TextClassifier.load(trained_run, backend="torch").long_text == "head-tail"
-    probs, spans = clf.predict_with_windows([long_text])
+    result = clf.predictions([long_text])
+    probs, spans = result.probabilities, result.windows
     assert np.isclose(probs.sum(), 1.0) and spans[0] is not None and spans[0][1] <= len(long_text)
     result = runner.invoke(app, ["predict", str(trained_run), long_text, "--long-text", "chunk", "--backend", "torch"])
     assert result.exit_code == 0, result.output
@@ -242,3 +243,22 @@ def test_an_unknown_long_text_at_inference_exits_2(trained_run):
     assert result.exit_code == 2 and "long_text must be one of truncate, head-tail, chunk" in result.output
     with pytest.raises(Exception, match="--long-text must be one of"):
         ServeSettings(run_dir=str(trained_run), long_text="windows")
+
+
+@pytest.mark.parametrize("long_text", ["head-tail", "chunk"])
+def test_predictions_hold_what_predict_and_predict_proba_say_and_slice_per_text(trained_run, long_text):
+    """One typed answer for files and the server: its rows are predict_proba's and predict's, in chunk mode each text
+    has its deciding window (else None), and a slice of it is the answer for those texts."""
+    from medclf.inference.classifier import Predictions
+
+    texts = [r["text"] + " more words here" * 30 * (i % 2) for i, r in enumerate(make_rows(2))]
+    clf = TextClassifier.load(trained_run, backend="torch", long_text=long_text)
+    result = clf.predictions(texts)
+    assert isinstance(result, Predictions) and len(result) == len(texts)
+    np.testing.assert_allclose(result.probabilities, clf.predict_proba(texts), atol=1e-6)
+    assert result.decided == clf.predict(texts)
+    assert all((w is not None) == (long_text == "chunk") for w in result.windows)
+    part = result[1:3]
+    alone = clf.predictions(texts[1:3])
+    np.testing.assert_allclose(part.probabilities, alone.probabilities, atol=1e-6)
+    assert part.decided == alone.decided and part.windows == alone.windows

@@ -334,7 +334,8 @@ def test_indicator_columns_chunk_mode_and_embeddings(tmp_path, tiny_model):
     assert result.metrics["data"]["truncation"]["train"]["mean_windows"] > 1
     clf = TextClassifier.load(result.run_dir)
     assert clf.long_text == "chunk" and all(isinstance(p, list) for p in clf.predict([r["text"] for r in rows]))
-    probs, windows = clf.predict_with_windows([rows[0]["text"]])
+    result = clf.predictions([rows[0]["text"]])
+    probs, windows = result.probabilities, result.windows
     assert probs.shape == (1, 3) and windows[0] is not None
 
     emb = train(TrainConfig(**common, output=str(tmp_path / "emb"), method="embeddings"), progress=False)

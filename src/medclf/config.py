@@ -27,8 +27,11 @@ TRACKERS = ("none", "mlflow")
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 INFER_BATCH_SIZE = 16
-INFER_PRECISIONS = ("auto", "fp32", "bf16")
 """Texts per forward pass at inference on the CPU (measured faster than 8 or 32 on MiniLM; benchmarks/bench_inference.py)."""
+INFER_PRECISIONS = ("auto", "fp32", "bf16")
+CHUNK_ROWS = 10_000
+"""predict --chunk-rows: rows read, classified and written at a time. At MiniLM's 256 tokens a chunk's token ids and
+outputs take tens of MB, and the classifier's own working memory does not grow with the chunk."""
 
 MAX_WINDOW_TOKENS_PER_STEP = 65_536
 """chunk: most tokens one training step may hold (batch_size x max_chunks x max_length). The default step

@@ -22,12 +22,8 @@ from medclf.cli._common import (
     log,
     progress,
 )
-from medclf.config import LoadOptions
+from medclf.config import CHUNK_ROWS, LoadOptions
 from medclf.errors import MedclfError
-
-CHUNK_ROWS = 10_000
-"""predict --chunk-rows: rows read, classified and written at a time."""
-
 
 
 @app.command()

@@ -8,7 +8,7 @@ into decisions (the most probable class, or every label at or above its own thre
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -63,7 +63,7 @@ class SingleLabel:
 
     multi_label = False
     name = "single-label"
-    headline_keys = ("accuracy", "macro_f1", "weighted_f1")
+    headline_keys: tuple[str, ...] = ("accuracy", "macro_f1", "weighted_f1")
     """The figures a run is summed up by (run log, TF-IDF baseline, cross-validation, served model info)."""
     accuracy_key, accuracy_name = "accuracy", "acc"
     auc_key = "roc_auc_ovr_macro"
@@ -127,7 +127,7 @@ class MultiLabel:
 
     multi_label = True
     name = "multi-label"
-    headline_keys = ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss")
+    headline_keys: tuple[str, ...] = ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss")
     accuracy_key, accuracy_name = "subset_accuracy", "subset acc"
     """Subset accuracy: the share of texts whose label set is exactly right."""
     auc_key = "roc_auc_macro"
@@ -191,9 +191,53 @@ class MultiLabel:
         return torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
 
 
-SINGLE_LABEL = SingleLabel()
-MULTI_LABEL = MultiLabel()
-Task = SingleLabel | MultiLabel
+class Task(Protocol):
+    """What training, evaluation, inference, the report and the server ask of a run's task (single- or multi-label;
+    a new task type implements this and joins `task_for`/`task_of`)."""
+
+    multi_label: bool
+    name: str
+    """As metrics.json and train_config.json write it."""
+    headline_keys: tuple[str, ...]
+    """The figures a run is summed up by (run log, TF-IDF baseline, cross-validation, served model info)."""
+    accuracy_key: str
+    accuracy_name: str
+    auc_key: str
+
+    def probabilities_torch(self, logits: Any) -> Any:
+        """Logits (a tensor) -> probabilities, differentiably (explanations, training's validation)."""
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Logits -> probabilities: softmax, or each label's sigmoid."""
+
+    def targets(self, values: list[Any], labels: list[str]) -> np.ndarray:
+        """Labels as the data holds them -> the model's targets (class ids, or a 0/1 matrix)."""
+
+    def decide(self, probs: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarray:
+        """Probabilities -> decisions (class ids, or label indicators at the thresholds)."""
+
+    def names(self, decided: Any, labels: list[str]) -> Any:
+        """One row's decision in label names (a name, or a list of names)."""
+
+    def agreement(self, a: np.ndarray, b: np.ndarray, thresholds: np.ndarray | None = None) -> float:
+        """Share of texts two sets of probabilities decide the same way."""
+
+    def counts(self, values: list[Any]) -> dict[str, int]:
+        """Rows per label."""
+
+    def metrics(self, y: np.ndarray, probs: np.ndarray, labels: list[str],
+                thresholds: np.ndarray | None = None) -> dict[str, Any]:
+        """The metric table of a labelled part (its `task` key names this task)."""
+
+    def selection_metrics(self, y: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict[str, Any]:
+        """The validation figures that pick the kept weights (macro_f1 decides)."""
+
+    def loss(self, y_train: np.ndarray, n_labels: int, class_weights: str) -> Any:
+        """The training loss (a torch module), weighted as --class-weights says."""
+
+
+SINGLE_LABEL: Task = SingleLabel()
+MULTI_LABEL: Task = MultiLabel()
 
 
 def task_for(multi_label: bool) -> Task:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
 
@@ -33,6 +34,27 @@ behind the previous slice's forward passes."""
 DEFAULT_BATCH_SIZE = INFER_BATCH_SIZE
 """Texts per batch on a CPU (a GPU batches by a token budget: modeling.batching_for). Measured on 2 CPU cores, 578 abstracts of ~219 tokens, fp32: batch 8 29.8, 12 30.1, 16 29.4-31.1,
 32 25.8, 64 25.4 texts/s (probably cache: a smaller batch's activations stay in it)."""
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """What the classifier says about each of a list of texts: rows in the order of the texts; a slice of it is the
+    same for those texts."""
+
+    probabilities: np.ndarray
+    """predict_proba's rows."""
+    decided: list[Any]
+    """predict's answers: a label each, or (multi-label) a list of labels each."""
+    windows: list[tuple[int, int] | None]
+    """long_text='chunk': the character span (start, end) of the window whose logit for the predicted label
+    (multi-label: the most probable label) is highest; None per text otherwise. Spans, never text."""
+    multi_label: bool
+
+    def __len__(self) -> int:
+        return len(self.decided)
+
+    def __getitem__(self, rows: slice) -> Predictions:
+        return Predictions(self.probabilities[rows], self.decided[rows], self.windows[rows], self.multi_label)
 
 
 class TextClassifier:
@@ -250,24 +272,20 @@ class TextClassifier:
                 parts.append(encoded)
         return np.concatenate(logits), Encoded.concat(parts)
 
-    def predict_with_windows(
-        self, texts: list[str], *, batch_size: int | None = None
-    ) -> tuple[np.ndarray, list[tuple[int, int] | None]]:
-        """Probabilities, and for each text the character span (start, end) of the window whose logit for
-        the predicted label (multi-label: the most probable label) is highest (long_text='chunk'; None per
-        text otherwise). Spans, never text."""
+    def predictions(self, texts: list[str], *, batch_size: int | None = None) -> Predictions:
+        """Everything predict and predict_proba give, and in chunk mode the deciding window of each text, in one
+        pass (files, the server)."""
         window_logits, encoded = self._window_logits(list(texts), batch_size)
         probs = self.task.probabilities(self.document_logits(window_logits, encoded.doc_of, encoded.n_docs))
-        if encoded.doc_of is None or encoded.char_spans is None:
-            return probs, [None] * len(texts)
         best: list[tuple[int, int] | None] = [None] * len(texts)
-        score = np.full(len(texts), -np.inf)
-        winner = probs.argmax(axis=1)
-        for w, doc in enumerate(encoded.doc_of):
-            value = window_logits[w, winner[doc]]
-            if value > score[doc]:
-                score[doc], best[doc] = value, encoded.char_spans[w]
-        return probs, best
+        if encoded.doc_of is not None and encoded.char_spans is not None:
+            score = np.full(len(texts), -np.inf)
+            winner = probs.argmax(axis=1)
+            for w, doc in enumerate(encoded.doc_of):
+                value = window_logits[w, winner[doc]]
+                if value > score[doc]:
+                    score[doc], best[doc] = value, encoded.char_spans[w]
+        return Predictions(probabilities=probs, decided=self.decide(probs), windows=best, multi_label=self.multi_label)
 
     def encode(self, texts: list[str], *, token_offsets: bool = False) -> Encoded:
         """Token ids as the run was trained: cut or windowed the same way (token_offsets: where each came from)."""

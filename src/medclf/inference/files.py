@@ -18,17 +18,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medclf.config import LoadOptions
+from medclf.config import CHUNK_ROWS, LoadOptions
 from medclf.core.data import iter_table, join_texts, read_table, resolve_columns, row_numbers, table_format
 from medclf.errors import MedclfError
-from medclf.inference.classifier import TextClassifier
+from medclf.inference.classifier import Predictions, TextClassifier
 from medclf.inference.explain import DEFAULT_STEPS
 from medclf.run.artifacts import atomic_write_text
 
 log = logging.getLogger(__name__)
-DEFAULT_CHUNK_ROWS = 10_000
-"""Rows read, classified and written at a time: at MiniLM's 256 tokens a chunk's token ids and outputs
-take tens of MB, and the classifier's own working memory does not grow with the chunk."""
 
 
 OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
@@ -98,26 +95,22 @@ def read_inputs(
                             drop_empty=drop_empty))
 
 
-def prediction_records(
-    labels: list[str], probs: np.ndarray, top_k: int | None, windows: list[tuple[int, int] | None] | None = None,
-    *, predicted: list[list[str]] | None = None,
-) -> list[dict[str, Any]]:
-    """One JSON-ready record per text: label, score, every probability (or the top k); with `windows`
-    (long_text='chunk'), the character span of the window that weighed most for the label.
-    Multi-label (`predicted`: each text's labels at or above their thresholds): `labels` instead of label
-    and score."""
+def prediction_records(labels: list[str], predictions: Predictions, top_k: int | None) -> list[dict[str, Any]]:
+    """One JSON-ready record per text: label, score, every probability (or the top k); in chunk mode the character
+    span of the window that weighed most for the label. Multi-label: `labels` (those at or above their thresholds)
+    instead of label and score."""
     records = []
-    for n, row in enumerate(probs):
+    for n, row in enumerate(predictions.probabilities):
         order = np.argsort(-row, kind="stable")
         record: dict[str, Any] = (
-            {"labels": list(predicted[n])} if predicted is not None
+            {"labels": list(predictions.decided[n])} if predictions.multi_label
             else {"label": labels[order[0]], "score": float(row[order[0]])}
         )
         if top_k is None:
             record["probabilities"] = {labels[i]: float(row[i]) for i in range(len(labels))}
         else:
             record["top_k"] = [{"label": labels[i], "probability": float(row[i])} for i in order[:top_k]]
-        span = None if windows is None else windows[n]
+        span = predictions.windows[n]
         if span is not None:
             record["window"] = {"start": span[0], "end": span[1]}
         records.append(record)
@@ -136,7 +129,7 @@ def predict_file(
     drop_empty: bool = False,
     options: LoadOptions | None = None,
     classifier: TextClassifier | None = None,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    chunk_rows: int = CHUNK_ROWS,
     resume: bool = False,
     progress: bool = False,
 ) -> int:
@@ -192,9 +185,9 @@ def _render_chunk(
 ) -> Any:
     """One chunk's predictions: JSONL text, CSV text, or (Parquet) a DataFrame."""
     labels = clf.labels
-    probs, windows = clf.predict_with_windows(batch)
-    records = prediction_records(labels, probs, top_k, windows if clf.long_text == "chunk" else None,
-                                 predicted=clf.decide(probs) if clf.multi_label else None)
+    predictions = clf.predictions(batch)
+    probs = predictions.probabilities
+    records = prediction_records(labels, predictions, top_k)
     kept = frame if keep_text else frame.drop(columns=[c for c in columns if c in frame.columns])
     outputs = {"label", "labels", "score", "window_start", "window_end", "probabilities", "top_k", "window"}
     clash = [c for c in kept.columns if c in outputs or re.fullmatch(r"prob_.*|top\d+_(label|prob)", str(c))]

@@ -24,9 +24,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
@@ -38,6 +37,9 @@ from medclf.serving.batcher import MicroBatcher, Overloaded
 from medclf.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from medclf.serving.metrics import MULTIPROC_ENV, Metrics
 from medclf.serving.settings import LOOPBACK, SETTINGS_ENV, ServeSettings
+
+if TYPE_CHECKING:  # the classifier (and torch) load in the app's lifespan
+    from medclf.inference.classifier import Predictions
 
 log = logging.getLogger(__name__)
 
@@ -214,16 +216,13 @@ async def predict(body: PredictRequest, served: Served = Depends(_served)) -> An
             return problem
     assert served.batcher is not None
     try:
-        probs = await served.batcher.submit(texts)
+        predictions = await served.batcher.submit(texts)
     except Overloaded:
         return _error(503, f"The server is at capacity ({settings.max_queue} texts queued); retry shortly.",
                       headers={"Retry-After": "1"})
     clf = served.clf
     k = None if body.top_k is None else min(body.top_k, len(clf.labels))
-    windows = None
-    if isinstance(probs, tuple):  # chunk: (probabilities, the deciding window's character span per text)
-        probs, windows = probs
-    records = prediction_records(clf.labels, probs, k, windows, predicted=clf.decide(probs) if clf.multi_label else None)
+    records = prediction_records(clf.labels, predictions, k)
     return records[0] if single else {"predictions": records}
 
 
@@ -292,9 +291,8 @@ def create_app(settings: ServeSettings) -> Any:
         torch.set_num_threads(settings.inference_threads())
         clf = TextClassifier.load(settings.run_dir, settings.load_options())
         clf.predict_proba(["warm-up"])  # first-call costs (allocations, kernel choice) before the first user
-        infer = clf.predict_with_windows if clf.long_text == "chunk" else clf.predict_proba
         served.clf, served.info = clf, _model_info(clf, settings, __version__)
-        served.batcher = MicroBatcher(_trimming(infer), max_batch=settings.max_batch,
+        served.batcher = MicroBatcher(_trimming(clf.predictions), max_batch=settings.max_batch,
                                       max_wait_s=settings.max_wait_ms / 1000, max_queue=settings.max_queue,
                                       metrics=served.metrics)
         served.batcher.start()
@@ -346,12 +344,12 @@ ever-different shapes stay in a fragmented heap: under benchmarks/serve_load.py'
 backend's RSS grew 775 -> 1171 MiB; ONNX Runtime's stayed flat (623 -> 625 MiB)."""
 
 
-def _trimming(infer: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
+def _trimming(infer: Callable[[list[str]], "Predictions"]) -> Callable[[list[str]], "Predictions"]:
     from medclf.model.modeling import release_memory
 
     count = 0
 
-    def run(texts: list[str]) -> np.ndarray:
+    def run(texts: list[str]) -> "Predictions":
         nonlocal count
         try:
             return infer(texts)

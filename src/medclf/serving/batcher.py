@@ -1,24 +1,20 @@
 """The micro-batcher: the texts of concurrent requests join a bounded queue, and one worker thread runs the model
 on up to `max_batch` of them at a time, so the event loop never runs the model."""
 
+from __future__ import annotations
+
 import asyncio
 import collections
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from medclf.serving.metrics import Metrics
 
-
-def _rows(result: Any, start: int, end: int) -> Any:
-    """Rows start:end of the model's answer: an array, or a tuple of per-text sequences."""
-    if isinstance(result, tuple):
-        return tuple(part[start:end] for part in result)
-    return result[start:end]
+if TYPE_CHECKING:  # the classifier (and torch) load with the model, not with this module
+    from medclf.inference.classifier import Predictions
 
 
 class Overloaded(Exception):
@@ -35,7 +31,7 @@ class MicroBatcher:
     """Collects the texts of concurrent requests and runs them through the model together."""
 
     def __init__(
-        self, infer: Callable[[list[str]], np.ndarray], *, max_batch: int, max_wait_s: float, max_queue: int,
+        self, infer: Callable[[list[str]], Predictions], *, max_batch: int, max_wait_s: float, max_queue: int,
         metrics: Metrics | None = None,
     ) -> None:
         self.infer = infer
@@ -55,7 +51,7 @@ class MicroBatcher:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
-    async def submit(self, texts: list[str]) -> np.ndarray:
+    async def submit(self, texts: list[str]) -> Predictions:
         if self._closing or self.queued + len(texts) > self.max_queue:
             self.rejected += 1
             self.metrics.rejected_overload.inc()
@@ -95,7 +91,7 @@ class MicroBatcher:
             texts = [text for job in jobs for text in job.texts]
             started = time.perf_counter()
             try:
-                probs = await loop.run_in_executor(self._executor, self.infer, texts)
+                answers = await loop.run_in_executor(self._executor, self.infer, texts)
             except Exception as exc:  # noqa: BLE001 - every waiting request gets the failure, as a 500
                 for job in jobs:
                     if not job.future.done():
@@ -107,7 +103,7 @@ class MicroBatcher:
             start = 0
             for job in jobs:
                 if not job.future.done():
-                    job.future.set_result(_rows(probs, start, start + len(job.texts)))
+                    job.future.set_result(answers[start : start + len(job.texts)])
                 start += len(job.texts)
 
     async def close(self) -> None:
