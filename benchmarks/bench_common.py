@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
-DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "medical-abstracts" / "medical_tc_test.csv"
+BENCH = Path(__file__).resolve().parent
+"""The benchmarks folder (scripts in its subfolders put it on sys.path to import this module)."""
+DEFAULT_DATA = BENCH.parent.parent / "shared" / "data" / "medical-abstracts" / "medical_tc_test.csv"
 """The shared medical-abstracts corpus (see its README for source, license and the split protocol)."""
 
 
@@ -69,3 +75,42 @@ def write_result(path: str | Path, result: dict[str, Any]) -> None:
     tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     tmp.replace(path)
     print(json.dumps(result, indent=2))
+
+
+def write_split(data: str, text_column: str, label_column: str, directory: Path, *, quick: bool, quick_rows: int) -> dict[str, Any]:
+    """The protocol's stratified 80/20 split (seed 42), via medclf's own loader and splitter, as CSV text,label."""
+    import pandas as pd
+
+    from medclf.core.data import load_labeled, stratified_split
+
+    rows = load_labeled(data, text_columns=[text_column], label_column=label_column, drop_empty=False)
+    if quick and len(rows.labels) > quick_rows:
+        _, keep = stratified_split(rows.labels, fraction=quick_rows / len(rows.labels), seed=42, source=data,
+                                   part="sample", option="")
+        rows = rows.subset(keep)
+    train_idx, test_idx = stratified_split(rows.labels, fraction=0.2, seed=42, source=data, part="test", option="")
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, idx in (("train", train_idx), ("test", test_idx)):
+        pd.DataFrame({"text": [rows.texts[i] for i in idx], "label": [rows.labels[i] for i in idx]}).to_csv(
+            directory / f"{name}.csv", index=False)
+    return {"n_rows": len(rows.labels), "n_train": len(train_idx), "n_test": len(test_idx),
+            "split": "stratified 80/20, seed 42" + (f" of a stratified {quick_rows}-row sample" if quick else "")}
+
+
+def timed(name: str, cmd: list[str], out: Path) -> dict[str, Any]:
+    """Run one system in its own process; its wall time and peak RSS (from wait4), output to logs/NAME.log."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH), os.environ.get("PYTHONPATH")]))}
+    log_path = out / "logs" / f"{name}.log"
+    print(f"[compare] {name} ...", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    with open(log_path, "w", encoding="utf-8") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        tail = log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
+        raise SystemExit(f"[compare] {name} failed with exit status {code}; log {log_path}:\n{tail}")
+    print(f"[compare] {name}: {wall:.0f} s, peak RSS {usage.ru_maxrss / 2**20:.2f} GiB", file=sys.stderr, flush=True)
+    return {"wall_seconds": wall, "peak_rss_gib": usage.ru_maxrss / 2**20}

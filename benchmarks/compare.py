@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -36,7 +35,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the helper modules beside this script, also when imported from elsewhere
-from bench_common import DEFAULT_DATA  # noqa: E402
+from bench_common import DEFAULT_DATA, timed, write_split  # noqa: E402
 
 # Figures of the first side-by-side run that this run does not re-measure (the best Trainer setting was a second, 31-minute run).
 TRAINER_BEST_MACRO_F1_LR5E5 = 0.604
@@ -90,17 +89,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                       test_csv, "--text-column", "text", "--output", str(predictions)], out)
     emb_run = out / "medclf-embeddings-run"
     runs["medclf-embeddings"] = timed("medclf-embeddings", medclf_train + ["--output", str(emb_run), "--method", "embeddings"], out)
-    runs["trainer"] = timed("trainer", [py, str(HERE / "reference_trainer.py"), "--train", train_csv, "--test", test_csv,
+    runs["trainer"] = timed("trainer", [py, str(HERE / "accuracy" / "reference_trainer.py"), "--train", train_csv, "--test", test_csv,
                                         "--epochs", str(epochs), "--max-length", str(args.max_length),
                                         "--result", str(out / "trainer.json"), *model_args], out)
     tutorial_mode = ["--full", "--epochs", str(epochs)] if args.tutorial_full else ["--steps", str(tutorial_steps), "--epochs", str(epochs)]
-    runs["tutorial"] = timed("tutorial", [py, str(HERE / "reference_tutorial.py"), "--train", train_csv, "--test", test_csv,
+    runs["tutorial"] = timed("tutorial", [py, str(HERE / "accuracy" / "reference_tutorial.py"), "--train", train_csv, "--test", test_csv,
                                           *tutorial_mode, "--result", str(out / "tutorial.json"), *model_args], out)
-    runs["tfidf"] = timed("tfidf", [py, str(HERE / "reference_tfidf.py"), "--train", train_csv, "--test", test_csv,
+    runs["tfidf"] = timed("tfidf", [py, str(HERE / "accuracy" / "reference_tfidf.py"), "--train", train_csv, "--test", test_csv,
                                     "--result", str(out / "tfidf.json")], out)
     for system in ("medclf", "pipeline", "tutorial"):
         extra = ["--check-unbatched"] if system == "medclf" else []
-        runs[f"infer-{system}"] = timed(f"infer-{system}", [py, str(HERE / "bench_inference.py"), "--system", system,
+        runs[f"infer-{system}"] = timed(f"infer-{system}", [py, str(HERE / "speed" / "bench_inference.py"), "--system", system,
                                                             "--run", str(medclf_run), "--test", test_csv, *extra,
                                                             "--result", str(out / f"infer-{system}.json")], out)
 
@@ -128,46 +127,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 # ---------------------------------------------------------------- data
 
 
-def write_split(data: str, text_column: str, label_column: str, directory: Path, *, quick: bool, quick_rows: int) -> dict[str, Any]:
-    """The protocol's stratified 80/20 split (seed 42), via medclf's own loader and splitter, as CSV text,label."""
-    import pandas as pd
-
-    from medclf.core.data import load_labeled, stratified_split
-
-    rows = load_labeled(data, text_columns=[text_column], label_column=label_column, drop_empty=False)
-    if quick and len(rows.labels) > quick_rows:
-        _, keep = stratified_split(rows.labels, fraction=quick_rows / len(rows.labels), seed=42, source=data,
-                                   part="sample", option="")
-        rows = rows.subset(keep)
-    train_idx, test_idx = stratified_split(rows.labels, fraction=0.2, seed=42, source=data, part="test", option="")
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, idx in (("train", train_idx), ("test", test_idx)):
-        pd.DataFrame({"text": [rows.texts[i] for i in idx], "label": [rows.labels[i] for i in idx]}).to_csv(
-            directory / f"{name}.csv", index=False)
-    return {"n_rows": len(rows.labels), "n_train": len(train_idx), "n_test": len(test_idx),
-            "split": "stratified 80/20, seed 42" + (f" of a stratified {quick_rows}-row sample" if quick else "")}
-
-
 # ---------------------------------------------------------------- running
-
-
-def timed(name: str, cmd: list[str], out: Path) -> dict[str, Any]:
-    """Run one system in its own process; its wall time and peak RSS (from wait4), output to logs/NAME.log."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
-    log_path = out / "logs" / f"{name}.log"
-    print(f"[compare] {name} ...", file=sys.stderr, flush=True)
-    start = time.perf_counter()
-    with open(log_path, "w", encoding="utf-8") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    proc.returncode = code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        tail = log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
-        raise SystemExit(f"[compare] {name} failed with exit status {code}; log {log_path}:\n{tail}")
-    print(f"[compare] {name}: {wall:.0f} s, peak RSS {usage.ru_maxrss / 2**20:.2f} GiB", file=sys.stderr, flush=True)
-    return {"wall_seconds": wall, "peak_rss_gib": usage.ru_maxrss / 2**20}
 
 
 def _read(path: Path) -> dict[str, Any]:

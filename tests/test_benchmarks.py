@@ -67,7 +67,7 @@ def test_compare_quick_mode_writes_every_row_and_field(tmp_path, tiny_model):
 def test_serve_load_sends_a_bounded_mixed_load_and_reports_it(tmp_path, trained_run, small_csv):
     out = tmp_path / "load"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "serve_load.py"), "--run", str(trained_run), "--texts", str(small_csv),
+        [sys.executable, str(ROOT / "benchmarks" / "serving" / "serve_load.py"), "--run", str(trained_run), "--texts", str(small_csv),
          "--requests", "80", "--clients", "4", "--malformed-share", "0.25", "--out", str(out)],
         capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
@@ -93,7 +93,7 @@ def test_bench_export_compares_backends_on_the_same_texts(tmp_path, trained_run,
     pd.read_csv(small_csv).rename(columns={"label": "label"})[["text", "label"]].to_csv(split, index=False)
     out = tmp_path / "export"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_export.py"), "--run", str(trained_run), "--check", str(small_csv),
+        [sys.executable, str(ROOT / "benchmarks" / "speed" / "bench_export.py"), "--run", str(trained_run), "--check", str(small_csv),
          "--test", str(split), "--rounds", "1", "--out", str(out)],
         capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
@@ -109,7 +109,7 @@ def test_bench_export_compares_backends_on_the_same_texts(tmp_path, trained_run,
 def test_long_docs_builds_the_set_and_compares_the_modes(tmp_path, tiny_model):
     out = tmp_path / "long"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "long_docs.py"), "--quick", "36", "--model", tiny_model, "--epochs", "1",
+        [sys.executable, str(ROOT / "benchmarks" / "accuracy" / "long_docs.py"), "--quick", "36", "--model", tiny_model, "--epochs", "1",
          "--words", "120", "--out", str(out)],
         capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
@@ -129,7 +129,7 @@ def test_long_docs_builds_the_set_and_compares_the_modes(tmp_path, tiny_model):
 def test_multilabel_benchmark_builds_the_set_and_reports_both_thresholds(tmp_path, tiny_model):
     out = tmp_path / "ml"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "multilabel.py"), "--quick", "60", "--model", tiny_model, "--epochs", "1",
+        [sys.executable, str(ROOT / "benchmarks" / "accuracy" / "multilabel.py"), "--quick", "60", "--model", tiny_model, "--epochs", "1",
          "--out", str(out)],
         capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
@@ -151,7 +151,7 @@ def test_multilabel_benchmark_builds_the_set_and_reports_both_thresholds(tmp_pat
 def test_explain_faithfulness_benchmark_reads_the_test_part_and_reports_both_means(tmp_path, embedding_run):
     out = tmp_path / "faith"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "explain_faithfulness.py"), "--run", str(embedding_run), "--texts", "6",
+        [sys.executable, str(ROOT / "benchmarks" / "trust" / "explain_faithfulness.py"), "--run", str(embedding_run), "--texts", "6",
          "--k", "2", "--steps", "8", "--out", str(out)],
         capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
@@ -164,7 +164,7 @@ def test_explain_faithfulness_benchmark_reads_the_test_part_and_reports_both_mea
 
 def test_ece_floor_simulates_a_calibrated_model_of_the_same_size(tmp_path, trained_run):
     out = tmp_path / "floor.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ece_floor.py"), "--run", str(trained_run), "--draws",
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "trust" / "ece_floor.py"), "--run", str(trained_run), "--draws",
                            "200", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -173,7 +173,7 @@ def test_ece_floor_simulates_a_calibrated_model_of_the_same_size(tmp_path, train
 
 def test_stream_predict_benchmark_measures_each_size(tmp_path, trained_run):
     out = tmp_path / "stream"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "stream_predict.py"), "--run", str(trained_run),
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speed" / "stream_predict.py"), "--run", str(trained_run),
                            "--rows", "300,900", "--in-memory", "300", "--chunk-rows", "200", "--out", str(out)],
                           capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -187,7 +187,7 @@ def test_spark_predict_benchmark_compares_the_engines(tmp_path, trained_run):
     if shutil.which("java") is None:
         pytest.skip("Spark needs Java")
     out = tmp_path / "spark"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "spark_predict.py"), "--run", str(trained_run),
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speed" / "spark_predict.py"), "--run", str(trained_run),
                            "--rows", "400", "--out", str(out)],
                           capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -196,11 +196,11 @@ def test_spark_predict_benchmark_compares_the_engines(tmp_path, trained_run):
 
 
 def test_gpu_benchmark_quick_mode_runs_every_system_and_writes_its_table(tmp_path, tiny_model):
-    """benchmarks/gpu.py --quick on the CPU: the run a GPU session makes, on a tiny model, with every row filled."""
+    """benchmarks/speed/gpu.py --quick on the CPU: the run a GPU session makes, on a tiny model, with every row filled."""
     data = write_csv(tmp_path / "notes.csv", make_rows(30))
     out = tmp_path / "gpu"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--quick", "--quick-rows", "60", "--data", str(data),
+        [sys.executable, str(ROOT / "benchmarks" / "speed" / "gpu.py"), "--quick", "--quick-rows", "60", "--data", str(data),
          "--text-column", "text", "--label-column", "label", "--model", tiny_model, "--max-length", "32",
          "--out", str(out)],
         capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"},
@@ -233,7 +233,7 @@ def test_few_labels_rule_benchmark_compares_both_rules_per_seed(tmp_path, tiny_m
     data = write_csv(tmp_path / "notes.csv", make_rows(200))
     out = tmp_path / "rule"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "few_labels_rule.py"), "--data", str(data), "--text-column", "text",
+        [sys.executable, str(ROOT / "benchmarks" / "accuracy" / "few_labels_rule.py"), "--data", str(data), "--text-column", "text",
          "--label-column", "label", "--model", tiny_model, "--seeds", "0", "1", "--extra=--max-length=32",
          "--out", str(out)], capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,5 +1,5 @@
 """What medclf chooses per device (batching, padding, inference precision, the baseline in the background), with CUDA
-mocked where a choice depends on it: these run on any CPU, and a GPU run (benchmarks/gpu.py) measures what they buy."""
+mocked where a choice depends on it: these run on any CPU, and a GPU run (benchmarks/speed/gpu.py) measures what they buy."""
 
 import numpy as np
 import pytest

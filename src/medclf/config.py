@@ -27,7 +27,7 @@ TRACKERS = ("none", "mlflow")
 
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 INFER_BATCH_SIZE = 16
-"""Texts per forward pass at inference on the CPU (measured faster than 8 or 32 on MiniLM; benchmarks/bench_inference.py)."""
+"""Texts per forward pass at inference on the CPU (measured faster than 8 or 32 on MiniLM; benchmarks/speed/bench_inference.py)."""
 INFER_PRECISIONS = ("auto", "fp32", "bf16")
 CHUNK_ROWS = 10_000
 """predict --chunk-rows: rows read, classified and written at a time. At MiniLM's 256 tokens a chunk's token ids and
@@ -92,7 +92,7 @@ class TrainConfig:
     Memory per training step grows with batch_size x max_chunks windows."""
     pool: str = "max"
     """chunk: how window logits become the document's: 'max' or 'mean'. max by measurement: on long notes with
-    the evidence in one place (benchmarks/long_docs.py) max reached macro-F1 0.875 against mean's 0.701."""
+    the evidence in one place (benchmarks/accuracy/long_docs.py) max reached macro-F1 0.875 against mean's 0.701."""
     grad_accum: int = 1
     """Batches whose gradients are summed before each optimizer step: an effective batch of
     batch_size x grad_accum with the memory of one batch (big models on small cards)."""

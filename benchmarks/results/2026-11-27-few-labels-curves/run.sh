@@ -6,7 +6,7 @@
 # (1 epoch on the 2,310 training texts, labels unused).
 set -euo pipefail
 OUT=${OUT:-/tmp/flg/out}; PRE=${PRE:-/tmp/pt/run}; SF=${SF:-/tmp/sfenv/bin/python}
-B="python3 benchmarks/few_labels.py --out $OUT --pretrained $PRE --setfit-python $SF"
+B="python3 benchmarks/accuracy/few_labels.py --out $OUT --pretrained $PRE --setfit-python $SF"
 # 8 per class, 3 draws, every system (SetFit with its defaults: 80 contrastive steps of 16 pairs here)
 $B --sizes 8 --draws 3 --systems zero-shot-names zero-shot-descriptions embeddings embeddings-desc finetune \
     finetune-desc finetune-pretrained setfit
@@ -14,4 +14,4 @@ $B --sizes 8 --draws 3 --systems zero-shot-names zero-shot-descriptions embeddin
 # about 40 minutes per draw on this CPU)
 $B --sizes 16 --draws 1 --setfit-max-steps 80 --systems embeddings embeddings-desc finetune finetune-desc \
     finetune-pretrained setfit
-python3 benchmarks/few_labels.py --render "$OUT"
+python3 benchmarks/accuracy/few_labels.py --render "$OUT"

@@ -304,7 +304,7 @@ def choose_precision(requested: str, device: torch.device) -> PrecisionChoice:
 
 def inference_precision(requested: str, device: torch.device) -> PrecisionChoice:
     """The precision of inference and evaluation forward passes. auto: bf16 autocast on a CUDA GPU that runs it
-    (tensor cores; its top labels agree with fp32 on nearly every text: benchmarks/gpu.py measures it), fp32 elsewhere
+    (tensor cores; its top labels agree with fp32 on nearly every text: benchmarks/speed/gpu.py measures it), fp32 elsewhere
     (on a CPU the test figures are measured in fp32, and fp32 inference there is as fast at these batch sizes)."""
     if requested == "fp32":
         return PrecisionChoice("fp32", "asked for")

@@ -340,7 +340,7 @@ def create_app(settings: ServeSettings) -> Any:
 
 TRIM_EVERY = 4
 """Batches between glibc malloc_trim calls. Without them, PyTorch's freed activations for batches of
-ever-different shapes stay in a fragmented heap: under benchmarks/serve_load.py's load the torch
+ever-different shapes stay in a fragmented heap: under benchmarks/serving/serve_load.py's load the torch
 backend's RSS grew 775 -> 1171 MiB; ONNX Runtime's stayed flat (623 -> 625 MiB)."""
 
 

@@ -1,6 +1,6 @@
 """Streaming predict: peak memory against input size, and throughput against one in-memory pass.
 
-python benchmarks/stream_predict.py --run RUN_DIR [--rows 20000,200000] [--in-memory 20000]
+python benchmarks/speed/stream_predict.py --run RUN_DIR [--rows 20000,200000] [--in-memory 20000]
     [--chunk-rows 10000] [--out bench-out/stream]
 
 Builds Parquet files of the requested sizes from the packaged demo snippets (invented, repeated in
@@ -19,7 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-from bench_common import write_result
+BENCH = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(BENCH))  # the benchmarks folder: bench_common, the helpers every script shares
+
+from bench_common import write_result  # noqa: E402
 
 
 def run_measured(cmd: list[str]) -> tuple[float, float]:

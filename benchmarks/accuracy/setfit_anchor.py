@@ -1,4 +1,4 @@
-"""SetFit, as its README runs it, on a split file: the anchor of benchmarks/few_labels.py.
+"""SetFit, as its README runs it, on a split file: the anchor of benchmarks/accuracy/few_labels.py.
 
 Runs in whatever Python has `setfit` (1.2.0 runs beside transformers 5 and sentence-transformers 6; few_labels.py
 passes `--setfit-python` when it lives in a virtual environment of its own). The library's defaults: contrastive

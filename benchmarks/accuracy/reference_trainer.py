@@ -1,6 +1,6 @@
 """The reference a careful user would write with Hugging Face `Trainer` (for side-by-side benchmarks).
 
-python benchmarks/reference_trainer.py --train SPLIT/train.csv --test SPLIT/test.csv \
+python benchmarks/accuracy/reference_trainer.py --train SPLIT/train.csv --test SPLIT/test.csv \
     [--model default] [--epochs 3] [--lr 2e-5] [--bf16] [--result bench-out/trainer.json]
 
 AutoTokenizer + AutoModelForSequenceClassification + DataCollatorWithPadding, the packaged encoder
@@ -12,11 +12,17 @@ accuracy, macro-F1, training-loop seconds and samples/s (Trainer's own count), p
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
-from bench_common import model_source, peak_rss_gib, read_split, scores, write_result
+
+BENCH = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(BENCH))  # the benchmarks folder: bench_common, the helpers every script shares
+
+from bench_common import model_source, peak_rss_gib, read_split, scores, write_result  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

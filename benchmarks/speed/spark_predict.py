@@ -1,6 +1,6 @@
 """The Spark UDF beside plain predict on the same rows.
 
-python benchmarks/spark_predict.py --run RUN_DIR [--rows 20000] [--master local[2]] [--out bench-out/spark]
+python benchmarks/speed/spark_predict.py --run RUN_DIR [--rows 20000] [--master local[2]] [--out bench-out/spark]
 
 Writes (or reuses) a Parquet file of --rows demo snippets, then runs, one process after another,
 `medclf predict RUN --input F --output OUT.parquet` (this process, streaming) and `medclf predict RUN --engine
@@ -14,8 +14,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench_common import write_result
-from stream_predict import demo_parquet, run_measured
+BENCH = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(BENCH))  # the benchmarks folder: bench_common, the helpers every script shares
+
+from bench_common import write_result  # noqa: E402
+from stream_predict import demo_parquet, run_measured  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

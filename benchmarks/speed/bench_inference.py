@@ -1,6 +1,6 @@
 """Inference throughput on the test texts, one system per process (for side-by-side benchmarks).
 
-python benchmarks/bench_inference.py --system medclf|pipeline|tutorial --run RUN_DIR --test SPLIT/test.csv \
+python benchmarks/speed/bench_inference.py --system medclf|pipeline|tutorial --run RUN_DIR --test SPLIT/test.csv \
     [--result bench-out/infer-medclf.json] [--check-unbatched] [--device auto|cpu|cuda] [--dtype auto|fp32|bf16]
     [--repeat N] [--agreement]
 
@@ -22,10 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
-from bench_common import peak_rss_gib, read_split, scores, write_result
+BENCH = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(BENCH))  # the benchmarks folder: bench_common, the helpers every script shares
+
+from bench_common import peak_rss_gib, read_split, scores, write_result  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -102,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
         pad_to = min(512, model.config.max_position_embeddings)
 
-        from reference_tutorial import padded_predict
+        from accuracy.reference_tutorial import padded_predict  # the benchmarks folder is on sys.path
 
         padded_predict(model, tokenizer, texts[:8], labels, pad_to=pad_to, batch_size=batch)
         start = time.perf_counter()

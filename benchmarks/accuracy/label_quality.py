@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+BENCH = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(BENCH))  # the benchmarks folder: bench_common, the helpers every script shares
 
 from bench_common import data_parser  # noqa: E402
 
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return render(Path(args.render))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from compare import write_split
+    from bench_common import write_split
 
     split = write_split(args.data, args.text_column, args.label_column, out / "split", quick=args.quick, quick_rows=300)
     (out / "split.json").write_text(json.dumps(split, indent=2) + "\n")

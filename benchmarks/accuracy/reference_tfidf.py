@@ -1,6 +1,6 @@
 """TF-IDF + logistic regression on the same split: the baseline any classifier has to beat.
 
-python benchmarks/reference_tfidf.py --train SPLIT/train.csv --test SPLIT/test.csv [--result bench-out/tfidf.json]
+python benchmarks/accuracy/reference_tfidf.py --train SPLIT/train.csv --test SPLIT/test.csv [--result bench-out/tfidf.json]
 
 Word 1-2-grams (min_df 2, sublinear tf), multinomial logistic regression (C=10, lbfgs).
 """
@@ -8,9 +8,14 @@ Word 1-2-grams (min_df 2, sublinear tf), multinomial logistic regression (C=10, 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
-from bench_common import peak_rss_gib, read_split, scores, write_result
+BENCH = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(BENCH))  # the benchmarks folder: bench_common, the helpers every script shares
+
+from bench_common import peak_rss_gib, read_split, scores, write_result  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,7 +1,7 @@
 """medclf on a GPU, side by side with the Hugging Face Trainer (bf16) and `transformers.pipeline`, one after another on
 the same card, each system in its own process.
 
-    python benchmarks/gpu.py [--data F] [--out DIR] [--model default] [--quick]
+    python benchmarks/speed/gpu.py [--data F] [--out DIR] [--model default] [--quick]
 
 On the medical-abstracts protocol split (stratified 80/20, seed 42: 2,310 / 578; `$MEDCLF_DATA` names the data folder
 where ../shared/data is not beside the project, as on the device machine):
@@ -19,7 +19,7 @@ on an H100. `--quick` (a few hundred rows, 2 epochs, repeat 1) is the CPU smoke 
 
 On the device machine: build the bundle here with the packages its image lacks,
 `../shared/tools/device-bundle markdown-it-py mdurl prometheus-client`, then run
-`source .device-bundle/setup.sh && python benchmarks/gpu.py --out $OUT/gpu` with carry [".device-bundle"].
+`source .device-bundle/setup.sh && python benchmarks/speed/gpu.py --out $OUT/gpu` with carry [".device-bundle"].
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+BENCH = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(BENCH))  # the benchmarks folder: bench_common, the helpers every script shares
 
-from bench_common import DEFAULT_DATA  # noqa: E402
-from compare import timed, write_split  # noqa: E402
+from bench_common import DEFAULT_DATA, timed, write_split  # noqa: E402
 
 
 def default_data() -> Path:
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     infer = [py, str(HERE / "bench_inference.py"), "--run", str(run_dir), "--test", str(corpus), "--repeat", str(repeat)]
     runs["infer-medclf"] = timed("infer-medclf", infer + ["--system", "medclf", "--agreement",
                                                           "--result", str(out / "infer-medclf.json")], out)
-    runs["trainer"] = timed("trainer", [py, str(HERE / "reference_trainer.py"), "--train", train_csv, "--test", test_csv,
+    runs["trainer"] = timed("trainer", [py, str(BENCH / "accuracy" / "reference_trainer.py"), "--train", train_csv, "--test", test_csv,
                                         "--epochs", str(epochs), "--max-length", str(args.max_length),
                                         *(["--bf16"] if cuda else []), "--result", str(out / "trainer.json"), *model], out)
     for batch in (32, 128):
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     limit = card_limit(run_dir / "model", cuda=cuda)
     results = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/gpu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python benchmarks/speed/gpu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "versions": {"torch": torch.__version__, "cuda": torch.version.cuda},
         "data": {"file": str(data), **split, "inference_texts": len(pd.read_csv(corpus)) * repeat},

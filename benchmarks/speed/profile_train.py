@@ -1,6 +1,6 @@
 """Where does a training step's time go? Per-phase timings and the top operators (torch.profiler).
 
-python benchmarks/profile_train.py [--data F] [--steps 8] [--precision bf16|fp32] [--freeze-embeddings]
+python benchmarks/speed/profile_train.py [--data F] [--steps 8] [--precision bf16|fp32] [--freeze-embeddings]
     [--freeze-layers K] [--attention-dropout P] [--profile]
 
 Takes real abstracts (default: the medical-abstracts data), tokenizes them as medclf does (max
@@ -15,8 +15,12 @@ from __future__ import annotations
 import resource
 import sys
 import time
+from pathlib import Path
 
-from bench_common import data_parser
+BENCH = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(BENCH))  # the benchmarks folder: bench_common, the helpers every script shares
+
+from bench_common import data_parser  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

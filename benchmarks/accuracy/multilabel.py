@@ -1,6 +1,6 @@
 """Multi-label: per-label thresholds tuned on validation against a fixed 0.5, in one run.
 
-python benchmarks/multilabel.py [--out bench-out/multilabel] [--model default] [--methods finetune,embeddings]
+python benchmarks/accuracy/multilabel.py [--out bench-out/multilabel] [--model default] [--methods finetune,embeddings]
     [--epochs 3] [--quick N]
 
 Builds a multi-label set from the packaged demo snippets (invented, no real text): each snippet keeps its
@@ -22,7 +22,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench_common import demo_frame, write_result
+BENCH = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(BENCH))  # the benchmarks folder: bench_common, the helpers every script shares
+
+from bench_common import demo_frame, write_result  # noqa: E402
 
 URGENT = [
     "Seen urgently today.",

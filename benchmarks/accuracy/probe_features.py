@@ -1,6 +1,6 @@
 """Which frozen features of the packaged encoder separate the classes best? (why fine-tuning leaves accuracy behind)
 
-python benchmarks/probe_features.py [--data F] [--max-length 256]
+python benchmarks/accuracy/probe_features.py [--data F] [--max-length 256]
 
 One fp32 forward pass over the protocol's split (stratified 80/20, seed 42, head-tail cut at 256
 tokens), then a logistic regression (standardised features, C picked from a small grid by 5-fold
@@ -12,9 +12,14 @@ and the mean of the token vectors (what all-MiniLM-L6-v2 was trained to produce)
 from __future__ import annotations
 
 import json
+import sys
 import time
+from pathlib import Path
 
-from bench_common import data_parser
+BENCH = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(BENCH))  # the benchmarks folder: bench_common, the helpers every script shares
+
+from bench_common import data_parser  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,6 +1,6 @@
 """How large the ECE of a perfectly calibrated model would be on a test part of this size.
 
-python benchmarks/ece_floor.py --run RUN_DIR [--draws 2000] [--out bench-out/ece-floor.json]
+python benchmarks/trust/ece_floor.py --run RUN_DIR [--draws 2000] [--out bench-out/ece-floor.json]
 
 Takes the run's test-part confidences (predictions_test.csv, `score`: the top probability after
 calibration), draws "right or wrong" for each text with exactly that probability (a model calibrated
@@ -11,9 +11,13 @@ shows by chance alone: a measured ECE inside it cannot be told from perfect cali
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from bench_common import write_result
+BENCH = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(BENCH))  # the benchmarks folder: bench_common, the helpers every script shares
+
+from bench_common import write_result  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,6 +1,6 @@
 """Long documents whose evidence is not at the start: truncate vs head-tail vs chunk, in one run.
 
-python benchmarks/long_docs.py [--out bench-out/long-docs] [--max-length 64] [--words 350] [--max-chunks 16]
+python benchmarks/accuracy/long_docs.py [--out bench-out/long-docs] [--max-length 64] [--words 350] [--max-chunks 16]
     [--model default] [--epochs 3] [--quick N]
 
 Builds the set from the packaged demo snippets (invented, no real text): each snippet is placed at
@@ -22,7 +22,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench_common import demo_frame, write_result
+BENCH = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(BENCH))  # the benchmarks folder: bench_common, the helpers every script shares
+
+from bench_common import demo_frame, write_result  # noqa: E402
 
 BOILERPLATE = [
     "Patient identity confirmed with two identifiers at {time}.",

@@ -1,6 +1,6 @@
 """The tutorial's own recipe, as people copy it (for side-by-side benchmarks).
 
-python benchmarks/reference_tutorial.py --train SPLIT/train.csv --test SPLIT/test.csv \
+python benchmarks/accuracy/reference_tutorial.py --train SPLIT/train.csv --test SPLIT/test.csv \
     [--model default] [--steps 8 | --full] [--epochs 3] [--result bench-out/tutorial.json]
 
 Every text padded to 512 tokens up front, a shuffled DataLoader of batch 16, plain Adam at 2e-5,
@@ -13,10 +13,15 @@ with --full it trains all epochs and scores the test file with the tutorial's pa
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from bench_common import model_source, peak_rss_gib, read_split, scores, write_result
+BENCH = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(BENCH))  # the benchmarks folder: bench_common, the helpers every script shares
+
+from bench_common import model_source, peak_rss_gib, read_split, scores, write_result  # noqa: E402
 
 PAD_TO = 512
 

@@ -1,7 +1,7 @@
 """Same seeded runs before and after a change that should not change behaviour (a restructuring).
 
-python benchmarks/same_runs.py --out bench-out/same-runs/before [--rows 480] [--quick]
-python benchmarks/same_runs.py --compare bench-out/same-runs/before/same_runs.json bench-out/same-runs/after/same_runs.json
+python benchmarks/trust/same_runs.py --out bench-out/same-runs/before [--rows 480] [--quick]
+python benchmarks/trust/same_runs.py --compare bench-out/same-runs/before/same_runs.json bench-out/same-runs/after/same_runs.json
 
 Cuts a class-stratified subset of --rows training and --rows/4 test rows from the protocol split of the medical
 abstracts (stratified 80/20, seed 42; ../shared/data/medical-abstracts/README.md), then runs, seeded, the CLI on
@@ -23,7 +23,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench_common import data_parser, write_result
+BENCH = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(BENCH))  # the benchmarks folder: bench_common, the helpers every script shares
+
+from bench_common import data_parser, write_result  # noqa: E402
 
 TIMING_KEYS = ("seconds", "timing", "per_second", "peak_memory", "created")
 

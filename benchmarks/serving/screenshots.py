@@ -4,7 +4,7 @@
    --method embeddings, into a fresh local store served by `mlflow server` on loopback).
 2. page-explanation.png: the page of `medclf serve` after "Classify and explain" on a demo-like note.
 
-    python benchmarks/screenshots.py [--out docs/images] [--work /tmp/medclf-shots]
+    python benchmarks/serving/screenshots.py [--out docs/images] [--work /tmp/medclf-shots]
 
 Needs mlflow (`pip install "medclf[track]"`), selenium, and Debian's chromium + chromium-driver.
 """

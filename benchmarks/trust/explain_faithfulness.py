@@ -1,6 +1,6 @@
 """Faithfulness of explanations: deleting the k top-scored words against deleting k random words.
 
-python benchmarks/explain_faithfulness.py --run RUN_DIR [--texts N] [--k 5] [--methods integrated-gradients,occlusion]
+python benchmarks/trust/explain_faithfulness.py --run RUN_DIR [--texts N] [--k 5] [--methods integrated-gradients,occlusion]
     [--out bench-out/faithfulness]
 
 Reads the run's test part (the rows of predictions_test.csv, looked up in the run's data file, so the texts
@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
-from bench_common import write_result
+BENCH = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(BENCH))  # the benchmarks folder: bench_common, the helpers every script shares
+
+from bench_common import write_result  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

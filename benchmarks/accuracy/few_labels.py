@@ -8,7 +8,7 @@ tested on the protocol's 578 test abstracts. One system per process, one after a
   embeddings[-desc]                          medclf train --method embeddings [--label-descriptions]
   finetune[-desc]                            medclf train (defaults) [--label-descriptions]
   finetune-pretrained[-desc]                 medclf train --model PRETRAINED/model (needs --pretrained RUN)
-  setfit                                     benchmarks/setfit_anchor.py (SetFit's defaults, the same encoder)
+  setfit                                     benchmarks/accuracy/setfit_anchor.py (SetFit's defaults, the same encoder)
 
 Every medclf run is a few-labels run by its own rule (`--few-shot auto`). Results are appended to
 OUT/runs.jsonl as they finish (a rerun skips what is there), then OUT/results.md (mean, spread, each draw) and
@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+BENCH = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(BENCH))  # the benchmarks folder: bench_common, the helpers every script shares
 
 from bench_common import data_parser, model_source  # noqa: E402
 
-NAMES = HERE / "data" / "abstracts_label_names.csv"
-DESCRIPTIONS = HERE / "data" / "abstracts_label_descriptions.csv"
+NAMES = BENCH / "data" / "abstracts_label_names.csv"
+DESCRIPTIONS = BENCH / "data" / "abstracts_label_descriptions.csv"
 SYSTEMS = ("zero-shot-names", "zero-shot-descriptions", "embeddings", "embeddings-desc", "finetune", "finetune-desc",
            "finetune-pretrained", "finetune-pretrained-desc", "setfit")
 ONCE = ("zero-shot-names", "zero-shot-descriptions")
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if any(s.startswith("finetune-pretrained") for s in args.systems) and not args.pretrained:
         parser.error("the *-pretrained systems need --pretrained RUN (a `medclf pretrain` run directory)")
 
-    from compare import write_split
+    from bench_common import write_split
 
     split = write_split(args.data, args.text_column, args.label_column, out / "split", quick=args.quick, quick_rows=300)
     (out / "split.json").write_text(json.dumps(split, indent=2) + "\n")

@@ -1,6 +1,6 @@
 """PyTorch fp32 vs ONNX Runtime fp32 vs ONNX int8 on the same texts, in one process, one after another.
 
-python benchmarks/bench_export.py --run RUN_DIR --check SPLIT/train.csv --test SPLIT/test.csv \
+python benchmarks/speed/bench_export.py --run RUN_DIR --check SPLIT/train.csv --test SPLIT/test.csv \
     [--out bench-out/export] [--rounds 2] [--int8-recipe auto|dynamic|blockwise-128|blockwise-32]
 
 Copies RUN_DIR to OUT/run, runs `medclf export` there (check texts: a 256-text sample of --check,
@@ -20,7 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from bench_common import read_split, scores, write_result
+BENCH = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(BENCH))  # the benchmarks folder: bench_common, the helpers every script shares
+
+from bench_common import read_split, scores, write_result  # noqa: E402
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
 

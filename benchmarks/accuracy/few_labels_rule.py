@@ -7,7 +7,7 @@ applied (`--few-shot on` reproduces what it decided); the rule now does not (`--
 rows rank weights). For each seed, both rules are trained one after another in their own process; the table gives
 test macro-F1 per seed, the mean with a t interval, and the paired difference (now - before) with its t interval.
 
-  python benchmarks/few_labels_rule.py --method embeddings --seeds 0 1 2 3 4 --out bench-out/few-labels-rule
+  python benchmarks/accuracy/few_labels_rule.py --method embeddings --seeds 0 1 2 3 4 --out bench-out/few-labels-rule
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+BENCH = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(BENCH))  # the benchmarks folder: bench_common, the helpers every script shares
 
 from bench_common import data_parser, model_source, write_result  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Load test of `medclf serve` on loopback: bounded, seeded, stops by itself.
 
-python benchmarks/serve_load.py --run RUN_DIR [--texts SPLIT/test.csv] [--backend auto] \
+python benchmarks/serving/serve_load.py --run RUN_DIR [--texts SPLIT/test.csv] [--backend auto] \
     [--requests 2000] [--clients 16] [--out bench-out/serve-load]
 
 1. Offline reference: in a separate process, `TextClassifier.load(RUN, backend=...)` classifies the
@@ -34,7 +34,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench_common import write_result
+BENCH = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(BENCH))  # the benchmarks folder: bench_common, the helpers every script shares
+
+from bench_common import write_result  # noqa: E402
 
 MALFORMED = ("bad-json", "text-not-string", "texts-not-list", "empty-list", "too-many-texts", "text-too-long",
              "missing-field", "unknown-field")
