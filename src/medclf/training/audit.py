@@ -20,7 +20,6 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +30,10 @@ from medclf.config import TrainConfig
 from medclf.core.data import read_table, table_format
 from medclf.core.label_quality import FILTER_BY, SCORE_METHOD, LabelQuality, label_quality, require_cleanlab
 from medclf.errors import MedclfError
-from medclf.run.artifacts import atomic_write_json, atomic_write_text, check_output_dir, publish, staging_dir
-from medclf.run.tracking import log_job, require_mlflow
+from medclf.run.artifacts import StagedRun, atomic_write_json, atomic_write_text
+from medclf.run.tracking import log_job
 from medclf.training.cv import cross_validate
+from medclf.training.jobs import open_job
 from medclf.training.splits import read_training_data
 
 log = logging.getLogger(__name__)
@@ -61,24 +61,21 @@ def audit(config: TrainConfig, *, folds: int = 5, workers: int | None = None, id
     """Cross-validate with `config`, then rank the rows whose given label the out-of-fold model doubts; write the
     audit directory at config.output (see the module's doc). fix_top=K also writes the data with the K top-ranked
     issues relabelled to the suggestion."""
-    started = time.perf_counter()
     require_cleanlab()  # before minutes of training
-    if config.track == "mlflow":
-        require_mlflow()
     if fix_top is not None and (not isinstance(fix_top, int) or isinstance(fix_top, bool) or fix_top < 1):
         raise MedclfError(f"--accept-top must be a positive whole number, got {fix_top!r}.")
     if config.data == "-":
         raise MedclfError("medclf audit reads --data twice (training and the report); pass a file, not standard input.")
-    output = Path(config.output or Path("runs") / datetime.now().strftime("audit-%Y%m%d-%H%M%S"))
-    check_output_dir(output, overwrite=config.overwrite)
+    job = open_job(config, prefix="audit-", distributed=False)
+    started, output = job.started, job.output
     data, _ = read_training_data(config)
     table = read_table(str(config.data)) if (id_columns or keep_text or fix_top) else None
     missing = [c for c in id_columns or [] if table is not None and c not in table.columns]
     if missing:
         raise MedclfError(f"--id-column {missing[0]!r} is not a column of {config.data}; columns: "
                           f"{', '.join(map(str, table.columns)) if table is not None else ''}.")
-    stage = staging_dir(output)
-    try:
+    with StagedRun(output, overwrite=config.overwrite) as run:
+        stage = run.path
         cv = cross_validate(dataclasses.replace(config, output=str(stage / CV_DIR), overwrite=False, track="none"),
                             folds=folds, progress=progress, workers=workers)
         if cv.rows != data.rows:
@@ -101,12 +98,7 @@ def audit(config: TrainConfig, *, folds: int = 5, workers: int | None = None, id
             log.info("Relabelled the %d top-ranked rows in %s (the data given is unchanged).", len(applied), fixed.name)
         atomic_write_json(stage / AUDIT_FILE, report)
         atomic_write_text(stage / AUDIT_TABLE, format_audit(report, config))
-        final = publish(stage, output, overwrite=config.overwrite)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+    final = run.final
     log.info("Audit: %d of %d rows flagged as probable label issues.", len(found.issues), len(data.rows))
     if config.track == "mlflow":  # the audit's own files only: issues.csv may hold text (--keep-text)
         final_figures = {"rows": report["rows"], "issues": report["issues"],

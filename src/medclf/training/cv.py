@@ -15,7 +15,6 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +27,12 @@ from medclf.errors import MedclfError
 from medclf.run.artifacts import (
     CV_FILE,
     PREDICTIONS_FILE,
+    StagedRun,
     atomic_write_json,
     atomic_write_text,
-    check_output_dir,
-    publish,
-    staging_dir,
 )
-from medclf.run.tracking import log_job, require_mlflow
+from medclf.run.tracking import log_job
+from medclf.training.jobs import open_job
 
 log = logging.getLogger(__name__)
 CV_TABLE = "cv.md"
@@ -95,21 +93,65 @@ def _run_fold(config: TrainConfig, splits: Any, progress: bool, threads: int | N
     return {**_figures(result.test_metrics), "train_seconds": result.metrics["timing"]["train_seconds"]}
 
 
+def _fold_jobs(config: TrainConfig, data: Any, labels: list[str], pairs: list[tuple[list[int], list[int]]],
+               stage: Path) -> tuple[list[tuple[TrainConfig, Any]], list[dict[str, Any]]]:
+    """Each fold's training job (its config, writing into the staging folder, and its parts) and its row of sizes."""
+    from medclf.training.splits import Splits, check_training_labels, split_off
+
+    folds = len(pairs)
+    jobs: list[tuple[TrainConfig, Any]] = []
+    rows: list[dict[str, Any]] = []
+    for k, (rest, held) in enumerate(pairs, 1):
+        pool, test = data.subset(rest), data.subset(held)
+        train_part, val = split_off(pool, fraction=config.val_size, seed=config.seed, part="validation",
+                                    option="a larger --val-size")
+        check_training_labels(train_part, labels)
+        grouped = f", grouped by {config.group_column}" if config.group_column else ""
+        splits = Splits(train=train_part, val=val, test=test, labels=labels,
+                        how=f"fold {k} of {folds}{grouped} (seed {config.seed}) as test; stratified "
+                            f"{config.val_size:.0%} validation slice of the other folds")
+        # the folds are not tracked one by one: the cross-validation is logged as one run, the folds its steps
+        jobs.append((dataclasses.replace(config, output=str(stage / f"fold-{k}"), overwrite=False, track="none"),
+                     splits))
+        rows.append({"fold": k, "n_train": len(train_part), "n_val": len(val), "n_test": len(test)})
+    return jobs, rows
+
+
+def _run_folds(jobs: list[tuple[TrainConfig, Any]], *, workers: int, progress: bool) -> list[dict[str, Any]]:
+    """Train and test every fold: one after another, or `workers` at once in spawned processes sharing the cores."""
+    import os
+
+    if workers == 1:
+        return [_run_fold(fold_config, splits, progress) for fold_config, splits in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # cores / workers threads per fold; the folds of a last, partial round share the cores among fewer
+    cores = os.cpu_count() or 1
+    last_round = len(jobs) % workers
+    threads = [max(1, cores // (last_round if i >= len(jobs) - last_round else workers)) for i in range(len(jobs))]
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_run_fold, fold_config, splits, False, n): k
+                   for k, ((fold_config, splits), n) in enumerate(zip(jobs, threads))}
+        done: dict[int, dict[str, Any]] = {}
+        for future in as_completed(futures):
+            k = futures[future]
+            done[k] = future.result()
+            log.info("Fold %d of %d done: macro-F1 %.4f (%d of %d folds finished).", k + 1, len(jobs),
+                     done[k]["macro_f1"], len(done), len(jobs))
+    return [done[k] for k in range(len(jobs))]
+
+
 def cross_validate(config: TrainConfig, *, folds: int = 5, progress: bool = False, workers: int | None = None) -> CVResult:
     """Train and test once per fold (stratified, or grouped by config.group_column); write OUTPUT/fold-K/
     runs, cv.json and cv.md. config.test_data and config.test_size do not apply: each fold is a test part.
     workers: folds trained at once, in separate processes (default: one per CPU core, 1 on a GPU)."""
-    import os
-
-    from medclf.training.splits import Splits, check_training_labels, read_training_data, split_off
+    from medclf.training.splits import read_training_data
 
     if config.test_data is not None:
         raise MedclfError("--test-data does not apply to cross-validation: every row is tested once, in its fold.")
-    started = time.perf_counter()
-    output = Path(config.output or Path("runs") / datetime.now().strftime("cv-%Y%m%d-%H%M%S"))
-    check_output_dir(output, overwrite=config.overwrite)
-    if config.track == "mlflow":
-        require_mlflow()
+    job = open_job(config, prefix="cv-", distributed=False)
+    started, output = job.started, job.output
     data, labels = read_training_data(config)
     pairs = kfold_indices(data.labels, folds=folds, seed=config.seed, groups=data.groups, source=data.source)
     if config.val_data is not None:
@@ -117,60 +159,19 @@ def cross_validate(config: TrainConfig, *, folds: int = 5, progress: bool = Fals
     workers = default_workers(config, folds) if workers is None else workers
     if not isinstance(workers, int) or workers < 1:
         raise MedclfError(f"workers must be a positive whole number, got {workers!r}.")
-    stage = staging_dir(output)
-    rows: list[dict[str, Any]] = []
-    jobs: list[tuple[TrainConfig, Any]] = []
-    try:
-        for k, (rest, held) in enumerate(pairs, 1):
-            pool, test = data.subset(rest), data.subset(held)
-            train_part, val = split_off(pool, fraction=config.val_size, seed=config.seed, part="validation",
-                                        option="a larger --val-size")
-            check_training_labels(train_part, labels)
-            grouped = f", grouped by {config.group_column}" if config.group_column else ""
-            splits = Splits(train=train_part, val=val, test=test, labels=labels,
-                            how=f"fold {k} of {folds}{grouped} (seed {config.seed}) as test; stratified "
-                                f"{config.val_size:.0%} validation slice of the other folds")
-            # the folds are not tracked one by one: the cross-validation is logged as one run, the folds its steps
-            jobs.append((dataclasses.replace(config, output=str(stage / f"fold-{k}"), overwrite=False, track="none"),
-                         splits))
-            rows.append({"fold": k, "n_train": len(train_part), "n_val": len(val), "n_test": len(test)})
-        if workers == 1:
-            found = [_run_fold(fold_config, splits, progress) for fold_config, splits in jobs]
-        else:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
-            # cores / workers threads per fold; the folds of a last, partial round share the cores among fewer
-            cores = os.cpu_count() or 1
-            last_round = len(jobs) % workers
-            threads = [max(1, cores // (last_round if i >= len(jobs) - last_round else workers))
-                       for i in range(len(jobs))]
-            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool_:
-                futures = {pool_.submit(_run_fold, fold_config, splits, False, n): k
-                           for k, ((fold_config, splits), n) in enumerate(zip(jobs, threads))}
-                done: dict[int, dict[str, Any]] = {}
-                for future in as_completed(futures):
-                    k = futures[future]
-                    done[k] = future.result()
-                    log.info("Fold %d of %d done: macro-F1 %.4f (%d of %d folds finished).", k + 1, folds,
-                             done[k]["macro_f1"], len(done), folds)
-                found = [done[k] for k in range(len(jobs))]
-        for row, figures in zip(rows, found):
+    with StagedRun(output, overwrite=config.overwrite) as run:
+        jobs, rows = _fold_jobs(config, data, labels, pairs, run.path)
+        for row, figures in zip(rows, _run_folds(jobs, workers=workers, progress=progress)):
             row.update(figures)
         summary = {key: mean_interval([row[key] for row in rows]) for key in _figures_keys(rows)}
         seconds = time.perf_counter() - started
         report = {"folds": folds, "workers": workers, "grouped_by": config.group_column, "seed": config.seed, "rows": rows,
                   "summary": summary, "interval": "95% Student t interval for the mean over the folds",
                   "seconds": seconds, "config": config.to_dict()}
-        atomic_write_json(stage / CV_FILE, report)
-        atomic_write_text(stage / CV_TABLE, format_cv(report))
-        probs = out_of_fold(stage, folds, data.rows, labels)
-        final = publish(stage, output, overwrite=config.overwrite)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+        atomic_write_json(run.path / CV_FILE, report)
+        atomic_write_text(run.path / CV_TABLE, format_cv(report))
+        probs = out_of_fold(run.path, folds, data.rows, labels)
+    final = run.final
     if config.track == "mlflow":
         figures = {f"{key}_{part}": band[part] for key, band in summary.items() for part in ("mean", "sd", "low", "high")}
         log_job(kind="cv", name=final.name, directory=final, params={**config.to_dict(), "folds": folds,

@@ -38,12 +38,11 @@ from medclf.run.artifacts import (
     StagedRun,
     atomic_write_json,
     atomic_write_text,
-    check_output_dir,
     save_pretrained_atomic,
 )
 from medclf.run.runspec import RunSpec
-from medclf.run.tracking import require_mlflow, track_train
-from medclf.training.distributed import Dist, distributed_state
+from medclf.run.tracking import track_train
+from medclf.training.distributed import Dist
 from medclf.training.fitting import (
     DescriptionRows,
     FewLabels,
@@ -54,6 +53,7 @@ from medclf.training.fitting import (
     fewest_rows,
     set_seed,
 )
+from medclf.training.jobs import open_job
 from medclf.training.splits import Splits, prepare_splits
 
 
@@ -97,14 +97,8 @@ def train(config: TrainConfig, *, progress: bool = True, splits: Splits | None =
     """Train a classifier as `config` says (fine-tuning or frozen embeddings), evaluate it on the test
     part, and write the run directory. `splits`: parts made by the caller (`medclf cv` folds) instead of
     reading and splitting `config.data`. plots: write the report's PNG figures (cross-validation folds skip them)."""
-    started = time.perf_counter()
-    dist = distributed_state()
-    output = Path(config.output or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
-    if dist.active and config.output is None:
-        raise MedclfError("With several processes pass --output, so that every process names the same run directory.")
-    check_output_dir(output, overwrite=config.overwrite)
-    if config.track == "mlflow":
-        require_mlflow()  # before minutes of training
+    job = open_job(config)
+    started, dist, output = job.started, job.dist, job.output
 
     runlog = RunLog(enabled=dist.is_main)
     splits = splits or prepare_splits(config)

@@ -15,7 +15,6 @@ import math
 import random
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +44,12 @@ from medclf.run.artifacts import (
     StagedRun,
     atomic_write_json,
     atomic_write_text,
-    check_output_dir,
     save_pretrained_atomic,
 )
-from medclf.run.tracking import log_job, require_mlflow
-from medclf.training.distributed import Dist, distributed_state
+from medclf.run.tracking import log_job
+from medclf.training.distributed import Dist
 from medclf.training.fitting import RunLog, set_seed
+from medclf.training.jobs import open_job
 from medclf.training.loop import BatchLoss, EpochDone, Schedule, progress_bar, train_epochs
 
 PRETRAIN_CONFIG_FILE = "pretrain_config.json"
@@ -79,14 +78,8 @@ def read_unlabelled(config: PretrainConfig) -> list[str]:
 
 def pretrain(config: PretrainConfig, *, progress: bool = True) -> PretrainResult:
     """Continue MLM training of config.model on config.data and write the run directory."""
-    started = time.perf_counter()
-    dist = distributed_state()
-    if dist.active and config.output is None:
-        raise MedclfError("With several processes pass --output, so that every process names the same run directory.")
-    output = Path(config.output or Path("runs") / f"pretrain-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
-    check_output_dir(output, overwrite=config.overwrite)
-    if config.track == "mlflow":
-        require_mlflow()
+    job = open_job(config, prefix="pretrain-")
+    started, dist, output = job.started, job.dist, job.output
     runlog = RunLog(enabled=dist.is_main)
     progress = progress and dist.is_main
     texts = read_unlabelled(config)
