@@ -60,7 +60,7 @@ def demo_frame(quick: int | None = None) -> Any:
     """The packaged demo snippets (text, specialty); with quick, about that many, every specialty kept."""
     import pandas as pd
 
-    from medclf.core.data import demo_data_path
+    from medclf.core.tables import demo_data_path
 
     frame = pd.read_csv(demo_data_path())
     if quick:
@@ -81,7 +81,8 @@ def write_split(data: str, text_column: str, label_column: str, directory: Path,
     """The protocol's stratified 80/20 split (seed 42), via medclf's own loader and splitter, as CSV text,label."""
     import pandas as pd
 
-    from medclf.core.data import load_labeled, stratified_split
+    from medclf.core.labels import load_labeled
+    from medclf.training.splits import stratified_split
 
     rows = load_labeled(data, text_columns=[text_column], label_column=label_column, drop_empty=False)
     if quick and len(rows.labels) > quick_rows:

@@ -11,9 +11,8 @@ from typer.testing import CliRunner
 
 from medclf import MedclfError, TrainConfig
 from medclf.cli.main import app
-from medclf.core.data import kfold_indices
 from medclf.training.cv import mean_interval
-from medclf.training.splits import prepare_splits
+from medclf.training.splits import kfold_indices, prepare_splits
 
 runner = CliRunner()
 

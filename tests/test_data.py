@@ -5,7 +5,9 @@ import pytest
 from conftest import SECRET, make_rows, write_csv
 
 from medclf import MedclfError
-from medclf.core.data import check_classes, demo_data_path, load_labeled, read_table, stratified_split
+from medclf.core.labels import check_classes, load_labeled
+from medclf.core.tables import demo_data_path, read_table
+from medclf.training.splits import stratified_split
 
 OPTS = {"text_columns": None, "label_column": None, "drop_empty": False}
 

@@ -13,9 +13,10 @@ from typer.testing import CliRunner
 
 from medclf import MedclfError, TextClassifier, TrainConfig, train
 from medclf.cli.main import app
-from medclf.core.data import check_label_sets, indicator_labels, split_labels, stratified_split
+from medclf.core.labels import check_label_sets, indicator_labels, split_labels
 from medclf.core.metrics import multilabel_metrics
 from medclf.core.tasks import MULTI_LABEL, sigmoid, tune_thresholds
+from medclf.training.splits import stratified_split
 
 runner = CliRunner()
 

@@ -34,10 +34,11 @@ def main(argv: list[str] | None = None) -> None:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from medclf.core.data import load_labeled, stratified_split
+    from medclf.core.labels import load_labeled
     from medclf.model.batching import collate, encode, sorted_batches
     from medclf.model.embeddings import mean_pool
     from medclf.model.modeling import default_model_dir, load_encoder, load_tokenizer
+    from medclf.training.splits import stratified_split
 
     data = load_labeled(args.data, text_columns=[args.text_column], label_column=args.label_column, drop_empty=False)
     train_idx, test_idx = stratified_split(data.labels, fraction=0.2, seed=42, source=args.data, part="test", option="")

@@ -60,7 +60,7 @@ def read_pool(path: str | None) -> list[str]:
     import pandas as pd
 
     if path is None:
-        from medclf.core.data import demo_data_path
+        from medclf.core.tables import demo_data_path
 
         path = str(demo_data_path())
     frame = pd.read_csv(path, keep_default_na=False)

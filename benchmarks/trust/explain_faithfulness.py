@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     import pandas as pd
 
     from medclf import TextClassifier
-    from medclf.core.data import join_texts, read_table
+    from medclf.core.columns import join_texts
+    from medclf.core.tables import read_table
     from medclf.inference.explain import deletion_check
 
     run = Path(args.run)

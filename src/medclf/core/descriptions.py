@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from medclf.core.data import check_file, read_table
+from medclf.core.tables import check_file, read_table
 from medclf.errors import MedclfError
 
 Descriptions = dict[str, list[str]]

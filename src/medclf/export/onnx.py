@@ -161,7 +161,7 @@ def _check_texts(clf: Any, data: str | None, text_columns: list[str] | None, lim
     from medclf.inference.files import read_inputs
 
     if data is None:
-        from medclf.core.data import demo_data_path
+        from medclf.core.tables import demo_data_path
 
         data, source = str(demo_data_path()), "packaged demo notes"
     else:

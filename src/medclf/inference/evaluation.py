@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from medclf.config import TRAIN_DEFAULTS, LoadOptions
-from medclf.core.data import load_labeled
+from medclf.core.labels import load_labeled
 from medclf.errors import MedclfError
 from medclf.inference.classifier import TextClassifier
 from medclf.run.artifacts import atomic_write_json

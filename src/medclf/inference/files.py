@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from medclf.config import CHUNK_ROWS, LoadOptions
-from medclf.core.data import iter_table, join_texts, read_table, resolve_columns, row_numbers, table_format
+from medclf.core.columns import join_texts, resolve_columns
+from medclf.core.tables import iter_table, read_table, row_numbers, table_format
 from medclf.errors import MedclfError
 from medclf.inference.classifier import Predictions, TextClassifier
 from medclf.inference.explain import DEFAULT_STEPS
@@ -232,7 +233,7 @@ def _row_bar(input: str | None, enabled: bool) -> Any:
         return None
     from tqdm.auto import tqdm
 
-    from medclf.core.data import count_rows
+    from medclf.core.tables import count_rows
 
     return tqdm(total=count_rows(input), unit="row", unit_scale=True, desc="predict", dynamic_ncols=True)
 

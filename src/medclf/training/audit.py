@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 
 from medclf.config import TrainConfig
-from medclf.core.data import read_table, table_format
 from medclf.core.label_quality import FILTER_BY, SCORE_METHOD, LabelQuality, label_quality, require_cleanlab
+from medclf.core.tables import read_table, table_format
 from medclf.errors import MedclfError
 from medclf.run.artifacts import StagedRun, atomic_write_json, atomic_write_text
 from medclf.run.tracking import log_job

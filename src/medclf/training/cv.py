@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 
 from medclf.config import TrainConfig
-from medclf.core.data import kfold_indices
 from medclf.core.tasks import headline_figures
 from medclf.errors import MedclfError
 from medclf.run.artifacts import (
@@ -33,6 +32,7 @@ from medclf.run.artifacts import (
 )
 from medclf.run.tracking import log_job
 from medclf.training.jobs import open_job
+from medclf.training.splits import kfold_indices
 
 log = logging.getLogger(__name__)
 CV_TABLE = "cv.md"

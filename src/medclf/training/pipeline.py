@@ -20,10 +20,11 @@ from medclf._version import __version__
 from medclf.config import TrainConfig
 from medclf.core.baseline import start_tfidf
 from medclf.core.calibration import calibration_summary, fold_temperature, scale_thresholds, temperature_for
-from medclf.core.data import LabeledData, demo_data_path
 from medclf.core.descriptions import Descriptions, check_label_descriptions, read_label_descriptions
+from medclf.core.labels import LabeledData
 from medclf.core.methods import FitMethod, method_of
 from medclf.core.metrics import bootstrap_intervals, headline
+from medclf.core.tables import demo_data_path
 from medclf.core.tasks import Task, headline_figures, task_for
 from medclf.errors import MedclfError
 from medclf.model.batching import Encoded, encode

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from medclf.config import PretrainConfig
-from medclf.core.data import join_texts, read_table, resolve_columns, row_numbers
+from medclf.core.columns import join_texts, resolve_columns
+from medclf.core.tables import read_table, row_numbers
 from medclf.errors import MedclfError
 from medclf.model.batching import encode, padded_width
 from medclf.model.modeling import (

@@ -1,12 +1,15 @@
-"""Reading the training table and cutting it into train, validation and test parts."""
+"""Reading the training table and cutting it into train, validation and test parts: stratified (by class, or
+iteratively by label set for multi-label data), grouped (no patient on both sides), and the k folds of
+cross-validation; clear errors when a class is too small for the cut asked for."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from medclf.config import TrainConfig
-from medclf.core.data import LabeledData, check_classes, check_label_sets, load_labeled, stratified_split
+from medclf.core.labels import LabeledData, check_classes, check_label_sets, load_labeled
 from medclf.errors import MedclfError
 
 
@@ -89,3 +92,110 @@ def _check_known(part: LabeledData, labels: list[str], name: str) -> None:
             f"The {name} data has {len(unseen)} label(s) never seen in training ({shown}); "
             "fix the label column or add those classes to the training data."
         )
+
+
+def stratified_split(
+    labels: list[Any], *, fraction: float, seed: int, source: str, part: str, option: str,
+    groups: list[str] | None = None,
+) -> tuple[list[int], list[int]]:
+    """Indices (keep, held_out) of a stratified split; clear errors when a class is too small.
+    Label tuples (multi-label) are split by iterative stratification; with `groups`, no group lands on
+    both sides (the held-out part is one fold of about `fraction` of the groups)."""
+    from sklearn.model_selection import train_test_split
+
+    if groups is not None:
+        n_splits = max(2, min(round(1 / fraction), len(set(groups))))
+        folds = kfold_indices(labels, folds=n_splits, seed=seed, groups=groups, source=source)
+        keep, held = folds[0]
+        return keep, held
+    if labels and isinstance(labels[0], tuple):
+        return _multilabel_split(labels, fraction=fraction, seed=seed, source=source, part=part, option=option)
+    counts = Counter(labels)
+    smallest, n_smallest = min(counts.items(), key=lambda kv: (kv[1], kv[0]))
+    if n_smallest < 2:
+        raise MedclfError(
+            f"Class {smallest!r} has only {n_smallest} row(s) in {source}, too few to stratify the {part} split "
+            f"(need at least 2 per class); add rows, remove that class, or pass {option}."
+        )
+    # ceil(fraction * n) as scikit-learn does, but at least one row per class in each part.
+    n_held = max(int(-(-fraction * len(labels) // 1)), len(counts))
+    if len(labels) - n_held < len(counts):
+        raise MedclfError(
+            f"{source} has {len(labels)} rows for {len(counts)} classes, too few for a stratified "
+            f"{fraction:.0%} {part} split; add rows or pass {option}."
+        )
+    indices = list(range(len(labels)))
+    try:
+        keep, held = train_test_split(indices, test_size=n_held, random_state=seed, stratify=labels)
+    except ValueError:
+        raise MedclfError(
+            f"Class {smallest!r} ({n_smallest} rows) is too small to stratify the {part} split of {source}; "
+            f"add rows or pass {option}."
+        ) from None
+    return list(keep), list(held)
+
+
+def _multilabel_split(
+    labels: list[tuple[str, ...]], *, fraction: float, seed: int, source: str, part: str, option: str
+) -> tuple[list[int], list[int]]:
+    """Iterative stratification (Sechidis et al. 2011; Szymanski & Kajdanowicz 2017): every label keeps about
+    its share of rows in both parts, rare labels first, where a plain random split can leave one side without them."""
+    import numpy as np
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+    names = sorted({lab for present in labels for lab in present})
+    n_held = int(-(-fraction * len(labels) // 1))
+    if n_held < 1 or len(labels) - n_held < 2:
+        raise MedclfError(f"{source} has {len(labels)} rows, too few for a {fraction:.0%} {part} split; add rows or "
+                          f"pass {option}.")
+    index = {lab: j for j, lab in enumerate(names)}
+    y = np.zeros((len(labels), len(names)), dtype=int)
+    for row, present in enumerate(labels):
+        y[row, [index[lab] for lab in present]] = 1
+    splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=n_held, random_state=seed)
+    keep, held = next(splitter.split(np.zeros(len(labels)), y))
+    return sorted(int(i) for i in keep), sorted(int(i) for i in held)
+
+
+def kfold_indices(
+    labels: list[Any], *, folds: int, seed: int, groups: list[str] | None = None, source: str = "the data",
+) -> list[tuple[list[int], list[int]]]:
+    """(rest, held-out fold) index pairs of a k-fold split: stratified by class (StratifiedKFold), by label
+    (multi-label: iterative stratification), and with `groups` never splitting a group (StratifiedGroupKFold;
+    multi-label: GroupKFold). Shuffled with the seed."""
+    import warnings
+
+    import numpy as np
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, StratifiedKFold
+
+    n = len(labels)
+    if not isinstance(folds, int) or folds < 2:
+        raise MedclfError(f"--folds must be a whole number of at least 2, got {folds!r}.")
+    if folds > n:
+        raise MedclfError(f"{source} has {n} rows, fewer than {folds} folds; pass a smaller --folds.")
+    multi = bool(labels) and isinstance(labels[0], tuple)
+    if groups is not None:
+        n_groups = len(set(groups))
+        if n_groups < folds:
+            raise MedclfError(f"{source} has {n_groups} groups, fewer than {folds} folds; pass a smaller --folds "
+                              "(or split by another group column).")
+    if multi:
+        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+        names = sorted({lab for present in labels for lab in present})
+        y = np.array([[lab in present for lab in names] for present in labels], dtype=int)
+        splitter = (GroupKFold(n_splits=folds) if groups is not None
+                    else MultilabelStratifiedKFold(n_splits=folds, shuffle=True, random_state=seed))
+    else:
+        counts = Counter(labels)
+        smallest, n_smallest = min(counts.items(), key=lambda kv: (kv[1], kv[0]))
+        if n_smallest < folds and groups is None:
+            raise MedclfError(f"Class {smallest!r} has only {n_smallest} row(s) in {source}, fewer than {folds} folds; "
+                              "add rows, remove that class, or pass a smaller --folds.")
+        y = np.asarray(labels)
+        splitter = (StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed) if groups is not None
+                    else StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "the least populated class has fewer members than n_splits"
+        pairs = list(splitter.split(np.zeros(n), y, groups))
+    return [(sorted(int(i) for i in rest), sorted(int(i) for i in held)) for rest, held in pairs]
