@@ -21,6 +21,7 @@ from medclf.run.artifacts import (
     atomic_write_bytes,
     atomic_write_text,
 )
+from medclf.run.runspec import RunSpec
 
 
 def figure_png(fig: Any) -> bytes:
@@ -218,84 +219,75 @@ def _multilabel_notes(test: dict[str, Any], config: TrainConfig) -> list[str]:
     return lines
 
 
-def write_report(directory: Path, *, metrics: dict[str, Any], config: TrainConfig, run_info: dict[str, Any],
-                 plots: bool = True) -> None:
-    """report.md and report.html; with plots, also the PNGs they show (cross-validation folds skip them)."""
+def _write_plots(directory: Path, metrics: dict[str, Any], *, multi: bool, history: str | None) -> None:
+    """The PNGs the report shows: confusion matrix (single-label), reliability diagram, training history."""
     test = metrics["test"]
-    multi = task_of(test).multi_label
-    if plots and not multi:  # a multi-label run has no single confusion matrix: its per-label table says the same
+    if not multi:  # a multi-label run has no single confusion matrix: its per-label table says the same
         atomic_write_bytes(
             directory / CONFUSION_FILE,
             confusion_png(test["confusion_matrix"], test["labels"], title=f"Test confusion matrix (n={test['n']})"),
         )
     cal = test.get("calibration")
-    if plots and cal is not None:
+    if cal is not None:
         atomic_write_bytes(directory / CALIBRATION_FILE, reliability_png(
             cal, title=f"Test reliability ({'every label' if multi else 'top label'}, n={test['n']})"))
-    timing = metrics["timing"]
-    data = metrics["data"]
-    method = method_of(metrics["method"])
-    if plots and method.history is not None:  # a method that trains nothing has no history to plot
-        atomic_write_bytes(directory / TRAINING_FILE, training_png(metrics["history"], per=method.history))
-    images = [name for name in (CONFUSION_FILE, CALIBRATION_FILE, TRAINING_FILE) if (directory / name).is_file()]
-    options, chosen = method.options(config), method.chosen(metrics)
-    lines = [
+    if history is not None:  # a method that trains nothing has no history to plot
+        atomic_write_bytes(directory / TRAINING_FILE, training_png(metrics["history"], per=history))
+
+
+def _summary_lines(metrics: dict[str, Any], spec: RunSpec) -> list[str]:
+    """The report's head: when, which model on what, the split, the method's options and what validation kept."""
+    config, timing, data, method = spec.config, metrics["timing"], metrics["data"], method_of(spec.method)
+    return [
         "# medclf run report",
         "",
-        f"- Created: {run_info['created']} with medclf {run_info['medclf_version']}",
-        f"- Model: `{config.model}` ({run_info['model_source']}), device {run_info['device']}, "
-        f"precision {run_info['precision']} ({run_info['precision_reason']})",
-        f"- Data: `{run_info['data_file']}` (sha256 {str(run_info['data_sha256']['data'])[:16]}...); "
-        f"text column(s) {', '.join(run_info['text_columns'])}, label column {run_info['label_column']}",
+        f"- Created: {spec.created} with medclf {spec.medclf_version}",
+        f"- Model: `{config.model}` ({spec.model_source}), device {spec.device}, "
+        f"precision {spec.precision} ({spec.precision_reason})",
+        f"- Data: `{spec.data_file}` (sha256 {str(spec.data_sha256['data'])[:16]}...); "
+        f"text column(s) {', '.join(spec.text_columns)}, label column {spec.label_column}",
         f"- Split: {data['how']}: {data['n_train']} train / {data['n_val']} validation / {data['n_test']} test",
-        options,
-        chosen,
+        method.options(config),
+        method.chosen(metrics),
         f"- Training: {timing['train_seconds']:.1f} s, {timing['train_samples_per_second'] or 0:.1f} samples/s; "
         f"test inference {timing['test_inference_samples_per_second']:.1f} samples/s",
         "",
-        "## Test metrics",
-        "",
-        "```",
-        format_table(test),
-        "```",
-        "",
-        *_baseline_lines(metrics.get("baseline_tfidf"), test, multi),
-        *(_multilabel_notes(test, config) if multi else [
-            "Macro-F1 weighs every class equally, so a small class the model misses shows here even when "
-            "accuracy looks good.",
-            "",
-            f"![confusion matrix]({CONFUSION_FILE})",
-        ]),
-        "",
-        *(_calibration_lines(cal, config, multi) if cal is not None else []),
     ]
-    if method.history is not None:
-        lines += ["## Training history", "", f"![training curve]({TRAINING_FILE})", ""]
-    if method.history == "C":
-        prior = any("prior_weight" in row for row in metrics["history"])  # the descriptions' zero-shot head, weighted
+
+
+def _history_lines(history: list[dict[str, Any]], per: str | None) -> list[str]:
+    """The training history: per regularisation value tried ('C') or per epoch ('epoch'); nothing for None."""
+    if per is None:
+        return []
+    lines = ["## Training history", "", f"![training curve]({TRAINING_FILE})", ""]
+    if per == "C":
+        prior = any("prior_weight" in row for row in history)  # the descriptions' zero-shot head, weighted
         lines += [f"| C |{' prior weight |' if prior else ''} val loss | val accuracy | val macro-F1 |",
                   "|---|" + ("---|" if prior else "") + "---|---|---|"]
-        lines += [
+        return lines + [
             f"| {row['C']:g} |{' ' + format(row.get('prior_weight', 0.0), 'g') + ' |' if prior else ''} "
             f"{_num(row['val_loss'])} | {row['val_accuracy']:.4f} | {row['val_macro_f1']:.4f} |"
-            for row in metrics["history"]
+            for row in history
         ]
-    elif method.history == "epoch":
-        lines += [
-            "| epoch | train loss | val loss | val accuracy | val macro-F1 | averaged weights: val loss / macro-F1 "
-            "| seconds | samples/s |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {row['epoch']} | {row['train_loss']:.4f} | {_num(row['val_loss'])} | {row['val_accuracy']:.4f} | "
-            f"{row['val_macro_f1']:.4f} | "
-            + (f"{_num(row['avg_val_loss'])} / {row['avg_val_macro_f1']:.4f}" if "avg_val_loss" in row else "")
-            + f" | {row['seconds']:.1f} | {row['samples_per_second']:.1f} |"
-            for row in metrics["history"]
-        ]
-    lines += ["", "## Data", "", f"| {'label' if multi else 'class'} | train | validation | test |", "|---|---|---|---|"]
+    lines += [
+        "| epoch | train loss | val loss | val accuracy | val macro-F1 | averaged weights: val loss / macro-F1 "
+        "| seconds | samples/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    return lines + [
+        f"| {row['epoch']} | {row['train_loss']:.4f} | {_num(row['val_loss'])} | {row['val_accuracy']:.4f} | "
+        f"{row['val_macro_f1']:.4f} | "
+        + (f"{_num(row['avg_val_loss'])} / {row['avg_val_macro_f1']:.4f}" if "avg_val_loss" in row else "")
+        + f" | {row['seconds']:.1f} | {row['samples_per_second']:.1f} |"
+        for row in history
+    ]
+
+
+def _data_lines(data: dict[str, Any], labels: list[str], config: TrainConfig, multi: bool) -> list[str]:
+    """Rows per class and part, and how long the texts were and how much of them the model read."""
+    lines = ["", "## Data", "", f"| {'label' if multi else 'class'} | train | validation | test |", "|---|---|---|---|"]
     counts = data["class_counts"]
-    for label in test["labels"]:
+    for label in labels:
         lines.append(
             f"| {label} | {counts['train'].get(label, 0)} | {counts['validation'].get(label, 0)} | "
             f"{counts['test'].get(label, 0)} |"
@@ -319,10 +311,45 @@ def write_report(directory: Path, *, metrics: dict[str, Any], config: TrainConfi
                   "| part | 10th percentile | median | 90th percentile | longest |", "|---|---|---|---|---|"]
         lines += [f"| {name} | {t['tokens_p10']:.0f} | {t['tokens_p50']:.0f} | {t['tokens_p90']:.0f} | {t['tokens_max']} |"
                   for name, t in data["truncation"].items()]
-    versions = run_info["versions"]
-    hashes = ", ".join(f"{k} {v}" for k, v in run_info["data_sha256"].items() if v)
-    lines += ["", "## Environment", "", ", ".join(f"{k} {v}" for k, v in versions.items()), "",
-              f"Data SHA-256: {hashes}.", ""]
+    return lines
+
+
+def _environment_lines(spec: RunSpec) -> list[str]:
+    hashes = ", ".join(f"{k} {v}" for k, v in spec.data_sha256.items() if v)
+    return ["", "## Environment", "", ", ".join(f"{k} {v}" for k, v in spec.versions.items()), "",
+            f"Data SHA-256: {hashes}.", ""]
+
+
+def write_report(directory: Path, *, metrics: dict[str, Any], spec: RunSpec, plots: bool = True) -> None:
+    """report.md and report.html; with plots, also the PNGs they show (cross-validation folds skip them)."""
+    test, config = metrics["test"], spec.config
+    multi = task_of(test).multi_label
+    method = method_of(spec.method)
+    if plots:
+        _write_plots(directory, metrics, multi=multi, history=method.history)
+    images = [name for name in (CONFUSION_FILE, CALIBRATION_FILE, TRAINING_FILE) if (directory / name).is_file()]
+    cal = test.get("calibration")
+    lines = [
+        *_summary_lines(metrics, spec),
+        "## Test metrics",
+        "",
+        "```",
+        format_table(test),
+        "```",
+        "",
+        *_baseline_lines(metrics.get("baseline_tfidf"), test, multi),
+        *(_multilabel_notes(test, config) if multi else [
+            "Macro-F1 weighs every class equally, so a small class the model misses shows here even when "
+            "accuracy looks good.",
+            "",
+            f"![confusion matrix]({CONFUSION_FILE})",
+        ]),
+        "",
+        *(_calibration_lines(cal, config, multi) if cal is not None else []),
+        *_history_lines(metrics["history"], method.history),
+        *_data_lines(metrics["data"], test["labels"], config, multi),
+        *_environment_lines(spec),
+    ]
     text = "\n".join(line for line in lines if not _missing_image(line, images))
     atomic_write_text(directory / REPORT_FILE, text)
     atomic_write_text(directory / REPORT_HTML_FILE, markdown_html(text, directory, images))

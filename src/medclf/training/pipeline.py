@@ -301,7 +301,8 @@ def _write_run(output: Path, config: TrainConfig, splits: Splits, task: Task, to
     with StagedRun(output, overwrite=config.overwrite) as run:
         stage = run.path
         save_pretrained_atomic(fitted.model.cpu(), tokenizer, stage / MODEL_DIR)
-        RunSpec(config=config, **run_info).write(stage)
+        spec = RunSpec(config=config, **run_info)
+        spec.write(stage)
         runlog.info(
             "Test: %s on %d rows; training %.1f s (%.1f samples/s).",
             headline(test).replace("   ", ", "), test["n"], metrics["timing"]["train_seconds"],
@@ -315,7 +316,7 @@ def _write_run(output: Path, config: TrainConfig, splits: Splits, task: Task, to
         atomic_write_text(stage / PREDICTIONS_FILE, _predictions_csv(splits.test, splits.labels, task, tested.probs,
                                                                      tested.thresholds, config.label_sep))
         metrics["timing"]["total_seconds"] = time.perf_counter() - started
-        write_report(stage, metrics=metrics, config=config, run_info=run_info, plots=plots)
+        write_report(stage, metrics=metrics, spec=spec, plots=plots)
         atomic_write_json(stage / METRICS_FILE, metrics)
         write_card(stage, name=output.name)
     return run.final
