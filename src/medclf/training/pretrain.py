@@ -25,7 +25,7 @@ from medclf.config import PretrainConfig
 from medclf.core.columns import join_texts, resolve_columns
 from medclf.core.tables import read_table, row_numbers
 from medclf.errors import MedclfError
-from medclf.model.batching import encode, padded_width
+from medclf.model.batching import Encoded, encode, padded_width
 from medclf.model.modeling import (
     PrecisionChoice,
     autocast,
@@ -77,6 +77,14 @@ def read_unlabelled(config: PretrainConfig) -> list[str]:
     return kept
 
 
+def _held_out(texts: list[str], config: PretrainConfig) -> tuple[list[str], list[str]]:
+    """(held-out, training) texts: a seeded shuffle, config.val_size of them (at least one) held out."""
+    order = list(range(len(texts)))
+    random.Random(config.seed).shuffle(order)
+    n_val = max(1, round(config.val_size * len(texts)))
+    return [texts[i] for i in order[:n_val]], [texts[i] for i in order[n_val:]]
+
+
 def pretrain(config: PretrainConfig, *, progress: bool = True) -> PretrainResult:
     """Continue MLM training of config.model on config.data and write the run directory."""
     job = open_job(config, prefix="pretrain-")
@@ -84,10 +92,8 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> PretrainResult
     runlog = RunLog(enabled=dist.is_main)
     progress = progress and dist.is_main
     texts = read_unlabelled(config)
-    order = list(range(len(texts)))
-    random.Random(config.seed).shuffle(order)
-    n_val = max(1, round(config.val_size * len(texts)))
-    val_texts, train_texts = [texts[i] for i in order[:n_val]], [texts[i] for i in order[n_val:]]
+    val_texts, train_texts = _held_out(texts, config)
+    n_val = len(val_texts)
     source = resolve_model(config.model)
     set_seed(config.seed)
     tokenizer = load_tokenizer(source, trust_remote_code=config.trust_remote_code)
@@ -100,7 +106,7 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> PretrainResult
                 "(%d of %d training texts cut).", len(texts), n_val, "whole-word" if offsets else "token",
                 100 * config.mlm_probability, config.max_length, train_enc.n_truncated, len(train_texts))
 
-    from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling
+    from transformers import AutoModelForMaskedLM
 
     model: Any = from_pretrained(AutoModelForMaskedLM, source, trust_remote_code=config.trust_remote_code)
     device = dist.device or choose_device(config.device)
@@ -110,69 +116,18 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> PretrainResult
     if dist.active:
         runlog.info("Distributed: %d processes; each trains on its shard of every global batch of %d x %d texts.",
                     dist.world, config.batch_size, dist.world)
-    amp = functools.partial(autocast, device, precision)
-    multiple = pad_multiple_for(device)
-
-    def examples(enc: Any, rows: list[int]) -> list[Any]:
-        if offsets:  # the tokenizer pads input_ids only: the offsets are padded here to the batch's padded width
-            width = padded_width(max(len(enc.input_ids[i]) for i in rows), multiple)
-            return [{"input_ids": enc.input_ids[i],
-                     "offset_mapping": enc.token_offsets[i] + [(0, 0)] * (width - len(enc.token_offsets[i]))}
-                    for i in rows]
-        return [{"input_ids": enc.input_ids[i]} for i in rows]
-
-    def collator(seed: int | None) -> Any:
-        return DataCollatorForLanguageModeling(tokenizer, mlm_probability=config.mlm_probability,
-                                               whole_word_mask=offsets, pad_to_multiple_of=multiple if multiple > 1 else None,
-                                               seed=seed)
-
-    @torch.inference_mode()
-    def held_out_loss() -> float:
-        """Mean MLM loss on the validation slice, with the same masks every time (a seeded collator)."""
-        model.eval()
-        fixed = collator(config.seed)
-        total = count = 0.0
-        for start in range(0, len(val_texts), 32):
-            batch = fixed(examples(val_enc, list(range(start, min(start + 32, len(val_texts))))))
-            masked = int((batch["labels"] != -100).sum())
-            if masked:
-                with amp():
-                    loss = model(**to_device(dict(batch), device)).loss.float()
-                total += float(loss) * masked
-                count += masked
-        model.train()
-        return total / count if count else float("nan")
-
-    before = held_out_loss()
+    masked = _MaskedLM(model, tokenizer, config, train_enc, val_enc, device=device, precision=precision)
+    before = masked.held_out_loss()
     runlog.info("Held-out MLM loss before: %.4f (perplexity %.1f).", before, _perplexity(before))
-    train_collator = collator(config.seed + 1)
-
-    def mlm_loss(net: torch.nn.Module, rows: list[int]) -> tuple[torch.Tensor, int]:
-        """A batch's MLM loss: the collator masks the rows (its own seeded generator), the model predicts the masks."""
-        inputs = dict(train_collator(examples(train_enc, rows)))
-        tokens = int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else 0
-        with amp():
-            return net(**to_device(inputs, device)).loss, tokens
-
-    head_seconds = 0.0
-    if config.head_warmup_steps:
-        start = time.perf_counter()
-        frozen = [p for p in model.base_model.parameters() if p.requires_grad]
-        for p in frozen:
-            p.requires_grad_(False)
-        _steps(model, config, train_enc, mlm_loss, precision=precision, device=device, dist=dist,
-               steps=config.head_warmup_steps, progress=progress)
-        for p in frozen:
-            p.requires_grad_(True)
-        head_seconds = time.perf_counter() - start
-        runlog.info("MLM head trained alone for %d steps (encoder frozen; %.0f s): loss %.4f.", config.head_warmup_steps,
-                    head_seconds, held_out_loss())
+    mlm_loss = masked.batch_loss
+    head_seconds = _head_warmup(model, config, masked, precision=precision, device=device, dist=dist,
+                                progress=progress, runlog=runlog) if config.head_warmup_steps else 0.0
     start = time.perf_counter()
     total, samples = _steps(model, config, train_enc, mlm_loss, precision=precision, device=device, dist=dist,
                             steps=None, progress=progress)
     samples *= dist.world  # every process saw its shard of each global batch
     seconds = time.perf_counter() - start
-    after = held_out_loss()
+    after = masked.held_out_loss()
     runlog.info("Held-out MLM loss after %d steps (%.0f s, %.1f texts/s): %.4f (perplexity %.1f -> %.1f).", total,
                 seconds, samples / seconds if seconds else 0.0, after, _perplexity(before), _perplexity(after))
     metrics: dict[str, Any] = {
@@ -187,6 +142,72 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> PretrainResult
     if not dist.is_main:  # the main process writes the run; the others wait for it
         dist.barrier()
         return PretrainResult(run_dir=output, metrics=metrics)
+    final = _write_pretrain_run(output, config, model, tokenizer, source, metrics, runlog, started=started)
+    dist.barrier()
+    return PretrainResult(run_dir=final, metrics=metrics)
+
+
+class _MaskedLM:
+    """The masked-LM batches of one pretraining job: examples from the encodings (offsets padded for whole-word
+    masking), the seeded collators, the held-out loss with the same masks every time, and the training batch loss."""
+
+    def __init__(self, model: Any, tokenizer: Any, config: PretrainConfig, train_enc: Encoded, val_enc: Encoded, *,
+                 device: torch.device, precision: PrecisionChoice) -> None:
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.train_enc, self.val_enc, self.device = train_enc, val_enc, device
+        self.amp = functools.partial(autocast, device, precision)
+        self.multiple = pad_multiple_for(device)
+        self._train_collator: Any = None
+
+    def examples(self, enc: Encoded, rows: list[int]) -> list[Any]:
+        if self.config.whole_word_masking:  # the tokenizer pads input_ids only: the offsets are padded here too
+            assert enc.token_offsets is not None
+            width = padded_width(max(len(enc.input_ids[i]) for i in rows), self.multiple)
+            return [{"input_ids": enc.input_ids[i],
+                     "offset_mapping": enc.token_offsets[i] + [(0, 0)] * (width - len(enc.token_offsets[i]))}
+                    for i in rows]
+        return [{"input_ids": enc.input_ids[i]} for i in rows]
+
+    def collator(self, seed: int | None) -> Any:
+        from transformers import DataCollatorForLanguageModeling
+
+        return DataCollatorForLanguageModeling(self.tokenizer, mlm_probability=self.config.mlm_probability,
+                                               whole_word_mask=self.config.whole_word_masking,
+                                               pad_to_multiple_of=self.multiple if self.multiple > 1 else None,
+                                               seed=seed)
+
+    @torch.inference_mode()
+    def held_out_loss(self) -> float:
+        """Mean MLM loss on the validation slice, with the same masks every time (a seeded collator)."""
+        self.model.eval()
+        fixed = self.collator(self.config.seed)
+        total = count = 0.0
+        n = len(self.val_enc.input_ids)
+        for start in range(0, n, 32):
+            batch = fixed(self.examples(self.val_enc, list(range(start, min(start + 32, n)))))
+            masked = int((batch["labels"] != -100).sum())
+            if masked:
+                with self.amp():
+                    loss = self.model(**to_device(dict(batch), self.device)).loss.float()
+                total += float(loss) * masked
+                count += masked
+        self.model.train()
+        return total / count if count else float("nan")
+
+    def batch_loss(self, net: torch.nn.Module, rows: list[int]) -> tuple[torch.Tensor, int]:
+        """A batch's MLM loss: the collator masks the rows (its own seeded generator), the model predicts the masks."""
+        if self._train_collator is None:
+            self._train_collator = self.collator(self.config.seed + 1)
+        inputs = dict(self._train_collator(self.examples(self.train_enc, rows)))
+        tokens = int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else 0
+        with self.amp():
+            return net(**to_device(inputs, self.device)).loss, tokens
+
+
+def _write_pretrain_run(output: Path, config: PretrainConfig, model: Any, tokenizer: Any, source: str,
+                        metrics: dict[str, Any], runlog: RunLog, *, started: float) -> Path:
+    """The run directory (a masked-LM checkpoint with the source's pooler, the config, the log, the metrics), staged
+    and renamed into place; logged to MLflow where asked."""
     with StagedRun(output, overwrite=config.overwrite) as run:
         stage = run.path
         save_pretrained_atomic(model.cpu(), tokenizer, stage / MODEL_DIR)
@@ -200,8 +221,24 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> PretrainResult
                 params={**asdict(config), "run.model_source": source},
                 final={k: v for k, v in metrics.items() if not isinstance(v, dict)} | metrics["timing"],
                 artifacts=[PRETRAIN_CONFIG_FILE, METRICS_FILE, LOG_FILE], seconds=metrics["timing"]["total_seconds"])
-    dist.barrier()
-    return PretrainResult(run_dir=run.final, metrics=metrics)
+    return run.final
+
+
+def _head_warmup(model: Any, config: PretrainConfig, masked: _MaskedLM, *, precision: PrecisionChoice,
+                 device: torch.device, dist: Dist, progress: bool, runlog: RunLog) -> float:
+    """Train the new MLM head alone (the encoder frozen) for config.head_warmup_steps steps; its seconds."""
+    start = time.perf_counter()
+    frozen = [p for p in model.base_model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    _steps(model, config, masked.train_enc, masked.batch_loss, precision=precision, device=device, dist=dist,
+           steps=config.head_warmup_steps, progress=progress)
+    for p in frozen:
+        p.requires_grad_(True)
+    seconds = time.perf_counter() - start
+    runlog.info("MLM head trained alone for %d steps (encoder frozen; %.0f s): loss %.4f.", config.head_warmup_steps,
+                seconds, masked.held_out_loss())
+    return seconds
 
 
 def _steps(model: Any, config: PretrainConfig, enc: Any, mlm_loss: BatchLoss, *, precision: PrecisionChoice,
