@@ -37,7 +37,7 @@ from medclf.errors import MedclfError
 from medclf.inference.onnx_runtime import EXPORT_INFO, FP32_FILE, INT8_FILE, ONNX_DIR, OnnxRunner, onnxruntime_available
 from medclf.model.batching import Batching
 from medclf.model.modeling import run_batches
-from medclf.run.artifacts import CONFIG_FILE, MODEL_DIR, atomic_write_json, is_run_dir, publish_dir, staging_dir
+from medclf.run.artifacts import CONFIG_FILE, MODEL_DIR, StagedRun, atomic_write_json, is_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -121,40 +121,39 @@ def export_onnx(
     clf = TextClassifier.load(run_dir, backend="torch", device="cpu")
     texts, source = _check_texts(clf, data, text_columns, max_check_texts, seed)
     encoded = clf.encode(texts).input_ids  # for long_text='chunk', windows: the check compares window by window
-    pad_id = clf.pad_id
-    probabilities = clf.task.probabilities  # softmax, or sigmoid for a multi-label run
-    reference = probabilities(clf.sequence_logits(encoded, batch_size=CHECK_BATCH))
-
-    staging = staging_dir(final)
-    try:
-        raw = staging / "model.raw.onnx"
-        model = clf.torch_model()
-        _torch_export(model, raw, clf.max_length)
-        fp32 = staging / FP32_FILE
-        optimized = _optimize(raw, fp32, getattr(model, "config"))
-        raw.unlink()
-        fp32_probs = probabilities(_onnx_logits(OnnxRunner(fp32), encoded, clf))
-        diff = float(np.abs(fp32_probs - reference).max())
-        log.info("fp32 ONNX vs PyTorch on %d check texts: max |p difference| %.2e (limit %.0e).", len(texts), diff, PARITY_TOLERANCE)
-        if not diff <= PARITY_TOLERANCE:
-            raise MedclfError(
-                f"The exported ONNX graph differs from PyTorch by {diff:.2e} (> {PARITY_TOLERANCE:.0e}) on the check "
-                "texts; nothing was written. Use the torch backend for this model."
-            )
-        result = ExportResult(
-            output_dir=str(final.resolve()), n_check_texts=len(texts), check_source=source,
-            fp32_max_abs_diff=diff, fp32_file=FP32_FILE, optimized=optimized,
-        )
+    reference = clf.task.probabilities(clf.sequence_logits(encoded, batch_size=CHECK_BATCH))
+    with StagedRun(final, overwrite=True) as run:  # an earlier export is replaced once the new one is complete
+        result = _export_checked(clf, run.path, encoded, reference, final=final, source=source, n_texts=len(texts))
         if quantize == "int8":
-            _quantize_checked(fp32, staging / INT8_FILE, encoded, pad_id, reference, result, clf, int8_recipe)
-        _copy_model_files(run_dir / MODEL_DIR, staging)
+            _quantize_checked(run.path / FP32_FILE, run.path / INT8_FILE, encoded, clf.pad_id, reference, result, clf,
+                              int8_recipe)
+        _copy_model_files(run_dir / MODEL_DIR, run.path)
         result.seconds = round(time.perf_counter() - started, 1)
-        atomic_write_json(staging / EXPORT_INFO, _export_info(clf, result))
-        publish_dir(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        atomic_write_json(run.path / EXPORT_INFO, _export_info(clf, result))
     return result
+
+
+def _export_checked(clf: Any, staging: Path, encoded: list[list[int]], reference: np.ndarray, *, final: Path,
+                    source: str, n_texts: int) -> ExportResult:
+    """The fp32 ONNX graph (exported, optimised) in `staging`, refused when it differs from PyTorch's probabilities
+    on the check texts by more than PARITY_TOLERANCE."""
+    raw = staging / "model.raw.onnx"
+    model = clf.torch_model()
+    _torch_export(model, raw, clf.max_length)
+    fp32 = staging / FP32_FILE
+    optimized = _optimize(raw, fp32, getattr(model, "config"))
+    raw.unlink()
+    fp32_probs = clf.task.probabilities(_onnx_logits(OnnxRunner(fp32), encoded, clf))
+    diff = float(np.abs(fp32_probs - reference).max())
+    log.info("fp32 ONNX vs PyTorch on %d check texts: max |p difference| %.2e (limit %.0e).", n_texts, diff,
+             PARITY_TOLERANCE)
+    if not diff <= PARITY_TOLERANCE:
+        raise MedclfError(
+            f"The exported ONNX graph differs from PyTorch by {diff:.2e} (> {PARITY_TOLERANCE:.0e}) on the check "
+            "texts; nothing was written. Use the torch backend for this model."
+        )
+    return ExportResult(output_dir=str(final.resolve()), n_check_texts=n_texts, check_source=source,
+                        fp32_max_abs_diff=diff, fp32_file=FP32_FILE, optimized=optimized)
 
 
 def _check_texts(clf: Any, data: str | None, text_columns: list[str] | None, limit: int, seed: int) -> tuple[list[str], str]:

@@ -58,42 +58,34 @@ def cross_validated_f1(x: np.ndarray, y: np.ndarray, labels: list[str], task: Ta
     return float(task.metrics(y, out_of_fold, labels)["macro_f1"])
 
 
-def fit_embeddings(
-    config: TrainConfig, *, source: str, labels: list[str], prep: Prepared, runlog: RunLog, progress: bool,
-) -> Fitted:
-    """Logistic regression on frozen, mean-pooled embeddings; the regularisation strength is picked on validation."""
-    device, enc = prep.device, prep.enc
-    model = EmbeddingClassifier(load_encoder(source, trust_remote_code=config.trust_remote_code), labels).to(device)
-    runlog.info("Model %s on %s; frozen mean-pooled embeddings in fp32 (as at inference) + logistic regression.",
-                config.model, device.type)
-    start = time.perf_counter()
-    features = {  # chunk: a text's windows are embedded one by one and their embeddings averaged
-        name: pool_logits(
-            embed_texts(model, enc[name].input_ids, batch_size=config.eval_batch_size, pad_id=prep.pad_id, device=device),
-            enc[name].doc_of, enc[name].n_docs, "mean")
-        for name in ("train", "val")
-    }
-    embed_seconds = time.perf_counter() - start
-    runlog.info("Embedded %d texts (%d sequences) in %.0f s.", enc["train"].n_docs + enc["val"].n_docs,
-                len(enc["train"].input_ids) + len(enc["val"].input_ids), embed_seconds)
+def _with_descriptions(model: EmbeddingClassifier, prep: Prepared, labels: list[str], x_train: np.ndarray,
+                       runlog: RunLog, *, batch_size: int | None) -> tuple[np.ndarray, np.ndarray, Any, Any]:
+    """What the regression is fitted on: the training texts' embeddings and, with label descriptions, each
+    description as one more example of its class (`extra`), and (single-label) their zero-shot head as a prior."""
+    y_train, task = prep.y_train, prep.task
+    if prep.descriptions is None:
+        return x_train, y_train, None, None
+    described = embed_texts(model, prep.descriptions.input_ids, batch_size=batch_size, pad_id=prep.pad_id,
+                            device=prep.device)
+    extra = (described, prep.descriptions.targets(task, labels))
+    runlog.info("The %d label descriptions join the %d training texts the regression is fitted on.",
+                len(described), len(y_train))
+    prototypes = None
+    if not task.multi_label:  # and their zero-shot head is a prior the regression's head is added to
+        prototypes = ZERO_SHOT_SCALE * class_prototypes(model, prep.descriptions, len(labels), pad_id=prep.pad_id,
+                                                        device=prep.device)
+        runlog.info("Label descriptions as a prior: the zero-shot head x %s is added to the regression's head, "
+                    "the weight chosen with C.", "/".join(f"{a:g}" for a in PRIOR_WEIGHTS))
+    return np.concatenate([x_train, described]), np.concatenate([y_train, extra[1]]), extra, prototypes
+
+
+def _choose_head(config: TrainConfig, prep: Prepared, labels: list[str], features: dict[str, np.ndarray],
+                 runlog: RunLog, *, x_fit: np.ndarray, y_fit: np.ndarray, extra: Any, prototypes: Any,
+                 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Fit the regression for every C (and prior weight) of the grid; keep the best on validation macro-F1, or on
+    cross-validated macro-F1 of the training rows where validation cannot rank them. (history, best)."""
     class_weight = "balanced" if config.class_weights == "balanced" else None
     y_train, task = prep.y_train, prep.task
-    x_fit, y_fit = features["train"], y_train
-    extra = None
-    prototypes = None
-    if prep.descriptions is not None:  # each description is one more example of its class
-        described = embed_texts(model, prep.descriptions.input_ids, batch_size=config.eval_batch_size, pad_id=prep.pad_id,
-                                device=device)
-        extra = (described, prep.descriptions.targets(task, labels))
-        x_fit = np.concatenate([x_fit, described])
-        y_fit = np.concatenate([y_train, extra[1]])
-        runlog.info("The %d label descriptions join the %d training texts the regression is fitted on.",
-                    len(described), len(y_train))
-        if not task.multi_label:  # and their zero-shot head is a prior the regression's head is added to
-            prototypes = ZERO_SHOT_SCALE * class_prototypes(model, prep.descriptions, len(labels), pad_id=prep.pad_id,
-                                                            device=device)
-            runlog.info("Label descriptions as a prior: the zero-shot head x %s is added to the regression's head, "
-                        "the weight chosen with C.", "/".join(f"{a:g}" for a in PRIOR_WEIGHTS))
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"score": -1.0}
     grid = [(c, a) for c in C_GRID for a in (PRIOR_WEIGHTS if prototypes is not None else (0.0,))]
@@ -121,9 +113,34 @@ def fit_embeddings(
                     f"  cross-validated macro-F1 {score:.4f}" if crossed is not None else "", "  best" if improved else "")
         if improved:
             best = {"epoch": i, "score": score, "metrics": val, "head": (weight, bias), "C": c, "alpha": alpha}
+    return history, best
+
+
+def fit_embeddings(
+    config: TrainConfig, *, source: str, labels: list[str], prep: Prepared, runlog: RunLog, progress: bool,
+) -> Fitted:
+    """Logistic regression on frozen, mean-pooled embeddings; the regularisation strength is picked on validation."""
+    device, enc = prep.device, prep.enc
+    model = EmbeddingClassifier(load_encoder(source, trust_remote_code=config.trust_remote_code), labels).to(device)
+    runlog.info("Model %s on %s; frozen mean-pooled embeddings in fp32 (as at inference) + logistic regression.",
+                config.model, device.type)
+    start = time.perf_counter()
+    features = {  # chunk: a text's windows are embedded one by one and their embeddings averaged
+        name: pool_logits(
+            embed_texts(model, enc[name].input_ids, batch_size=config.eval_batch_size, pad_id=prep.pad_id, device=device),
+            enc[name].doc_of, enc[name].n_docs, "mean")
+        for name in ("train", "val")
+    }
+    embed_seconds = time.perf_counter() - start
+    runlog.info("Embedded %d texts (%d sequences) in %.0f s.", enc["train"].n_docs + enc["val"].n_docs,
+                len(enc["train"].input_ids) + len(enc["val"].input_ids), embed_seconds)
+    x_fit, y_fit, extra, prototypes = _with_descriptions(model, prep, labels, features["train"], runlog,
+                                                         batch_size=config.eval_batch_size)
+    history, best = _choose_head(config, prep, labels, features, runlog, x_fit=x_fit, y_fit=y_fit, extra=extra,
+                                 prototypes=prototypes)
     model.set_head(*best["head"])
     seconds = time.perf_counter() - start
-    n = len(y_train)
+    n = len(prep.y_train)
     return Fitted(
         model=model, precision="fp32", precision_reason="embeddings are computed in fp32, as at inference",
         history=history, best_epoch=best["epoch"], validation=best["metrics"],
