@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from medclf.config import METHODS
+from medclf.config import METHODS, TrainConfig
 from medclf.errors import MedclfError
 
 PLAIN_ENCODER_HEAD = ("the head is head.safetensors (`weight`, `bias`), applied as head.json says: logits = "
@@ -40,11 +40,11 @@ class FitMethod:
     limit: str | None = None
     """A limitation the card always lists for this method."""
 
-    def describe(self, config: Any) -> str:
+    def describe(self, config: TrainConfig) -> str:
         """The method in words for this run's options (the card's, and the served page's)."""
         return self.description
 
-    def options(self, config: Any) -> str:
+    def options(self, config: TrainConfig) -> str:
         """The report's options line."""
         return (f"- Options: epochs {config.epochs}, batch {config.batch_size}, lr {config.lr}, "
                 f"max length {config.max_length} ({config.long_text}), head init {config.head_init}, "
@@ -58,7 +58,7 @@ class FitMethod:
         return (f"- Kept by validation macro-F1: {metrics.get('selected') or 'epoch ' + str(metrics['best_epoch'])} "
                 f"(validation macro-F1 {metrics['validation']['macro_f1']:.4f})")
 
-    def runs_options(self, config: Any) -> str:
+    def runs_options(self, config: TrainConfig) -> str:
         """The runs table's options column."""
         return (f"epochs {config.epochs}, lr {config.lr:g}, batch {config.batch_size}, max length {config.max_length} "
                 f"({config.long_text}), seed {config.seed}")
@@ -80,7 +80,7 @@ class _OwnHead(FitMethod):
 
     library_name: str = "medclf"
 
-    def runs_options(self, config: Any) -> str:
+    def runs_options(self, config: TrainConfig) -> str:
         return f"max length {config.max_length} ({config.long_text}), seed {config.seed}"
 
     def loading(self, name: str, temperature: float) -> list[str]:
@@ -90,7 +90,7 @@ class _OwnHead(FitMethod):
 
 @dataclass(frozen=True)
 class Embeddings(_OwnHead):
-    def options(self, config: Any) -> str:
+    def options(self, config: TrainConfig) -> str:
         return (f"- Method: logistic regression on frozen mean-pooled embeddings; max length {config.max_length}, "
                 f"seed {config.seed}, class weights {config.class_weights}")
 
@@ -102,7 +102,7 @@ class Embeddings(_OwnHead):
 
 @dataclass(frozen=True)
 class ZeroShot(_OwnHead):
-    def options(self, config: Any) -> str:
+    def options(self, config: TrainConfig) -> str:
         return (f"- Method: zero-shot: each class is the embedding of its label descriptions "
                 f"(`{config.label_descriptions}`); max length {config.max_length}")
 
@@ -110,7 +110,7 @@ class ZeroShot(_OwnHead):
         return (f"- No labelled row trains it: the validation part fits the temperature (validation macro-F1 "
                 f"{metrics['validation']['macro_f1']:.4f}) and the test part measures it")
 
-    def describe(self, config: Any) -> str:
+    def describe(self, config: TrainConfig) -> str:
         return f"{self.description} (`{config.label_descriptions}`)"
 
 

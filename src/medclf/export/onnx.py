@@ -28,7 +28,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ from medclf.inference.onnx_runtime import EXPORT_INFO, FP32_FILE, INT8_FILE, ONN
 from medclf.model.batching import Batching
 from medclf.model.modeling import run_batches
 from medclf.run.artifacts import CONFIG_FILE, MODEL_DIR, StagedRun, atomic_write_json, is_run_dir
+
+if TYPE_CHECKING:
+    from medclf.inference.classifier import TextClassifier
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +136,7 @@ def export_onnx(
     return result
 
 
-def _export_checked(clf: Any, staging: Path, encoded: list[list[int]], reference: np.ndarray, *, final: Path,
+def _export_checked(clf: TextClassifier, staging: Path, encoded: list[list[int]], reference: np.ndarray, *, final: Path,
                     source: str, n_texts: int) -> ExportResult:
     """The fp32 ONNX graph (exported, optimised) in `staging`, refused when it differs from PyTorch's probabilities
     on the check texts by more than PARITY_TOLERANCE."""
@@ -156,7 +159,7 @@ def _export_checked(clf: Any, staging: Path, encoded: list[list[int]], reference
                         fp32_max_abs_diff=diff, fp32_file=FP32_FILE, optimized=optimized)
 
 
-def _check_texts(clf: Any, data: str | None, text_columns: list[str] | None, limit: int, seed: int) -> tuple[list[str], str]:
+def _check_texts(clf: TextClassifier, data: str | None, text_columns: list[str] | None, limit: int, seed: int) -> tuple[list[str], str]:
     from medclf.inference.files import read_inputs
 
     if data is None:
@@ -175,7 +178,7 @@ def _check_texts(clf: Any, data: str | None, text_columns: list[str] | None, lim
     return texts, source
 
 
-def _onnx_logits(runner: OnnxRunner, input_ids: list[list[int]], clf: Any) -> np.ndarray:
+def _onnx_logits(runner: OnnxRunner, input_ids: list[list[int]], clf: TextClassifier) -> np.ndarray:
     """An ONNX model's logits on the check texts, in the batches of the PyTorch reference (mixed lengths, so padding
     is part of the check)."""
     return run_batches(runner, input_ids, batching=Batching(CHECK_BATCH), pad_id=clf.pad_id, width=len(clf.labels))
@@ -287,7 +290,7 @@ def _recipes() -> list[tuple[str, Callable[[Path, Path], None]]]:
 
 def _quantize_checked(
     fp32: Path, dest: Path, encoded: list[list[int]], pad_id: int, reference: np.ndarray, result: ExportResult,
-    clf: Any, only: str = "auto",
+    clf: TextClassifier, only: str = "auto",
 ) -> None:
     """Agreement: the same decision as PyTorch (top label; multi-label: the same label set at the run's thresholds)."""
     expected = clf.decide(reference)

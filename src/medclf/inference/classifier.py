@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from medclf.model.modeling import (
 )
 from medclf.run.artifacts import CONFIG_FILE, MODEL_DIR, is_run_dir, read_json
 from medclf.run.runspec import RunSpec
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 TOKENIZE_AHEAD = 4096
@@ -77,7 +80,7 @@ class TextClassifier:
     def __init__(
         self,
         model: torch.nn.Module | Runner,
-        tokenizer: Any,
+        tokenizer: PreTrainedTokenizerBase,
         *,
         max_length: int = TRAIN_DEFAULTS["max_length"],
         long_text: str = TRAIN_DEFAULTS["long_text"],

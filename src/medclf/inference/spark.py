@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medclf.config import LoadOptions
 from medclf.errors import MedclfError
 
-_LOADED: dict[tuple[str, LoadOptions], Any] = {}
+if TYPE_CHECKING:
+    from medclf.inference.classifier import TextClassifier
+
+_LOADED: dict[tuple[str, LoadOptions], TextClassifier] = {}
 """TextClassifiers loaded in this (executor) process, by (run dir, backend, batch size)."""
 
 
@@ -33,7 +36,7 @@ def _require_pyspark() -> Any:
     return pyspark
 
 
-def _classifier(run_dir: str, options: LoadOptions) -> Any:
+def _classifier(run_dir: str, options: LoadOptions) -> TextClassifier:
     key = (run_dir, options)
     if key not in _LOADED:
         from medclf.inference.classifier import TextClassifier

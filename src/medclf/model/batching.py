@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass
@@ -128,7 +131,7 @@ def window_starts(n_body: int, budget: int, stride: int, max_chunks: int) -> lis
 
 
 def encode(
-    tokenizer: Any, texts: list[str], *, max_length: int, long_text: str = "truncate", stride: int | None = None,
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], *, max_length: int, long_text: str = "truncate", stride: int | None = None,
     max_chunks: int = 8, tokenize_chunk: int = 2048, token_offsets: bool = False,
 ) -> Encoded:
     """Tokenize texts (in chunks, with the fast tokenizer's batch path) into sequences of at most max_length.

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from medclf.errors import MedclfError
 from medclf.model.batching import Batching
@@ -128,7 +128,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def load_tokenizer(source: str, *, trust_remote_code: bool = False) -> Any:
+def load_tokenizer(source: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     return from_pretrained(AutoTokenizer, source, trust_remote_code=trust_remote_code)

@@ -13,9 +13,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medclf.errors import MedclfError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 MODEL_DIR = "model"
 CONFIG_FILE = "train_config.json"
@@ -156,7 +159,7 @@ def publish_dir(staging: Path, final: str | Path) -> Path:
     return final
 
 
-def save_pretrained_atomic(model: Any, tokenizer: Any, directory: Path) -> None:
+def save_pretrained_atomic(model: Any, tokenizer: PreTrainedTokenizerBase, directory: Path) -> None:
     """Save model (safetensors) and tokenizer into a temporary folder, then rename it to `directory`."""
     directory = Path(directory)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -56,6 +56,9 @@ from medclf.training.fitting import (
 )
 from medclf.training.jobs import open_job
 from medclf.training.splits import Splits, prepare_splits
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 def fit_function(method: FitMethod) -> Callable[..., Fitted]:
@@ -137,7 +140,7 @@ def train(config: TrainConfig, *, progress: bool = True, splits: Splits | None =
     return TrainResult(run_dir=final, metrics=metrics, config=config)
 
 
-def _prepare(config: TrainConfig, splits: Splits, task: Task, *, tokenizer: Any, dist: Dist, runlog: RunLog,
+def _prepare(config: TrainConfig, splits: Splits, task: Task, *, tokenizer: PreTrainedTokenizerBase, dist: Dist, runlog: RunLog,
              descriptions: Descriptions | None = None) -> Prepared:
     """Tokenize the three parts (windows in chunk mode) and the label descriptions, and turn labels into targets."""
     device = dist.device or choose_device(config.device)
@@ -293,7 +296,7 @@ def _run_info(config: TrainConfig, splits: Splits, task: Task, source: str, prep
     }
 
 
-def _write_run(output: Path, config: TrainConfig, splits: Splits, task: Task, tokenizer: Any, fitted: Fitted,
+def _write_run(output: Path, config: TrainConfig, splits: Splits, task: Task, tokenizer: PreTrainedTokenizerBase, fitted: Fitted,
                tested: Tested, metrics: dict[str, Any], run_info: dict[str, Any], runlog: RunLog, *, plots: bool,
                started: float) -> Path:
     """Build the run in a staging folder beside `output` and rename it into place (nothing half-written is left)."""

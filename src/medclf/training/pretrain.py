@@ -16,7 +16,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -52,6 +52,9 @@ from medclf.training.distributed import Dist
 from medclf.training.fitting import RunLog, set_seed
 from medclf.training.jobs import open_job
 from medclf.training.loop import BatchLoss, EpochDone, Schedule, progress_bar, train_epochs
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 PRETRAIN_CONFIG_FILE = "pretrain_config.json"
 
@@ -151,7 +154,7 @@ class _MaskedLM:
     """The masked-LM batches of one pretraining job: examples from the encodings (offsets padded for whole-word
     masking), the seeded collators, the held-out loss with the same masks every time, and the training batch loss."""
 
-    def __init__(self, model: Any, tokenizer: Any, config: PretrainConfig, train_enc: Encoded, val_enc: Encoded, *,
+    def __init__(self, model: Any, tokenizer: PreTrainedTokenizerBase, config: PretrainConfig, train_enc: Encoded, val_enc: Encoded, *,
                  device: torch.device, precision: PrecisionChoice) -> None:
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.train_enc, self.val_enc, self.device = train_enc, val_enc, device
@@ -204,7 +207,7 @@ class _MaskedLM:
             return net(**to_device(inputs, self.device)).loss, tokens
 
 
-def _write_pretrain_run(output: Path, config: PretrainConfig, model: Any, tokenizer: Any, source: str,
+def _write_pretrain_run(output: Path, config: PretrainConfig, model: Any, tokenizer: PreTrainedTokenizerBase, source: str,
                         metrics: dict[str, Any], runlog: RunLog, *, started: float) -> Path:
     """The run directory (a masked-LM checkpoint with the source's pooler, the config, the log, the metrics), staged
     and renamed into place; logged to MLflow where asked."""
@@ -241,7 +244,7 @@ def _head_warmup(model: Any, config: PretrainConfig, masked: _MaskedLM, *, preci
     return seconds
 
 
-def _steps(model: Any, config: PretrainConfig, enc: Any, mlm_loss: BatchLoss, *, precision: PrecisionChoice,
+def _steps(model: Any, config: PretrainConfig, enc: Encoded, mlm_loss: BatchLoss, *, precision: PrecisionChoice,
            device: torch.device, dist: Dist, steps: int | None, progress: bool) -> tuple[int, int]:
     """MLM over length-grouped batches in the one step loop (`training.loop.train_epochs`): config's schedule, or
     exactly `steps` optimizer steps; returns (optimizer steps, texts this process saw). Several processes: each takes
