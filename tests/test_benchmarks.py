@@ -1,4 +1,6 @@
-"""benchmarks/compare.py --quick on a tiny random model: every system runs and the JSON has every row and field."""
+"""The benchmark scripts still run, end to end on a tiny random model (compare.py --quick: every system runs and the JSON
+has every row and field; the others likewise). Marked `bench`: not part of the suite, run by .ci/run after it
+(`python3 -m pytest -m bench`)."""
 
 import json
 import os
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import SECRET, make_rows, write_csv
 
+pytestmark = pytest.mark.bench
 ROOT = Path(__file__).resolve().parent.parent
 
 TRAINING_ROWS = ["medclf", "medclf --method embeddings", "HF Trainer", "tutorial", "TF-IDF + LR"]
