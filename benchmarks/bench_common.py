@@ -115,3 +115,16 @@ def timed(name: str, cmd: list[str], out: Path) -> dict[str, Any]:
         raise SystemExit(f"[compare] {name} failed with exit status {code}; log {log_path}:\n{tail}")
     print(f"[compare] {name}: {wall:.0f} s, peak RSS {usage.ru_maxrss / 2**20:.2f} GiB", file=sys.stderr, flush=True)
     return {"wall_seconds": wall, "peak_rss_gib": usage.ru_maxrss / 2**20}
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_results(out: Path, results: dict[str, Any], render: Any) -> dict[str, Any]:
+    """OUT/results.json and OUT/results.md (the table `render` makes of them, also printed)."""
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    text = render(results)
+    (out / "results.md").write_text(text, encoding="utf-8")
+    print(text)
+    return results

@@ -35,7 +35,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the helper modules beside this script, also when imported from elsewhere
-from bench_common import DEFAULT_DATA, timed, write_split  # noqa: E402
+from bench_common import DEFAULT_DATA, read_json, timed, write_results, write_split  # noqa: E402
 
 # Figures of the first side-by-side run that this run does not re-measure (the best Trainer setting was a second, 31-minute run).
 TRAINER_BEST_MACRO_F1_LR5E5 = 0.604
@@ -117,21 +117,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "roofline": roofline,
         "targets": targets,
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    text = render(results)
-    (out / "results.md").write_text(text, encoding="utf-8")
-    print(text)
-    return results
-
-
-# ---------------------------------------------------------------- data
-
-
-# ---------------------------------------------------------------- running
-
-
-def _read(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))
+    return write_results(out, results, render)
 
 
 def build_rows(out: Path, runs: dict[str, dict[str, Any]], test_csv: str, predictions: Path) -> list[dict[str, Any]]:
@@ -140,10 +126,10 @@ def build_rows(out: Path, runs: dict[str, dict[str, Any]], test_csv: str, predic
 
     _, gold = read_split(test_csv)
     predicted = pd.read_csv(predictions, dtype={"label": str}, keep_default_na=False)["label"].astype(str).tolist()
-    fine = _read(out / "medclf-run" / "metrics.json")
-    emb = _read(out / "medclf-embeddings-run" / "metrics.json")
-    trainer, tutorial, tfidf = (_read(out / f"{n}.json") for n in ("trainer", "tutorial", "tfidf"))
-    infer = {s: _read(out / f"infer-{s}.json") for s in ("medclf", "pipeline", "tutorial")}
+    fine = read_json(out / "medclf-run" / "metrics.json")
+    emb = read_json(out / "medclf-embeddings-run" / "metrics.json")
+    trainer, tutorial, tfidf = (read_json(out / f"{n}.json") for n in ("trainer", "tutorial", "tfidf"))
+    infer = {s: read_json(out / f"infer-{s}.json") for s in ("medclf", "pipeline", "tutorial")}
 
     def medclf_row(system: str, metrics: dict[str, Any], run: dict[str, Any], what: str, **extra: Any) -> dict[str, Any]:
         timing = metrics["timing"]
@@ -278,7 +264,7 @@ def measure_roofline(model_dir: Path, rows: list[dict[str, Any]]) -> dict[str, A
 
 
 def _test_tokens_kept(model_dir: Path) -> float:
-    metrics = _read(model_dir.parent / "metrics.json")
+    metrics = read_json(model_dir.parent / "metrics.json")
     t = metrics["data"]["truncation"]["test"]
     return float(t["mean_tokens_kept"])
 

@@ -25,7 +25,6 @@ On the device machine: build the bundle here with the packages its image lacks,
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -37,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 BENCH = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(BENCH))  # the benchmarks folder: bench_common, the helpers every script shares
 
-from bench_common import DEFAULT_DATA, timed, write_split  # noqa: E402
+from bench_common import DEFAULT_DATA, read_json, timed, write_results, write_split  # noqa: E402
 
 
 def default_data() -> Path:
@@ -108,20 +107,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "limit": limit,
         "seconds": time.perf_counter() - started,
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    text = render(results)
-    (out / "results.md").write_text(text, encoding="utf-8")
-    print(text)
-    return results
-
-
-def _read(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))
+    return write_results(out, results, render)
 
 
 def rows(out: Path, runs: dict[str, dict[str, Any]], limit: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per system: the table's columns, from the systems' own JSON and the wall times measured here."""
-    metrics, trainer = _read(out / "medclf-run" / "metrics.json"), _read(out / "trainer.json")
+    metrics, trainer = read_json(out / "medclf-run" / "metrics.json"), read_json(out / "trainer.json")
     gib = 2**30
 
     def share(texts_per_second: float | None, training: bool) -> float | None:
@@ -142,7 +133,7 @@ def rows(out: Path, runs: dict[str, dict[str, Any]], limit: dict[str, Any]) -> l
     ]
     for name, label in (("infer-medclf", "TextClassifier"), ("infer-pipeline-32", "pipeline, batch 32"),
                         ("infer-pipeline-128", "pipeline, batch 128")):
-        r = _read(out / f"{name}.json")
+        r = read_json(out / f"{name}.json")
         table.append({"system": f"{label} ({r['precision']})", "inference_texts_per_second": r["inference_samples_per_second"],
                       "macro_f1": r["macro_f1"], "peak_gpu_gib": (r.get("peak_gpu_memory_bytes") or 0) / gib or None,
                       "agreement_with_fp32": r.get("top_label_agreement_with_fp32"),
@@ -166,7 +157,7 @@ def card_limit(model_dir: Path, *, cuda: bool) -> dict[str, Any]:
 
     config = AutoConfig.from_pretrained(str(model_dir))
     d, f, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    metrics = _read(model_dir.parent / "metrics.json")
+    metrics = read_json(model_dir.parent / "metrics.json")
     tokens = {part: metrics["data"]["truncation"][part]["mean_tokens_kept"] for part in ("train", "test")}
 
     def forward_gflop(n: float) -> float:

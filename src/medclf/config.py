@@ -350,16 +350,16 @@ TRAIN_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(
 """Every option's default, as TrainConfig states it: the one place inference defaults come from too."""
 
 
-def _positive_int(name: str, value: Any) -> None:
+def _positive_int(name: str, value: object) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise MedclfError(f"{name} must be a positive integer, got {value!r}.")
 
 
-def _positive_float(name: str, value: Any) -> None:
+def _positive_float(name: str, value: object) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
         raise MedclfError(f"{name} must be a positive number, got {value!r}.")
 
 
-def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+def _choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise MedclfError(f"{name} must be one of {', '.join(choices)}, got {value!r}.")

@@ -213,7 +213,7 @@ def options_command(options: type, *, defaults: Mapping[str, object] | None = No
                for p in list(inspect.signature(fn, eval_str=True).parameters.values())[1:]]
 
         @functools.wraps(fn)
-        def command(**values: Any) -> None:
+        def command(**values: object) -> None:
             fn(options(**{name: values.pop(name) for name in names}), **values)
 
         signature = inspect.Signature([*own, *shared])

@@ -66,14 +66,14 @@ def _from_json(path: str) -> Descriptions:
     return out
 
 
-def _label(value: Any, path: str, where: str) -> str:
+def _label(value: object, path: str, where: str) -> str:
     label = "" if value is None else str(value).strip()
     if not label or label.lower() in ("nan", "none", "null"):
         raise MedclfError(f"{path}, {where}: the label is empty; name the class it describes.")
     return label
 
 
-def _text(value: Any, path: str, where: str) -> str:
+def _text(value: object, path: str, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise MedclfError(f"{path}, {where}: the description is empty or not text; write a sentence about the class.")
     return value.strip()

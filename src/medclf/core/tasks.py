@@ -8,9 +8,12 @@ into decisions (the most probable class, or every label at or above its own thre
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:  # torch is imported where a task's torch methods run, not with this module
+    import torch
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -69,7 +72,7 @@ class SingleLabel:
     auc_key = "roc_auc_ovr_macro"
 
     @staticmethod
-    def probabilities_torch(logits: Any) -> Any:
+    def probabilities_torch(logits: torch.Tensor) -> torch.Tensor:
         import torch
 
         return torch.softmax(logits, dim=-1)
@@ -89,7 +92,7 @@ class SingleLabel:
         return probs.argmax(axis=1)
 
     @staticmethod
-    def names(decided: Any, labels: list[str]) -> str:
+    def names(decided: np.ndarray | np.generic, labels: list[str]) -> str:
         return labels[int(decided)]
 
     @staticmethod
@@ -112,7 +115,7 @@ class SingleLabel:
         return self.metrics(y, probs, labels)
 
     @staticmethod
-    def loss(y_train: np.ndarray, n_labels: int, class_weights: str) -> Any:
+    def loss(y_train: np.ndarray, n_labels: int, class_weights: str) -> torch.nn.Module:
         import torch
 
         weight = None
@@ -133,7 +136,7 @@ class MultiLabel:
     auc_key = "roc_auc_macro"
 
     @staticmethod
-    def probabilities_torch(logits: Any) -> Any:
+    def probabilities_torch(logits: torch.Tensor) -> torch.Tensor:
         import torch
 
         return torch.sigmoid(logits)
@@ -156,7 +159,7 @@ class MultiLabel:
         return probs >= (DEFAULT_THRESHOLD if thresholds is None else np.asarray(thresholds))
 
     @staticmethod
-    def names(decided: Any, labels: list[str]) -> list[str]:
+    def names(decided: np.ndarray | np.generic, labels: list[str]) -> list[str]:
         return [labels[i] for i in np.flatnonzero(decided)]
 
     def agreement(self, a: np.ndarray, b: np.ndarray, thresholds: np.ndarray | None = None) -> float:
@@ -180,7 +183,7 @@ class MultiLabel:
         return self.metrics(y, probs, labels, tune_thresholds(y, probs))
 
     @staticmethod
-    def loss(y_train: np.ndarray, n_labels: int, class_weights: str) -> Any:
+    def loss(y_train: np.ndarray, n_labels: int, class_weights: str) -> torch.nn.Module:
         """BCE on logits; with class_weights 'balanced', pos_weight = negatives / positives per label."""
         import torch
 
@@ -204,7 +207,7 @@ class Task(Protocol):
     accuracy_name: str
     auc_key: str
 
-    def probabilities_torch(self, logits: Any) -> Any:
+    def probabilities_torch(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits (a tensor) -> probabilities, differentiably (explanations, training's validation)."""
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
@@ -216,7 +219,7 @@ class Task(Protocol):
     def decide(self, probs: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarray:
         """Probabilities -> decisions (class ids, or label indicators at the thresholds)."""
 
-    def names(self, decided: Any, labels: list[str]) -> Any:
+    def names(self, decided: np.ndarray | np.generic, labels: list[str]) -> str | list[str]:
         """One row's decision in label names (a name, or a list of names)."""
 
     def agreement(self, a: np.ndarray, b: np.ndarray, thresholds: np.ndarray | None = None) -> float:
@@ -232,7 +235,7 @@ class Task(Protocol):
     def selection_metrics(self, y: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict[str, Any]:
         """The validation figures that pick the kept weights (macro_f1 decides)."""
 
-    def loss(self, y_train: np.ndarray, n_labels: int, class_weights: str) -> Any:
+    def loss(self, y_train: np.ndarray, n_labels: int, class_weights: str) -> torch.nn.Module:
         """The training loss (a torch module), weighted as --class-weights says."""
 
 

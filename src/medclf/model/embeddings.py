@@ -67,7 +67,7 @@ class EmbeddingClassifier(torch.nn.Module):
         return torch.nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                inputs_embeds: torch.Tensor | None = None, **_: Any) -> _Output:
+                inputs_embeds: torch.Tensor | None = None, **_: object) -> _Output:
         assert attention_mask is not None
         return _Output(self.head(self.embed(input_ids, attention_mask, inputs_embeds)))
 
@@ -79,7 +79,7 @@ class EmbeddingClassifier(torch.nn.Module):
             self.head.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
             self.head.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
 
-    def save_pretrained(self, directory: str | Path, **kwargs: Any) -> None:
+    def save_pretrained(self, directory: str | Path, **kwargs: object) -> None:
         from safetensors.torch import save_file
 
         directory = Path(directory)

@@ -317,7 +317,7 @@ def inference_precision(requested: str, device: torch.device) -> PrecisionChoice
     return PrecisionChoice("fp32", "fp32 off CUDA GPUs")
 
 
-def autocast(device: torch.device, precision: PrecisionChoice) -> contextlib.AbstractContextManager[Any]:
+def autocast(device: torch.device, precision: PrecisionChoice) -> contextlib.AbstractContextManager[object]:
     dtype = precision.autocast_dtype
     if dtype is None:
         return contextlib.nullcontext()

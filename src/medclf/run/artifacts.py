@@ -51,11 +51,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: str | Path, value: Any) -> None:
+def atomic_write_json(path: str | Path, value: object) -> None:
     atomic_write_text(path, json.dumps(value, indent=2, ensure_ascii=False, default=_json_default) + "\n")
 
 
-def _json_default(value: Any) -> Any:
+def _json_default(value: object) -> object:
     if hasattr(value, "tolist"):
         return value.tolist()
     if isinstance(value, Path):
@@ -124,7 +124,7 @@ class StagedRun:
     def __enter__(self) -> StagedRun:
         return self
 
-    def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, traceback: object) -> None:
         if kind is None:
             try:
                 self._published = publish(self.path, self.target, overwrite=self.overwrite)

@@ -140,11 +140,11 @@ def _served(request: Request) -> Served:
     return request.app.state.medclf
 
 
-def _error(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(status: int, detail: object, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
-def _field_error(status: int, loc: list[Any], msg: str, kind: str) -> JSONResponse:
+def _field_error(status: int, loc: list[str | int], msg: str, kind: str) -> JSONResponse:
     return _error(status, [{"loc": ["body", *loc], "msg": msg, "type": kind}])
 
 
@@ -161,7 +161,7 @@ def _authorize(request: Request) -> None:
                             headers={"WWW-Authenticate": "Bearer"})
 
 
-def _text_problem(text: str, loc: list[Any], settings: ServeSettings) -> JSONResponse | None:
+def _text_problem(text: str, loc: list[str | int], settings: ServeSettings) -> JSONResponse | None:
     """A 413 or 422 for a text the model must not get (too long, empty, not valid Unicode), else None."""
     if len(text) > settings.max_chars:
         return _field_error(413, loc, f"The text has {len(text)} characters; the limit is {settings.max_chars}.",

@@ -28,6 +28,7 @@ import pandas as pd
 
 from medclf.config import TrainConfig
 from medclf.core.label_quality import FILTER_BY, SCORE_METHOD, LabelQuality, label_quality, require_cleanlab
+from medclf.core.labels import LabeledData
 from medclf.core.tables import read_table, table_format
 from medclf.errors import MedclfError
 from medclf.run.artifacts import StagedRun, atomic_write_json, atomic_write_text
@@ -111,7 +112,7 @@ def audit(config: TrainConfig, *, folds: int = 5, workers: int | None = None, id
                        fixed=None if fixed is None else final / fixed.name)
 
 
-def _shown(label: Any, sep: str) -> str:
+def _shown(label: object, sep: str) -> str:
     return sep.join(label) if isinstance(label, tuple) else str(label)
 
 
@@ -150,7 +151,7 @@ def pair_counts(found: LabelQuality, given: list[Any], sep: str) -> list[dict[st
     return [{"given": g, "suggested": s, "rows": n} for (g, s), n in counts.most_common()]
 
 
-def fix_labels(table: pd.DataFrame, found: LabelQuality, data: Any, config: TrainConfig, *, top: int,
+def fix_labels(table: pd.DataFrame, found: LabelQuality, data: LabeledData, config: TrainConfig, *, top: int,
                path: Path) -> list[int]:
     """Write `table` with the `top` worst flagged rows relabelled to the suggestion (write-then-rename); the data rows
     changed (0-based)."""

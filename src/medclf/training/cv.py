@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from medclf.config import TrainConfig
+from medclf.core.labels import LabeledData
 from medclf.core.tasks import headline_figures
 from medclf.errors import MedclfError
 from medclf.run.artifacts import (
@@ -32,7 +33,7 @@ from medclf.run.artifacts import (
 )
 from medclf.run.tracking import log_job
 from medclf.training.jobs import open_job
-from medclf.training.splits import kfold_indices
+from medclf.training.splits import Splits, kfold_indices
 
 log = logging.getLogger(__name__)
 CV_TABLE = "cv.md"
@@ -93,13 +94,13 @@ def _run_fold(config: TrainConfig, splits: Any, progress: bool, threads: int | N
     return {**_figures(result.test_metrics), "train_seconds": result.metrics["timing"]["train_seconds"]}
 
 
-def _fold_jobs(config: TrainConfig, data: Any, labels: list[str], pairs: list[tuple[list[int], list[int]]],
-               stage: Path) -> tuple[list[tuple[TrainConfig, Any]], list[dict[str, Any]]]:
+def _fold_jobs(config: TrainConfig, data: LabeledData, labels: list[str], pairs: list[tuple[list[int], list[int]]],
+               stage: Path) -> tuple[list[tuple[TrainConfig, Splits]], list[dict[str, Any]]]:
     """Each fold's training job (its config, writing into the staging folder, and its parts) and its row of sizes."""
     from medclf.training.splits import Splits, check_training_labels, split_off
 
     folds = len(pairs)
-    jobs: list[tuple[TrainConfig, Any]] = []
+    jobs: list[tuple[TrainConfig, Splits]] = []
     rows: list[dict[str, Any]] = []
     for k, (rest, held) in enumerate(pairs, 1):
         pool, test = data.subset(rest), data.subset(held)
@@ -117,7 +118,7 @@ def _fold_jobs(config: TrainConfig, data: Any, labels: list[str], pairs: list[tu
     return jobs, rows
 
 
-def _run_folds(jobs: list[tuple[TrainConfig, Any]], *, workers: int, progress: bool) -> list[dict[str, Any]]:
+def _run_folds(jobs: list[tuple[TrainConfig, Splits]], *, workers: int, progress: bool) -> list[dict[str, Any]]:
     """Train and test every fold: one after another, or `workers` at once in spawned processes sharing the cores."""
     import os
 

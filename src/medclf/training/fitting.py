@@ -32,7 +32,7 @@ class RunLog:
         self.enabled = enabled
         """False on the other processes of a multi-process run: the main process logs for all."""
 
-    def info(self, message: str, *args: Any) -> None:
+    def info(self, message: str, *args: object) -> None:
         if not self.enabled:
             return
         log.info(message, *args)

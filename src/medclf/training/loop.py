@@ -203,7 +203,8 @@ def train_epochs(
             return
 
 
-def progress_bar(events: Iterator[Any], enabled: bool, epochs: int, every: int = 10) -> Iterator[Any]:
+def progress_bar(events: Iterator[StepDone | EpochDone], enabled: bool, epochs: int, every: int = 10
+                 ) -> Iterator[StepDone | EpochDone]:
     """Pass the loop's events through, showing a bar per epoch with the mean loss (read from the device every
     `every` batches, not at every step)."""
     if not enabled:
