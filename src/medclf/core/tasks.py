@@ -8,7 +8,7 @@ into decisions (the most probable class, or every label at or above its own thre
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # torch is imported where a task's torch methods run, not wit
     import torch
 
 DEFAULT_THRESHOLD = 0.5
+ProblemType = Literal["single_label_classification", "multi_label_classification"]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -66,6 +67,8 @@ class SingleLabel:
 
     multi_label = False
     name = "single-label"
+    problem_type: ProblemType = "single_label_classification"
+    classes = "classes"
     headline_keys: tuple[str, ...] = ("accuracy", "macro_f1", "weighted_f1")
     """The figures a run is summed up by (run log, TF-IDF baseline, cross-validation, served model info)."""
     accuracy_key, accuracy_name = "accuracy", "acc"
@@ -105,6 +108,11 @@ class SingleLabel:
         return dict(Counter(values))
 
     @staticmethod
+    def rows_per_class(y: np.ndarray, n_labels: int) -> np.ndarray:
+        """Rows of each class among targets `y`."""
+        return np.bincount(y, minlength=n_labels)
+
+    @staticmethod
     def metrics(y: np.ndarray, probs: np.ndarray, labels: list[str], thresholds: np.ndarray | None = None) -> dict[str, Any]:
         from medclf.core.metrics import classification_metrics, cross_entropy
 
@@ -130,6 +138,8 @@ class MultiLabel:
 
     multi_label = True
     name = "multi-label"
+    problem_type: ProblemType = "multi_label_classification"
+    classes = "labels, several per text allowed"
     headline_keys: tuple[str, ...] = ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss")
     accuracy_key, accuracy_name = "subset_accuracy", "subset acc"
     """Subset accuracy: the share of texts whose label set is exactly right."""
@@ -172,6 +182,11 @@ class MultiLabel:
         return dict(counts)
 
     @staticmethod
+    def rows_per_class(y: np.ndarray, n_labels: int) -> np.ndarray:
+        """Positive rows of each label among targets `y`."""
+        return y.sum(axis=0)
+
+    @staticmethod
     def metrics(y: np.ndarray, probs: np.ndarray, labels: list[str], thresholds: np.ndarray | None = None) -> dict[str, Any]:
         from medclf.core.metrics import binary_cross_entropy, multilabel_metrics
 
@@ -201,6 +216,10 @@ class Task(Protocol):
     multi_label: bool
     name: str
     """As metrics.json and train_config.json write it."""
+    problem_type: ProblemType
+    """transformers' config.problem_type (which loss and activation a plain `from_pretrained` model applies)."""
+    classes: str
+    """What the labels are, in words for the log."""
     headline_keys: tuple[str, ...]
     """The figures a run is summed up by (run log, TF-IDF baseline, cross-validation, served model info)."""
     accuracy_key: str
@@ -227,6 +246,9 @@ class Task(Protocol):
 
     def counts(self, values: list[Any]) -> dict[str, int]:
         """Rows per label."""
+
+    def rows_per_class(self, y: np.ndarray, n_labels: int) -> np.ndarray:
+        """Rows of each class (multi-label: positive rows of each label) among targets `y`."""
 
     def metrics(self, y: np.ndarray, probs: np.ndarray, labels: list[str],
                 thresholds: np.ndarray | None = None) -> dict[str, Any]:

@@ -44,7 +44,7 @@ def evaluate(
         label_sep=spec.label_sep if spec else TRAIN_DEFAULTS["label_sep"],
     )
     labels = clf.labels
-    seen = {lab for present in part.labels for lab in present} if clf.multi_label else set(part.labels)
+    seen = set(clf.task.counts(part.labels))
     unseen = sorted(seen - set(labels))
     if unseen:
         shown = ", ".join(repr(u) for u in unseen[:10]) + (" ..." if len(unseen) > 10 else "")

@@ -34,7 +34,7 @@ def finetune(
     model = load_classifier(
         source, labels=labels, attention_dropout=config.attention_dropout, trust_remote_code=config.trust_remote_code
     )
-    model.config.problem_type = "multi_label_classification" if task.multi_label else "single_label_classification"
+    model.config.problem_type = task.problem_type
     precision = choose_precision(config.precision, device)
     model.to(device)  # type: ignore[arg-type]  # transformers wraps .to with a signature mypy misreads
     runlog.info("Model %s on %s; precision %s (%s).", config.model, device.type, precision.name, precision.reason)

@@ -62,7 +62,7 @@ FEW_SHOT_MIN_STEPS = 50
 
 def fewest_rows(task: Task, y: np.ndarray, n_labels: int) -> int:
     """Rows of the rarest class (multi-label: positives of the rarest label)."""
-    counts = y.sum(axis=0) if task.multi_label else np.bincount(y, minlength=n_labels)
+    counts = task.rows_per_class(y, n_labels)
     return int(counts.min()) if len(counts) else 0
 
 

@@ -116,7 +116,7 @@ def train(config: TrainConfig, *, progress: bool = True, splits: Splits | None =
     runlog.info(
         "Data: %d train / %d validation / %d test rows, %d %s (%s).",
         len(splits.train), len(splits.val), len(splits.test), len(splits.labels),
-        "labels, several per text allowed" if task.multi_label else "classes", splits.how,
+        task.classes, splits.how,
     )
     set_seed(config.seed)
     tokenizer = load_tokenizer(source, trust_remote_code=config.trust_remote_code)
