@@ -2,6 +2,7 @@
 
 python benchmarks/trust/same_runs.py --out bench-out/same-runs/before [--rows 480] [--quick]
 python benchmarks/trust/same_runs.py --compare bench-out/same-runs/before/same_runs.json bench-out/same-runs/after/same_runs.json
+python benchmarks/trust/same_runs.py --load bench-out/same-runs/before
 
 Cuts a class-stratified subset of --rows training and --rows/4 test rows from the protocol split of the medical
 abstracts (stratified 80/20, seed 42; ../shared/data/medical-abstracts/README.md), then runs, seeded, the CLI on
@@ -11,7 +12,9 @@ abstracts over the median length), chunk mode (windows of 64 tokens, max pooling
 folder written as <out> (per-epoch history, validation of the kept weights, test figures) plus the SHA-256 of its
 test predictions file; `pretrain`'s is its held-out MLM losses. --compare prints which fingerprints differ, exits 1 if any does. Seeded runs on one machine
 are bitwise repeatable (PyTorch's CPU kernels are deterministic at a fixed thread count), so the two files must
-be equal.
+be equal. --load DIR loads the train runs of an earlier --out DIR with the code of today and predicts their test
+texts again: the largest difference from the probabilities the run saved (predictions_test.csv, 6 decimals) and
+whether every decision is the same.
 """
 
 from __future__ import annotations
@@ -78,6 +81,26 @@ def fingerprint(run_dir: Path) -> dict[str, Any]:
     return result
 
 
+def load_again(base: Path) -> list[str]:
+    """Each train run under `base` (written by an earlier --out), loaded and run on its test texts by today's code."""
+    import numpy as np
+    import pandas as pd
+
+    from medclf.inference.classifier import TextClassifier
+
+    lines = []
+    for name in ("finetune", "chunk", "embeddings", "multi-label"):
+        clf = TextClassifier.load(base / name, backend="torch")
+        saved = pd.read_csv(base / name / "predictions_test.csv", keep_default_na=False)
+        table = pd.read_csv(base / ("train-multilabel.csv" if name == "multi-label" else "test.csv"))
+        texts = table["text"].iloc[saved["row"].to_numpy()].tolist()  # the multi-label run split its own table
+        probs = clf.predict_proba(texts)
+        before = saved[[f"prob_{lab}" for lab in clf.labels]].to_numpy(float)
+        lines.append(f"{name}: {len(texts)} test texts, max |p - saved p| = {np.abs(probs - before).max():.2e}, "
+                     f"same decisions: {clf.decide(probs) == clf.decide(before)}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = data_parser(__doc__)
     parser.add_argument("--out", default="bench-out/same-runs/run")
@@ -85,7 +108,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--quick", action="store_true", help="only 96 rows and one run of each kind (smoke test)")
     parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="two same_runs.json files")
+    parser.add_argument("--load", metavar="DIR", help="an earlier --out: load its runs with today's code and predict")
     args = parser.parse_args(argv)
+    if args.load:
+        print("\n".join(load_again(Path(args.load))))
+        return
     if args.compare:
         before, after = (_normal(json.loads(Path(p).read_text(encoding="utf-8")), Path(p).parent) for p in args.compare)
         differ = [name for name in sorted(set(before) | set(after)) if before.get(name) != after.get(name)]

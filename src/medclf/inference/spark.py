@@ -97,7 +97,7 @@ def predict_udf(run_dir: str | Path, options: LoadOptions | None = None) -> Any:
     # pyspark reads the type hints to pick the UDF kind (Series -> DataFrame: a scalar UDF returning a struct);
     # with `from __future__ import annotations` they are strings, so hand it the real types
     predict.__annotations__ = {"texts": pd.Series, "return": pd.DataFrame}
-    return pandas_udf(schema)(predict)  # type: ignore[call-overload]
+    return pandas_udf(schema)(predict)  # type: ignore[call-overload]  # pyspark's stubs lack the type-hinted form: a StructType alone
 
 
 def add_predictions(df: Any, run_dir: str | Path, *, text_column: str = "text", options: LoadOptions | None = None) -> Any:
