@@ -247,3 +247,17 @@ def test_train_reads_csv_from_stdin(tmp_path, tiny_model, small_csv):
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "r" / "train_config.json").read_text())
     assert saved["config"]["data"] == "-" and saved["run"]["data_sha256"]["data"] is None
+
+
+def test_inference_and_serve_defaults_are_those_of_their_settings():
+    from medclf.config import LoadOptions
+    from medclf.serving.settings import ServeSettings
+
+    load, serve = LoadOptions(), ServeSettings(run_dir="-")
+    for command in ("predict", "evaluate", "suggest"):
+        options = _options(command)
+        assert options["backend"] == load.backend and options["batch_size"] == load.batch_size, command
+    assert _options("predict")["precision"] == load.precision
+    served = _options("serve")
+    shared = [name for name in served if name in ServeSettings.__dataclass_fields__ and name != "run_dir"]
+    assert len(shared) >= 10 and all(served[name] == getattr(serve, name) for name in shared)

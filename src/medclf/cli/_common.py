@@ -25,7 +25,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from medclf._version import __version__
-from medclf.config import INFER_PRECISIONS, TrainConfig
+from medclf.config import INFER_PRECISIONS, LoadOptions, TrainConfig
 from medclf.errors import MedclfError, environment_error
 from medclf.logs import configure_logging
 
@@ -40,6 +40,7 @@ log = logging.getLogger("medclf")
 state = {"debug": False, "quiet": False}
 T = TypeVar("T")
 D = TrainConfig()  # the CLI's defaults are the config's defaults
+L = LoadOptions()  # and the inference commands' are those of LoadOptions
 
 
 def _version(value: bool) -> None:

@@ -12,6 +12,7 @@ from medclf.cli._common import (
     DropEmptyOpt,
     InferPrecisionOpt,
     InputOpt,
+    L,
     LabelColOpt,
     LongTextOpt,
     RunDirArg,
@@ -34,12 +35,12 @@ def predict(
     output: Annotated[str | None, typer.Option("--output", "-o", help="Write CSV, JSONL or Parquet (by extension); it appears only when complete. Default: JSONL on stdout.")] = None,
     text_column: TextColOpt = None,
     top_k: Annotated[int | None, typer.Option("--top-k", help="Give only the K most probable classes per text.")] = None,
-    batch_size: BatchOpt = None,
-    precision: InferPrecisionOpt = "auto",
+    batch_size: BatchOpt = L.batch_size,
+    precision: InferPrecisionOpt = L.precision,
     keep_text: Annotated[bool, typer.Option("--keep-text", help="Copy the text column(s) into the output (off: outputs carry no text).")] = False,
     drop_empty: DropEmptyOpt = False,
-    backend: BackendOpt = "auto",
-    long_text: LongTextOpt = None,
+    backend: BackendOpt = L.backend,
+    long_text: LongTextOpt = L.long_text,
     chunk_rows: Annotated[int, typer.Option("--chunk-rows", help="Rows of --input read, classified and written at a time (memory stays flat however large the file).")] = CHUNK_ROWS,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted --input/--output job from its last complete chunk (same input, same options).")] = False,
     engine: Annotated[str, typer.Option("--engine", help="local (this process) | spark (a pandas UDF on Spark: --input and --output are read and written by Spark; needs `pip install 'medclf[spark]'` and Java).")] = "local",
@@ -85,11 +86,11 @@ def evaluate(
     text_column: TextColOpt = None,
     label_column: LabelColOpt = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="Write the metrics as JSON to this file.")] = None,
-    batch_size: BatchOpt = None,
-    precision: InferPrecisionOpt = "auto",
+    batch_size: BatchOpt = L.batch_size,
+    precision: InferPrecisionOpt = L.precision,
     drop_empty: Annotated[bool, typer.Option("--drop-empty", help="Skip rows with an empty text or label.")] = False,
-    backend: BackendOpt = "auto",
-    long_text: LongTextOpt = None,
+    backend: BackendOpt = L.backend,
+    long_text: LongTextOpt = L.long_text,
 ) -> None:
     """Accuracy, macro/weighted F1, per-class figures, confusion matrix, loss and ROC-AUC on a labelled table
     (multi-label runs: micro/macro/samples F1, subset accuracy, Hamming loss, per-label figures)."""
@@ -125,8 +126,8 @@ def suggest(
     id_column: Annotated[list[str] | None, typer.Option("--id-column", help="Pool column(s) that identify a row; copied beside the row number.")] = None,
     keep_text: Annotated[bool, typer.Option("--keep-text", help="Copy the text into the output (off: it carries no text).")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random strategy.")] = 0,
-    batch_size: BatchOpt = None,
-    backend: BackendOpt = "auto",
+    batch_size: BatchOpt = L.batch_size,
+    backend: BackendOpt = L.backend,
     drop_empty: DropEmptyOpt = False,
 ) -> None:
     """Rank unlabelled texts for annotation: the ones whose labels would teach the run most (uncertain, diverse)."""
@@ -156,8 +157,8 @@ def explain(
     steps: Annotated[int, typer.Option("--steps", help="integrated-gradients: interpolation steps (more: closer approximation, slower).")] = 32,
     text_column: TextColOpt = None,
     drop_empty: DropEmptyOpt = False,
-    backend: BackendOpt = "torch",
-    long_text: LongTextOpt = None,
+    backend: BackendOpt = "torch",  # integrated gradients need PyTorch
+    long_text: LongTextOpt = L.long_text,
 ) -> None:
     """Which words pushed the model toward a label: per-word attribution scores, as HTML or JSON."""
 
