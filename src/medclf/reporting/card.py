@@ -187,8 +187,9 @@ def _limits(spec: RunSpec, metrics: dict[str, Any], multi: bool) -> list[str]:
     if metrics.get("few_shot"):
         why = metrics.get("few_shot_reason") or "too few labelled rows to choose weights on validation"
         out.append(f"- Few labels: {why}; weights were not chosen on validation and the figures carry wide intervals.")
-    if method_of(spec.method).limit:
-        out.append(str(method_of(spec.method).limit))
+    limit = method_of(spec.method).limit
+    if limit:
+        out.append(limit)
     if test["n"] < 200:
         out.append(f"- The test part is small ({test['n']} texts): see the intervals before trusting a figure.")
     return out

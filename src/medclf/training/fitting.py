@@ -94,8 +94,10 @@ class FewLabels:
     @classmethod
     def decide(cls, mode: str, *, method: str, task: Task, y_val: np.ndarray, labels: list[str]) -> FewLabels:
         """The rule for one run: `mode` is --few-shot (auto | on | off), `y_val` the validation targets."""
-        if not method_of(method).selects or mode == "off":
-            return cls(False, f"{method} selects nothing" if not method_of(method).selects else "--few-shot off")
+        if not method_of(method).selects:
+            return cls(False, f"{method} selects nothing")
+        if mode == "off":
+            return cls(False, "--few-shot off")
         if mode == "on":
             return cls(True, "--few-shot on")
         n_val = len(y_val)
