@@ -9,11 +9,15 @@ changes; a multi-label threshold t moves to sigmoid(logit(t) / T), so no decisio
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from medclf.core.figures import Calibration, Reliability
 from medclf.core.tasks import Task, sigmoid
+
+if TYPE_CHECKING:
+    import torch
 
 ECE_BINS = 15
 T_BOUNDS = (0.05, 20.0)
@@ -53,7 +57,7 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray, task: Task) -> float:
     return best if nll(math.log(best)) <= nll(0.0) else 1.0  # never worse than leaving the model as it is
 
 
-def fold_temperature(model: Any, temperature: float) -> bool:
+def fold_temperature(model: torch.nn.Module, temperature: float) -> bool:
     """Divide the weights and bias of the layer that outputs the logits by T, so that the saved model itself
     gives calibrated logits (plain transformers, ONNX and medclf alike). False where that layer is not a
     single linear layer (then the run keeps T for TextClassifier to apply)."""
@@ -86,7 +90,7 @@ def _confidence_and_outcome(probs: np.ndarray, y: np.ndarray, task: Task) -> tup
     return probs.max(axis=1), (probs.argmax(axis=1) == np.asarray(y)).astype(float)
 
 
-def reliability(probs: np.ndarray, y: np.ndarray, task: Task, bins: int = ECE_BINS) -> dict[str, Any]:
+def reliability(probs: np.ndarray, y: np.ndarray, task: Task, bins: int = ECE_BINS) -> Reliability:
     """Per equal-width confidence bin: count, mean confidence, observed frequency; and the ECE."""
     confidence, outcome = _confidence_and_outcome(probs, y, task)
     edges = np.linspace(0.0, 1.0, bins + 1)
@@ -115,7 +119,7 @@ def brier_score(probs: np.ndarray, y: np.ndarray, task: Task) -> float:
     return float(np.mean(np.sum((probs - onehot) ** 2, axis=1)))
 
 
-def calibration_summary(raw_logits: np.ndarray, y: np.ndarray, task: Task, temperature: float) -> dict[str, Any]:
+def calibration_summary(raw_logits: np.ndarray, y: np.ndarray, task: Task, temperature: float) -> Calibration:
     """ECE and Brier score before and after dividing the logits by the temperature, with the bins of both."""
     before = task.probabilities(raw_logits)
     after = task.probabilities(raw_logits / temperature)

@@ -8,10 +8,12 @@ API; medclf wraps it for its two tasks and names every output by label. It is an
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
+from medclf.core.figures import Label, class_names
 from medclf.errors import MedclfError
 
 SCORE_METHOD = "self_confidence"
@@ -23,7 +25,7 @@ those with the largest margin against the given label."""
 INSTALL_HINT = 'medclf audit needs cleanlab: pip install "medclf[audit]" (or pip install cleanlab).'
 
 
-def require_cleanlab() -> Any:
+def require_cleanlab() -> ModuleType:
     """The cleanlab module, or a one-sentence error that says how to install it."""
     try:
         import cleanlab
@@ -38,13 +40,13 @@ class LabelQuality:
     """Label quality score per row in [0, 1] (low: probably mislabelled)."""
     issues: np.ndarray
     """Rows flagged as label issues, worst first (lowest quality)."""
-    suggested: list[Any]
+    suggested: list[Label]
     """Per row, the label the out-of-fold model gives: a class, or (multi-label) a tuple of labels."""
     per_class: list[dict[str, Any]]
     """Per class: rows given it, flagged rows given it, and the estimated share of its given labels that are wrong."""
 
 
-def label_quality(probs: np.ndarray, given: list[Any], labels: list[str], *, multi_label: bool = False) -> LabelQuality:
+def label_quality(probs: np.ndarray, given: list[Label], labels: list[str], *, multi_label: bool = False) -> LabelQuality:
     """Confident learning on out-of-fold probabilities `probs` (rows x labels) and the given labels (a class per row;
     multi-label: a tuple of labels per row, possibly empty)."""
     require_cleanlab()
@@ -57,7 +59,7 @@ def label_quality(probs: np.ndarray, given: list[Any], labels: list[str], *, mul
     from cleanlab.rank import get_label_quality_scores
 
     probs = probs / probs.sum(axis=1, keepdims=True)  # stored to 6 decimals: rows sum to 1 within 1e-5; cleanlab checks
-    y = np.array([index[lab] for lab in given])
+    y = np.array([index[lab] for lab in class_names(given)])
     if len(set(y.tolist())) < len(labels):
         raise MedclfError("Every class needs at least one row to audit the labels; add rows or drop the empty class.")
     quality = get_label_quality_scores(y, probs, method=SCORE_METHOD)
@@ -68,7 +70,7 @@ def label_quality(probs: np.ndarray, given: list[Any], labels: list[str], *, mul
         flagged = int(np.isin(issues, np.flatnonzero(y == i)).sum())
         share = float(1.0 - joint[i, i] / joint[i].sum()) if joint[i].sum() > 0 else 0.0
         per_class.append({"label": lab, "rows": int((y == i).sum()), "flagged": flagged, "estimated_noise_rate": share})
-    suggested = [labels[i] for i in probs.argmax(axis=1)]
+    suggested: list[Label] = [labels[i] for i in probs.argmax(axis=1)]
     return LabelQuality(quality=np.asarray(quality), issues=np.asarray(issues, dtype=int), suggested=suggested,
                         per_class=per_class)
 
@@ -89,6 +91,6 @@ def _multi_label(probs: np.ndarray, y: list[list[int]], labels: list[str]) -> La
         share = float(rows["Issue Probability"].sum())
         per_class.append({"label": lab, "rows": int(present.sum()), "flagged": int(sum(i in y[r] for r in issues)),
                           "estimated_noise_rate": share})
-    suggested = [tuple(lab for lab, p in zip(labels, row) if p >= 0.5) for row in probs]
+    suggested: list[Label] = [tuple(lab for lab, p in zip(labels, row) if p >= 0.5) for row in probs]
     return LabelQuality(quality=np.asarray(quality), issues=np.asarray(issues, dtype=int), suggested=suggested,
                         per_class=per_class)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import pandas as pd
 
 from medclf.core.columns import join_texts, resolve_columns
+from medclf.core.figures import Label
 from medclf.core.tables import DEMO_NAME, demo_data_path, read_table, row_numbers
 from medclf.errors import MedclfError
 
@@ -23,7 +24,7 @@ class LabeledData:
     strings per text, possibly empty."""
 
     texts: list[str]
-    labels: list[Any]
+    labels: list[Label]
     source: str
     text_columns: list[str]
     label_column: str | list[str]
@@ -145,7 +146,7 @@ def load_labeled(
     text_columns, label_column = resolve_columns(frame, text_columns, label_column, source=source, need_label=True)
     assert label_column is not None
     texts = join_texts(frame, text_columns)
-    labels: list[Any]
+    labels: Sequence[Label | None]
     if isinstance(label_column, list):
         labels, empty_label = indicator_labels(frame, label_column, source=source)
     elif multi_label:
@@ -186,7 +187,7 @@ def load_labeled(
         raise MedclfError(f"{source} ({role}) has no usable rows after skipping empty ones.")
     return LabeledData(
         texts=[t for t in texts if t is not None],
-        labels=labels,
+        labels=[lab for lab in labels if lab is not None],
         source=source,
         text_columns=text_columns,
         label_column=label_column,

@@ -11,9 +11,9 @@ method is a function that fits it and one descriptor here (and its name in `conf
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from medclf.config import METHODS, TrainConfig
+from medclf.core.figures import RunMetrics
 from medclf.errors import MedclfError
 
 PLAIN_ENCODER_HEAD = ("the head is head.safetensors (`weight`, `bias`), applied as head.json says: logits = "
@@ -53,7 +53,7 @@ class FitMethod:
                 f"epoch averaging {'on' if config.average_epochs else 'off'}, patience {config.patience or 'off'}, "
                 f"seed {config.seed}, class weights {config.class_weights}")
 
-    def chosen(self, metrics: dict[str, Any]) -> str:
+    def chosen(self, metrics: RunMetrics) -> str:
         """The report's line on what validation kept."""
         return (f"- Kept by validation macro-F1: {metrics.get('selected') or 'epoch ' + str(metrics['best_epoch'])} "
                 f"(validation macro-F1 {metrics['validation']['macro_f1']:.4f})")
@@ -94,7 +94,7 @@ class Embeddings(_OwnHead):
         return (f"- Method: logistic regression on frozen mean-pooled embeddings; max length {config.max_length}, "
                 f"seed {config.seed}, class weights {config.class_weights}")
 
-    def chosen(self, metrics: dict[str, Any]) -> str:
+    def chosen(self, metrics: RunMetrics) -> str:
         how = ("cross-validation on the training rows (few labels)" if metrics.get("few_shot") else
                f"validation macro-F1 ({metrics['validation']['macro_f1']:.4f})")
         return f"- Regularisation C={metrics['timing'].get('chosen_C')} chosen by {how}"
@@ -106,7 +106,7 @@ class ZeroShot(_OwnHead):
         return (f"- Method: zero-shot: each class is the embedding of its label descriptions "
                 f"(`{config.label_descriptions}`); max length {config.max_length}")
 
-    def chosen(self, metrics: dict[str, Any]) -> str:
+    def chosen(self, metrics: RunMetrics) -> str:
         return (f"- No labelled row trains it: the validation part fits the temperature (validation macro-F1 "
                 f"{metrics['validation']['macro_f1']:.4f}) and the test part measures it")
 
@@ -119,7 +119,7 @@ FIT_METHODS: dict[str, FitMethod] = {m.name: m for m in (
               description="fine-tuning of the encoder with a classification head"),
     Embeddings("embeddings", fit="medclf.training.frozen:fit_embeddings", history="C",
                description="logistic regression on the frozen encoder's mean-pooled embeddings"),
-    ZeroShot("zero-shot", fit="medclf.training.zeroshot:fit_zero_shot", history=None, selects=False,
+    ZeroShot("zero-shot", fit="medclf.training.frozen:fit_zero_shot", history=None, selects=False,
              description="zero-shot: each class is the embedding of its label descriptions",
              limit="- Zero-shot: no labelled row trained it; its quality rests on the label descriptions."),
 )}

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Literal
 
 import numpy as np
+
+from medclf.core.figures import FIGURE_NAMES, ClassFigures, Figures, Intervals
 
 
 def classification_metrics(
     y_true: list[int] | np.ndarray, probs: np.ndarray, labels: list[str], *, loss: float | None = None
-) -> dict[str, Any]:
+) -> Figures:
     """Accuracy, macro/weighted F1, per-class P/R/F1/support, confusion matrix, ROC-AUC (one-vs-rest)."""
     from sklearn.metrics import (
         accuracy_score,
@@ -27,7 +29,7 @@ def classification_metrics(
         y_true, y_pred, labels=ids, zero_division=0
     )
     present = [i for i in ids if support[i] > 0]
-    per_class = {
+    per_class: dict[str, ClassFigures] = {
         labels[i]: {
             "precision": float(precision[i]),
             "recall": float(recall[i]),
@@ -42,7 +44,7 @@ def classification_metrics(
             positives = y_true == i
             if 0 < positives.sum() < len(y_true):
                 aucs[labels[i]] = float(roc_auc_score(positives.astype(int), probs[:, i]))
-    result: dict[str, Any] = {
+    result: Figures = {
         "task": "single-label",
         "n": len(y_true),
         "accuracy": float(accuracy_score(y_true, y_pred)),
@@ -70,7 +72,7 @@ def cross_entropy(probs: np.ndarray, y_true: np.ndarray) -> float:
 
 def multilabel_metrics(
     y_true: np.ndarray, probs: np.ndarray, labels: list[str], *, thresholds: np.ndarray, loss: float | None = None
-) -> dict[str, Any]:
+) -> Figures:
     """Micro/macro/samples F1, subset accuracy, Hamming loss, per-label P/R/F1/support/ROC-AUC at `thresholds`."""
     from sklearn.metrics import accuracy_score, f1_score, hamming_loss, precision_recall_fscore_support, roc_auc_score
 
@@ -82,12 +84,12 @@ def multilabel_metrics(
         labels[j]: float(roc_auc_score(y_true[:, j], probs[:, j]))
         for j in range(len(labels)) if 0 < y_true[:, j].sum() < len(y_true)
     }
-    per_class = {
+    per_class: dict[str, ClassFigures] = {
         labels[j]: {"precision": float(precision[j]), "recall": float(recall[j]), "f1": float(f1[j]),
                     "support": int(support[j]), "threshold": float(thresholds[j]), "roc_auc": aucs.get(labels[j])}
         for j in range(len(labels))
     }
-    result: dict[str, Any] = {
+    result: Figures = {
         "task": "multi-label",
         "n": len(y_true),
         "micro_f1": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
@@ -120,7 +122,7 @@ def binary_cross_entropy(probs: np.ndarray, y_true: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
-def headline(metrics: dict[str, Any]) -> str:
+def headline(metrics: Figures) -> str:
     """The one-line summary of a metrics dict, for logs and tables."""
     if metrics.get("task") == "multi-label":
         return (f"micro-F1 {metrics['micro_f1']:.4f}   macro-F1 {metrics['macro_f1']:.4f}   samples-F1 "
@@ -129,17 +131,17 @@ def headline(metrics: dict[str, Any]) -> str:
     return f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}"
 
 
-def format_intervals(metrics: dict[str, Any]) -> str | None:
+def format_intervals(metrics: Figures) -> str | None:
     """'95% interval (bootstrap): accuracy [0.59, 0.67], macro-F1 [...]', or None without intervals."""
     intervals = metrics.get("intervals")
     if not intervals:
         return None
-    names = {"accuracy": "accuracy", "micro_f1": "micro-F1", "macro_f1": "macro-F1", "subset_accuracy": "subset accuracy"}
-    parts = [f"{names[k]} [{v['low']:.4f}, {v['high']:.4f}]" for k, v in intervals.items() if k in names]
+    parts = [f"{FIGURE_NAMES[k]} [{intervals[k]['low']:.4f}, {intervals[k]['high']:.4f}]" for k in INTERVAL_KEYS
+             if k in intervals]
     return f"{100 * intervals['level']:.0f}% interval (bootstrap of the test texts): " + ", ".join(parts)
 
 
-def format_table(metrics: dict[str, Any]) -> str:
+def format_table(metrics: Figures) -> str:
     """A plain-text table: the headline figures (and their bootstrap intervals), then one row per class."""
     table = _format_multilabel(metrics) if metrics.get("task") == "multi-label" else _format_single(metrics)
     intervals = format_intervals(metrics)
@@ -149,17 +151,17 @@ def format_table(metrics: dict[str, Any]) -> str:
     return f"{first}\n{intervals}\n{rest}"
 
 
-def _summary(metrics: dict[str, Any], first: str, auc_key: str) -> tuple[list[str], int]:
+def _summary(metrics: Figures, first: str, auc: float | None) -> tuple[list[str], int]:
     """The table's first line (figures, loss, ROC-AUC, n) and the width of its label column."""
     line = (first + (f"   loss {metrics['loss']:.4f}" if metrics.get("loss") is not None else "")
-            + (f"   ROC-AUC {metrics[auc_key]:.4f}" if metrics.get(auc_key) is not None else "") + f"   (n={metrics['n']})")
+            + (f"   ROC-AUC {auc:.4f}" if auc is not None else "") + f"   (n={metrics['n']})")
     return [line], max(10, *(len(label) for label in metrics["labels"]))
 
 
-def _format_single(metrics: dict[str, Any]) -> str:
+def _format_single(metrics: Figures) -> str:
     first = (f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}   "
              f"weighted-F1 {metrics['weighted_f1']:.4f}")
-    lines, width = _summary(metrics, first, "roc_auc_ovr_macro")
+    lines, width = _summary(metrics, first, metrics.get("roc_auc_ovr_macro"))
     lines.append(f"{'class':<{width}}  precision  recall     f1  support")
     for label in metrics["labels"]:
         row = metrics["per_class"][label]
@@ -169,8 +171,8 @@ def _format_single(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _format_multilabel(metrics: dict[str, Any]) -> str:
-    lines, width = _summary(metrics, headline(metrics), "roc_auc_macro")
+def _format_multilabel(metrics: Figures) -> str:
+    lines, width = _summary(metrics, headline(metrics), metrics.get("roc_auc_macro"))
     lines.append(f"{'label':<{width}}  threshold  precision  recall     f1  support  ROC-AUC")
     for label in metrics["labels"]:
         row = metrics["per_class"][label]
@@ -181,6 +183,10 @@ def _format_multilabel(metrics: dict[str, Any]) -> str:
 
 
 BOOTSTRAP_RESAMPLES = 1000
+IntervalKey = Literal["accuracy", "macro_f1", "micro_f1", "subset_accuracy"]
+SINGLE_INTERVAL_KEYS: tuple[IntervalKey, ...] = ("accuracy", "macro_f1")
+MULTI_INTERVAL_KEYS: tuple[IntervalKey, ...] = ("micro_f1", "macro_f1", "subset_accuracy")
+INTERVAL_KEYS: tuple[IntervalKey, ...] = ("accuracy", "micro_f1", "macro_f1", "subset_accuracy")
 
 
 def _f1_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
@@ -191,7 +197,7 @@ def _f1_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarra
 def bootstrap_intervals(
     y_true: np.ndarray, y_pred: np.ndarray, *, multi_label: bool, resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = 0, level: float = 0.95,
-) -> dict[str, Any]:
+) -> Intervals:
     """Paired percentile bootstrap intervals (scipy.stats.bootstrap): the test texts resampled with replacement
     `resamples` times, truth and prediction together, and the figures recomputed on each resample. Single-label:
     accuracy and macro-F1 (over the classes present in the resample); multi-label: micro- and macro-F1 and subset
@@ -204,8 +210,8 @@ def bootstrap_intervals(
     n = len(y_true)
     if n == 0:
         return {}
+    names = MULTI_INTERVAL_KEYS if multi_label else SINGLE_INTERVAL_KEYS
     if multi_label:
-        names = ("micro_f1", "macro_f1", "subset_accuracy")
         t_all, p_all = y_true.astype(bool), y_pred.astype(bool)
 
         def figures(idx: np.ndarray) -> np.ndarray:
@@ -216,7 +222,6 @@ def bootstrap_intervals(
             macro = _f1_from_counts(tp, fp, fn)[present].mean() if present.any() else 0.0
             return np.array([micro, macro, (t == p).all(axis=1).mean()])
     else:
-        names = ("accuracy", "macro_f1")  # type: ignore[assignment]  # one tuple of names per task
         k = int(max(y_true.max(), y_pred.max())) + 1
 
         def figures(idx: np.ndarray) -> np.ndarray:
@@ -231,7 +236,8 @@ def bootstrap_intervals(
         result = bootstrap((np.arange(n),), figures, n_resamples=resamples, confidence_level=level,
                            method="percentile", vectorized=False, random_state=np.random.default_rng(seed))
     low, high = np.atleast_1d(result.confidence_interval.low), np.atleast_1d(result.confidence_interval.high)
-    out: dict[str, Any] = {name: {"low": float(lo), "high": float(hi)} for name, lo, hi in zip(names, low, high)}
-    out["method"] = f"paired percentile bootstrap (scipy), {resamples} resamples of the {n} test texts, seed {seed}"
-    out["level"] = level
+    out: Intervals = {"method": f"paired percentile bootstrap (scipy), {resamples} resamples of the {n} test texts, "
+                                f"seed {seed}", "level": level}
+    for i, name in enumerate(names):
+        out[name] = {"low": float(low[i]), "high": float(high[i])}
     return out

@@ -8,15 +8,19 @@ into decisions (the most probable class, or every label at or above its own thre
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
+
+from medclf.core.figures import Decision, FigureKey, Figures, Headline, Label, class_names
 
 if TYPE_CHECKING:  # torch is imported where a task's torch methods run, not with this module
     import torch
 
 DEFAULT_THRESHOLD = 0.5
 ProblemType = Literal["single_label_classification", "multi_label_classification"]
+AucKey = Literal["roc_auc_ovr_macro", "roc_auc_macro"]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -69,10 +73,11 @@ class SingleLabel:
     name = "single-label"
     problem_type: ProblemType = "single_label_classification"
     classes = "classes"
-    headline_keys: tuple[str, ...] = ("accuracy", "macro_f1", "weighted_f1")
+    headline_keys: tuple[FigureKey, ...] = ("accuracy", "macro_f1", "weighted_f1")
     """The figures a run is summed up by (run log, TF-IDF baseline, cross-validation, served model info)."""
-    accuracy_key, accuracy_name = "accuracy", "acc"
-    auc_key = "roc_auc_ovr_macro"
+    accuracy_key: FigureKey = "accuracy"
+    accuracy_name = "acc"
+    auc_key: AucKey = "roc_auc_ovr_macro"
 
     @staticmethod
     def probabilities_torch(logits: torch.Tensor) -> torch.Tensor:
@@ -85,9 +90,9 @@ class SingleLabel:
         return softmax(logits)
 
     @staticmethod
-    def targets(values: list[Any], labels: list[str]) -> np.ndarray:
+    def targets(values: Sequence[Label], labels: list[str]) -> np.ndarray:
         index = {lab: i for i, lab in enumerate(labels)}
-        return np.array([index[v] for v in values], dtype=np.int64)
+        return np.array([index[v] for v in class_names(values)], dtype=np.int64)
 
     @staticmethod
     def decide(probs: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarray:
@@ -104,8 +109,8 @@ class SingleLabel:
         return float((a.argmax(axis=1) == b.argmax(axis=1)).mean()) if len(a) else 1.0
 
     @staticmethod
-    def counts(values: list[Any]) -> dict[str, int]:
-        return dict(Counter(values))
+    def counts(values: Sequence[Label]) -> dict[str, int]:
+        return dict(Counter(class_names(values)))
 
     @staticmethod
     def rows_per_class(y: np.ndarray, n_labels: int) -> np.ndarray:
@@ -113,12 +118,12 @@ class SingleLabel:
         return np.bincount(y, minlength=n_labels)
 
     @staticmethod
-    def metrics(y: np.ndarray, probs: np.ndarray, labels: list[str], thresholds: np.ndarray | None = None) -> dict[str, Any]:
+    def metrics(y: np.ndarray, probs: np.ndarray, labels: list[str], thresholds: np.ndarray | None = None) -> Figures:
         from medclf.core.metrics import classification_metrics, cross_entropy
 
         return classification_metrics(y, probs, labels, loss=cross_entropy(probs, y))
 
-    def selection_metrics(self, y: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    def selection_metrics(self, y: np.ndarray, probs: np.ndarray, labels: list[str]) -> Figures:
         """Validation figures that pick the kept weights (macro_f1 decides)."""
         return self.metrics(y, probs, labels)
 
@@ -140,10 +145,11 @@ class MultiLabel:
     name = "multi-label"
     problem_type: ProblemType = "multi_label_classification"
     classes = "labels, several per text allowed"
-    headline_keys: tuple[str, ...] = ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss")
-    accuracy_key, accuracy_name = "subset_accuracy", "subset acc"
+    headline_keys: tuple[FigureKey, ...] = ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss")
+    accuracy_key: FigureKey = "subset_accuracy"
+    accuracy_name = "subset acc"
     """Subset accuracy: the share of texts whose label set is exactly right."""
-    auc_key = "roc_auc_macro"
+    auc_key: AucKey = "roc_auc_macro"
 
     @staticmethod
     def probabilities_torch(logits: torch.Tensor) -> torch.Tensor:
@@ -156,7 +162,7 @@ class MultiLabel:
         return sigmoid(logits)
 
     @staticmethod
-    def targets(values: list[Any], labels: list[str]) -> np.ndarray:
+    def targets(values: Sequence[Label], labels: list[str]) -> np.ndarray:
         index = {lab: i for i, lab in enumerate(labels)}
         y = np.zeros((len(values), len(labels)), dtype=np.float32)
         for row, present in enumerate(values):
@@ -177,7 +183,7 @@ class MultiLabel:
         return float((self.decide(a, thresholds) == self.decide(b, thresholds)).all(axis=1).mean()) if len(a) else 1.0
 
     @staticmethod
-    def counts(values: list[Any]) -> dict[str, int]:
+    def counts(values: Sequence[Label]) -> dict[str, int]:
         counts = Counter(lab for present in values for lab in present)
         return dict(counts)
 
@@ -187,13 +193,13 @@ class MultiLabel:
         return y.sum(axis=0)
 
     @staticmethod
-    def metrics(y: np.ndarray, probs: np.ndarray, labels: list[str], thresholds: np.ndarray | None = None) -> dict[str, Any]:
+    def metrics(y: np.ndarray, probs: np.ndarray, labels: list[str], thresholds: np.ndarray | None = None) -> Figures:
         from medclf.core.metrics import binary_cross_entropy, multilabel_metrics
 
         t = np.full(len(labels), DEFAULT_THRESHOLD) if thresholds is None else np.asarray(thresholds)
         return multilabel_metrics(y, probs, labels, thresholds=t, loss=binary_cross_entropy(probs, y))
 
-    def selection_metrics(self, y: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    def selection_metrics(self, y: np.ndarray, probs: np.ndarray, labels: list[str]) -> Figures:
         """Validation figures at thresholds tuned on this same validation part (as the kept model will use)."""
         return self.metrics(y, probs, labels, tune_thresholds(y, probs))
 
@@ -220,11 +226,11 @@ class Task(Protocol):
     """transformers' config.problem_type (which loss and activation a plain `from_pretrained` model applies)."""
     classes: str
     """What the labels are, in words for the log."""
-    headline_keys: tuple[str, ...]
+    headline_keys: tuple[FigureKey, ...]
     """The figures a run is summed up by (run log, TF-IDF baseline, cross-validation, served model info)."""
-    accuracy_key: str
+    accuracy_key: FigureKey
     accuracy_name: str
-    auc_key: str
+    auc_key: AucKey
 
     def probabilities_torch(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits (a tensor) -> probabilities, differentiably (explanations, training's validation)."""
@@ -232,29 +238,29 @@ class Task(Protocol):
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Logits -> probabilities: softmax, or each label's sigmoid."""
 
-    def targets(self, values: list[Any], labels: list[str]) -> np.ndarray:
+    def targets(self, values: Sequence[Label], labels: list[str]) -> np.ndarray:
         """Labels as the data holds them -> the model's targets (class ids, or a 0/1 matrix)."""
 
     def decide(self, probs: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarray:
         """Probabilities -> decisions (class ids, or label indicators at the thresholds)."""
 
-    def names(self, decided: np.ndarray | np.generic, labels: list[str]) -> str | list[str]:
+    def names(self, decided: np.ndarray | np.generic, labels: list[str]) -> Decision:
         """One row's decision in label names (a name, or a list of names)."""
 
     def agreement(self, a: np.ndarray, b: np.ndarray, thresholds: np.ndarray | None = None) -> float:
         """Share of texts two sets of probabilities decide the same way."""
 
-    def counts(self, values: list[Any]) -> dict[str, int]:
+    def counts(self, values: Sequence[Label]) -> dict[str, int]:
         """Rows per label."""
 
     def rows_per_class(self, y: np.ndarray, n_labels: int) -> np.ndarray:
         """Rows of each class (multi-label: positive rows of each label) among targets `y`."""
 
     def metrics(self, y: np.ndarray, probs: np.ndarray, labels: list[str],
-                thresholds: np.ndarray | None = None) -> dict[str, Any]:
+                thresholds: np.ndarray | None = None) -> Figures:
         """The metric table of a labelled part (its `task` key names this task)."""
 
-    def selection_metrics(self, y: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    def selection_metrics(self, y: np.ndarray, probs: np.ndarray, labels: list[str]) -> Figures:
         """The validation figures that pick the kept weights (macro_f1 decides)."""
 
     def loss(self, y_train: np.ndarray, n_labels: int, class_weights: str) -> torch.nn.Module:
@@ -269,11 +275,11 @@ def task_for(multi_label: bool) -> Task:
     return MULTI_LABEL if multi_label else SINGLE_LABEL
 
 
-def task_of(metrics: dict[str, Any]) -> Task:
+def task_of(metrics: Figures) -> Task:
     """The task a metrics table (metrics.json's parts, `Task.metrics` output) was computed for."""
     return MULTI_LABEL if metrics.get("task") == MULTI_LABEL.name else SINGLE_LABEL
 
 
-def headline_figures(metrics: dict[str, Any]) -> dict[str, Any]:
+def headline_figures(metrics: Figures) -> Headline:
     """The headline figures of a metrics table, as its task names them."""
     return {key: metrics[key] for key in task_of(metrics).headline_keys}

@@ -340,7 +340,7 @@ def _copy_model_files(model_dir: Path, dest: Path) -> None:
             shutil.copyfile(model_dir / name, dest / name)
 
 
-def _export_info(clf: Any, result: ExportResult) -> dict[str, Any]:
+def _export_info(clf: TextClassifier, result: ExportResult) -> dict[str, Any]:
     import onnxruntime
 
     from medclf._version import __version__

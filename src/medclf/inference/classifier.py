@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from medclf.config import BACKENDS, INFER_BATCH_SIZE, TRAIN_DEFAULTS, LoadOptions
+from medclf.core.figures import Decision
 from medclf.core.tasks import softmax, task_for
 from medclf.errors import MedclfError
 from medclf.inference.onnx_runtime import OnnxRunner, onnx_file
@@ -28,7 +29,9 @@ from medclf.run.artifacts import CONFIG_FILE, MODEL_DIR, is_run_dir, read_json
 from medclf.run.runspec import RunSpec
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
+
+    from medclf.inference.explain import Explanation
 
 log = logging.getLogger(__name__)
 TOKENIZE_AHEAD = 4096
@@ -46,7 +49,7 @@ class Predictions:
 
     probabilities: np.ndarray
     """predict_proba's rows."""
-    decided: list[Any]
+    decided: list[Decision]
     """predict's answers: a label each, or (multi-label) a list of labels each."""
     windows: list[tuple[int, int] | None]
     """long_text='chunk': the character span (start, end) of the window whose logit for the predicted label
@@ -98,7 +101,7 @@ class TextClassifier:
     ) -> None:
         self.run_dir: Path | None = None
         """The run directory this classifier was loaded from (None when built in memory)."""
-        self._torch_twin: Any = None
+        self._torch_twin: torch.nn.Module | None = None
         self.multi_label = multi_label
         self.task = task_for(multi_label)
         if not (isinstance(temperature, (int, float)) and 0 < temperature < float("inf")):
@@ -112,9 +115,8 @@ class TextClassifier:
             if isinstance(model, torch.nn.Module) else model
         """What runs the model on a padded batch (PyTorch or ONNX Runtime: `inference.runners`)."""
         if self.runner.module is not None and not labels:
-            config: Any = getattr(self.runner.module, "config")  # a transformers config
-            id2label: dict[int, str] = config.id2label
-            labels = [str(id2label[i]) for i in range(len(id2label))]
+            config: PretrainedConfig = getattr(self.runner.module, "config")
+            labels = [str(label) for _, label in sorted((int(i), label) for i, label in (config.id2label or {}).items())]
         if not labels:
             raise MedclfError("A classifier that is not a PyTorch model needs its labels.")
         self._labels = list(labels)
@@ -309,11 +311,11 @@ class TextClassifier:
         return probs[0] if single else probs
 
     @overload
-    def predict(self, texts: str, *, batch_size: int | None = None) -> Any: ...
+    def predict(self, texts: str, *, batch_size: int | None = None) -> Decision: ...
     @overload
-    def predict(self, texts: list[str], *, batch_size: int | None = None) -> list[Any]: ...
+    def predict(self, texts: list[str], *, batch_size: int | None = None) -> list[Decision]: ...
 
-    def predict(self, texts: str | list[str], *, batch_size: int | None = None) -> Any:
+    def predict(self, texts: str | list[str], *, batch_size: int | None = None) -> Decision | list[Decision]:
         """The most probable label: a string for a string, a list for a list.
         Multi-label: the labels at or above their thresholds, a list for a string, a list of lists for a list."""
         probs = self.predict_proba(texts, batch_size=batch_size)
@@ -321,7 +323,7 @@ class TextClassifier:
         return decided[0] if probs.ndim == 1 else decided
 
     def explain(self, text: str, *, method: str = "integrated-gradients", target: str | None = None,
-                steps: int = 32) -> Any:
+                steps: int = 32) -> Explanation:
         """Per-word attribution scores for the predicted label (or `target`): a medclf.inference.explain.Explanation
         with the label, its probability, every label's probability, and {"word", "start", "end", "score",
         "seen"} per word. method: "integrated-gradients" (needs PyTorch; an ONNX-loaded classifier loads the
@@ -361,7 +363,7 @@ class TextClassifier:
             self._torch_twin = type(self).load(self.run_dir, backend="torch", device="cpu").torch_model()
         return self._torch_twin
 
-    def decide(self, probs: np.ndarray) -> list[Any]:
+    def decide(self, probs: np.ndarray) -> list[Decision]:
         """predict_proba's rows turned into predictions: a label each, or (multi-label) a list of labels each."""
         return [self.task.names(row, self._labels) for row in self.task.decide(probs, self._thresholds)]
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from medclf.config import TRAIN_DEFAULTS, LoadOptions
+from medclf.core.figures import Figures
 from medclf.core.labels import load_labeled
 from medclf.errors import MedclfError
 from medclf.inference.classifier import TextClassifier
@@ -24,7 +24,7 @@ def evaluate(
     output: str | Path | None = None,
     options: LoadOptions | None = None,
     classifier: TextClassifier | None = None,
-) -> dict[str, Any]:
+) -> Figures:
     """Accuracy, macro/weighted F1, per-class figures, confusion matrix, loss and ROC-AUC on `data`;
     for a multi-label run, micro/macro/samples F1, subset accuracy, Hamming loss and per-label figures
     at the run's thresholds.

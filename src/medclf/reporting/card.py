@@ -11,9 +11,10 @@ regenerates it for any run.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
+from medclf.core.figures import FIGURE_NAMES, FigureKey, Figures, Headline, Intervals, RunMetrics
 from medclf.core.methods import method_of
+from medclf.core.metrics import INTERVAL_KEYS
 from medclf.core.tasks import task_of
 from medclf.run.artifacts import METRICS_FILE, MODEL_DIR, atomic_write_text, read_json
 from medclf.run.runspec import RunSpec
@@ -50,19 +51,19 @@ def base_model(spec: RunSpec) -> str | None:
     return None
 
 
-def header(spec: RunSpec, metrics: dict[str, Any], name: str) -> str:
+def header(spec: RunSpec, metrics: RunMetrics, name: str) -> str:
     from huggingface_hub import EvalResult, ModelCardData
 
     test = metrics["test"]
     multi = task_of(test).multi_label
-    figures = ([("f1", "micro_f1", "micro-F1", "micro"), ("f1", "macro_f1", "macro-F1", "macro"),
-                ("accuracy", "subset_accuracy", "subset accuracy", None)] if multi
-               else [("accuracy", "accuracy", "accuracy", None), ("f1", "macro_f1", "macro-F1", "macro")])
+    figures: list[tuple[str, FigureKey, str | None]] = (
+        [("f1", "micro_f1", "micro"), ("f1", "macro_f1", "macro"), ("accuracy", "subset_accuracy", None)] if multi
+        else [("accuracy", "accuracy", None), ("f1", "macro_f1", "macro")])
     dataset = Path(spec.data_file).name or "data"
     results = [EvalResult(task_type="text-classification", task_name="Text Classification", dataset_type="csv",
                           dataset_name=dataset, dataset_split="test", metric_type=kind, metric_value=round(test[key], 4),
-                          metric_name=title, metric_args={"average": average} if average else None)
-               for kind, key, title, average in figures]
+                          metric_name=FIGURE_NAMES[key], metric_args={"average": average} if average else None)
+               for kind, key, average in figures]
     tags = ["medclf", "medical", "text-classification", spec.method] + (["multi-label"] if multi else [])
     data = ModelCardData(
         library_name=method_of(spec.method).library_name,
@@ -73,7 +74,7 @@ def header(spec: RunSpec, metrics: dict[str, Any], name: str) -> str:
     return f"---\n{data.to_yaml()}\n---\n"
 
 
-def model_card(spec: RunSpec, metrics: dict[str, Any], *, name: str) -> str:
+def model_card(spec: RunSpec, metrics: RunMetrics, *, name: str) -> str:
     test, data, timing = metrics["test"], metrics["data"], metrics["timing"]
     multi = task_of(test).multi_label
     labels = list(test["labels"])
@@ -133,19 +134,17 @@ def method_text(spec: RunSpec) -> str:
 
 
 
-def _figures(test: dict[str, Any], baseline: dict[str, Any] | None, multi: bool) -> list[str]:
-    keys = (["micro_f1", "macro_f1", "samples_f1", "subset_accuracy"] if multi
-            else ["accuracy", "macro_f1", "weighted_f1"])
-    names = {"accuracy": "accuracy", "macro_f1": "macro-F1", "weighted_f1": "weighted-F1", "micro_f1": "micro-F1",
-             "samples_f1": "samples-F1", "subset_accuracy": "subset accuracy"}
-    intervals = test.get("intervals", {})
+def _figures(test: Figures, baseline: Headline | None, multi: bool) -> list[str]:
+    keys: tuple[FigureKey, ...] = (("micro_f1", "macro_f1", "samples_f1", "subset_accuracy") if multi
+                                   else ("accuracy", "macro_f1", "weighted_f1"))
+    intervals: Intervals = test.get("intervals", {})
     lines = [f"## Test figures ({test['n']} texts the model never saw)", "", "| figure | value | 95% interval | TF-IDF baseline |",
              "|---|---|---|---|"]
     for key in keys:
         if key not in test:
             continue
-        band = intervals.get(key)
-        lines.append(f"| {names[key]} | {test[key]:.4f} | "
+        band = intervals.get(key) if key in INTERVAL_KEYS else None
+        lines.append(f"| {FIGURE_NAMES[key]} | {test[key]:.4f} | "
                      + (f"{band['low']:.4f}-{band['high']:.4f}" if band else "") + " | "
                      + (f"{baseline[key]:.4f}" if baseline and key in baseline else "") + " |")
     if intervals.get("method"):
@@ -153,7 +152,7 @@ def _figures(test: dict[str, Any], baseline: dict[str, Any] | None, multi: bool)
     return lines + [""]
 
 
-def _per_class(test: dict[str, Any], multi: bool) -> list[str]:
+def _per_class(test: Figures, multi: bool) -> list[str]:
     extra = " threshold |" if multi else ""
     lines = [f"## Per {'label' if multi else 'class'}", "", f"| {'label' if multi else 'class'} | precision | recall | "
              f"F1 | support |{extra}", "|---|---|---|---|---|" + ("---|" if multi else "")]
@@ -163,7 +162,7 @@ def _per_class(test: dict[str, Any], multi: bool) -> list[str]:
     return lines + [""]
 
 
-def _limits(spec: RunSpec, metrics: dict[str, Any], multi: bool) -> list[str]:
+def _limits(spec: RunSpec, metrics: RunMetrics, multi: bool) -> list[str]:
     test, data = metrics["test"], metrics["data"]
     out = []
     low = [(lab, row["recall"]) for lab, row in test["per_class"].items() if row["support"] and row["recall"] < LOW_RECALL]

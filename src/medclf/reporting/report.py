@@ -3,12 +3,23 @@ confusion_matrix.png, calibration.png, training.png. Texts never appear in any o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from medclf.config import TrainConfig
+from medclf.core.figures import (
+    FIGURE_NAMES,
+    Calibration,
+    DataFigures,
+    FigureKey,
+    Figures,
+    Headline,
+    HistoryRow,
+    RunMetrics,
+)
 from medclf.core.methods import method_of
 from medclf.core.metrics import format_table
 from medclf.core.tasks import task_of
@@ -23,8 +34,14 @@ from medclf.run.artifacts import (
 )
 from medclf.run.runspec import RunSpec
 
+if TYPE_CHECKING:
+    from markdown_it.renderer import RendererProtocol
+    from markdown_it.token import Token
+    from markdown_it.utils import EnvType, OptionsDict
+    from matplotlib.figure import Figure
 
-def figure_png(fig: Any) -> bytes:
+
+def figure_png(fig: Figure) -> bytes:
     """A matplotlib figure as PNG bytes (110 dpi), the figure closed."""
     import io
 
@@ -72,16 +89,16 @@ def _missing_image(line: str, images: list[str]) -> bool:
     return line.startswith("![") and line.rstrip(")").rsplit("(", 1)[-1] not in images
 
 
-def _baseline_lines(baseline: dict[str, Any] | None, test: dict[str, Any], multi: bool) -> list[str]:
+def _baseline_lines(baseline: Headline | None, test: Figures, multi: bool) -> list[str]:
     if not baseline:
         return []
-    keys = (("micro_f1", "micro-F1"), ("macro_f1", "macro-F1")) if multi else (("accuracy", "accuracy"), ("macro_f1", "macro-F1"))
-    figures = ", ".join(f"{name} {baseline[k]:.4f} (this model: {test[k]:.4f})" for k, name in keys)
+    keys: tuple[FigureKey, ...] = ("micro_f1", "macro_f1") if multi else ("accuracy", "macro_f1")
+    figures = ", ".join(f"{FIGURE_NAMES[k]} {baseline[k]:.4f} (this model: {test[k]:.4f})" for k in keys)
     return [f"Reference on the same split: TF-IDF word 1-2-grams + logistic regression: {figures}. A model that "
             "does not beat it is not worth its cost.", ""]
 
 
-def training_png(history: list[dict[str, Any]], *, per: str) -> bytes:
+def training_png(history: list[HistoryRow], *, per: str) -> bytes:
     """Loss (train and validation) and validation macro-F1 per epoch (`per` 'epoch'), or per regularisation value
     tried ('C': the embeddings method)."""
     embeddings = per == "C"
@@ -115,7 +132,7 @@ def training_png(history: list[dict[str, Any]], *, per: str) -> bytes:
     return figure_png(fig)
 
 
-def reliability_png(summary: dict[str, Any], *, title: str) -> bytes:
+def reliability_png(summary: Calibration, *, title: str) -> bytes:
     """Reliability diagram: observed frequency against mean confidence per bin, before and after scaling."""
     import matplotlib
 
@@ -124,10 +141,9 @@ def reliability_png(summary: dict[str, Any], *, title: str) -> bytes:
 
     fig, (ax, hist) = plt.subplots(2, 1, figsize=(6, 7), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
-    for key, name, style in (("reliability_before", "before", "o-"), ("reliability_after", "after", "s-")):
-        r = summary[key]
+    for name, r, ece, style in (("before", summary["reliability_before"], summary["ece_before"], "o-"),
+                                ("after", summary["reliability_after"], summary["ece_after"], "s-")):
         keep = [i for i, c in enumerate(r["count"]) if c > 0]
-        ece = summary["ece_before" if name == "before" else "ece_after"]
         label = (f"{name} (ECE {ece:.3f})" if name == "before"
                  else f"after, T = {summary['temperature']:.2f} (ECE {ece:.3f})")
         ax.plot([r["confidence"][i] for i in keep], [r["frequency"][i] for i in keep], style, label=label)
@@ -155,7 +171,7 @@ def markdown_html(text: str, directory: Path, images: list[str]) -> str:
 
     md = MarkdownIt("commonmark", {"html": False}).enable("table")
 
-    def image(_renderer: Any, tokens: Any, idx: int, options: Any, env: Any) -> str:
+    def image(_renderer: RendererProtocol, tokens: Sequence[Token], idx: int, options: OptionsDict, env: EnvType) -> str:
         token = tokens[idx]
         alt = escapeHtml("".join(child.content for child in token.children or []))
         src = str(token.attrGet("src") or "")
@@ -175,7 +191,7 @@ def markdown_html(text: str, directory: Path, images: list[str]) -> str:
             f"<style>{style}</style></head><body>\n" + md.render(text) + "</body></html>\n")
 
 
-def _calibration_lines(cal: dict[str, Any], config: TrainConfig, multi: bool) -> list[str]:
+def _calibration_lines(cal: Calibration, config: TrainConfig, multi: bool) -> list[str]:
     how = (f"temperature scaling, T = {cal['temperature']:.3f}, {cal.get('note', '')} (logits are divided by T before "
            "the " + ("sigmoid" if multi else "softmax") + "; no prediction changes)"
            if config.calibrate else "off (--no-calibrate): the model's own probabilities")
@@ -198,7 +214,7 @@ def _calibration_lines(cal: dict[str, Any], config: TrainConfig, multi: bool) ->
     ]
 
 
-def _multilabel_notes(test: dict[str, Any], config: TrainConfig) -> list[str]:
+def _multilabel_notes(test: Figures, config: TrainConfig) -> list[str]:
     fixed = test.get("at_threshold_0.5", {})
     lines = [
         f"Multi-label: {len(test['labels'])} labels, {test['labels_per_text']:.2f} per test text on average "
@@ -219,7 +235,7 @@ def _multilabel_notes(test: dict[str, Any], config: TrainConfig) -> list[str]:
     return lines
 
 
-def _write_plots(directory: Path, metrics: dict[str, Any], *, multi: bool, history: str | None) -> None:
+def _write_plots(directory: Path, metrics: RunMetrics, *, multi: bool, history: str | None) -> None:
     """The PNGs the report shows: confusion matrix (single-label), reliability diagram, training history."""
     test = metrics["test"]
     if not multi:  # a multi-label run has no single confusion matrix: its per-label table says the same
@@ -235,7 +251,7 @@ def _write_plots(directory: Path, metrics: dict[str, Any], *, multi: bool, histo
         atomic_write_bytes(directory / TRAINING_FILE, training_png(metrics["history"], per=history))
 
 
-def _summary_lines(metrics: dict[str, Any], spec: RunSpec) -> list[str]:
+def _summary_lines(metrics: RunMetrics, spec: RunSpec) -> list[str]:
     """The report's head: when, which model on what, the split, the method's options and what validation kept."""
     config, timing, data, method = spec.config, metrics["timing"], metrics["data"], method_of(spec.method)
     return [
@@ -255,7 +271,7 @@ def _summary_lines(metrics: dict[str, Any], spec: RunSpec) -> list[str]:
     ]
 
 
-def _history_lines(history: list[dict[str, Any]], per: str | None) -> list[str]:
+def _history_lines(history: list[HistoryRow], per: str | None) -> list[str]:
     """The training history: per regularisation value tried ('C') or per epoch ('epoch'); nothing for None."""
     if per is None:
         return []
@@ -283,7 +299,7 @@ def _history_lines(history: list[dict[str, Any]], per: str | None) -> list[str]:
     ]
 
 
-def _data_lines(data: dict[str, Any], labels: list[str], config: TrainConfig, multi: bool) -> list[str]:
+def _data_lines(data: DataFigures, labels: list[str], config: TrainConfig, multi: bool) -> list[str]:
     """Rows per class and part, and how long the texts were and how much of them the model read."""
     lines = ["", "## Data", "", f"| {'label' if multi else 'class'} | train | validation | test |", "|---|---|---|---|"]
     counts = data["class_counts"]
@@ -320,7 +336,7 @@ def _environment_lines(spec: RunSpec) -> list[str]:
             f"Data SHA-256: {hashes}.", ""]
 
 
-def write_report(directory: Path, *, metrics: dict[str, Any], spec: RunSpec, plots: bool = True) -> None:
+def write_report(directory: Path, *, metrics: RunMetrics, spec: RunSpec, plots: bool = True) -> None:
     """report.md and report.html; with plots, also the PNGs they show (cross-validation folds skip them)."""
     test, config = metrics["test"], spec.config
     multi = task_of(test).multi_label

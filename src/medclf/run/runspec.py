@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from medclf.config import TrainConfig
 from medclf.errors import MedclfError
@@ -49,7 +48,8 @@ class RunSpec:
     data_sha256: dict[str, str | None] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     split: str = ""
-    processes: dict[str, Any] = field(default_factory=dict)
+    processes: dict[str, int | str] = field(default_factory=dict)
+    """How many processes trained it, and the batch each took."""
     medclf_version: str = ""
     created: str = ""
     version: int = RUN_SPEC_VERSION
@@ -95,12 +95,12 @@ class RunSpec:
 
     # ------------------------------------------------------------ reading and writing
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         run = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("config", "version")}
         return {"version": self.version, "config": self.config.to_dict(), "run": run}
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], *, source: str = CONFIG_FILE) -> RunSpec:
+    def from_dict(cls, values: dict[str, object], *, source: str = CONFIG_FILE) -> RunSpec:
         version = values.get("version", 1)
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise MedclfError(f"{source} has no valid layout version ({version!r}); train the run again.")

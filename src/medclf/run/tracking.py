@@ -22,8 +22,9 @@ import math
 import os
 import re
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from types import ModuleType
 
 from medclf.errors import MedclfError
 from medclf.run.artifacts import METRICS_FILE, read_json
@@ -36,7 +37,7 @@ PARAM_LIMIT = 6000
 """MLflow's longest parameter value; longer ones (a long list of columns) are cut with a mark."""
 
 
-def require_mlflow() -> Any:
+def require_mlflow() -> ModuleType:
     """The mlflow module, or a one-sentence error that says how to install it (checked before a job starts)."""
     try:
         import mlflow
@@ -45,7 +46,7 @@ def require_mlflow() -> Any:
     return mlflow
 
 
-def flat_params(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
+def flat_params(values: Mapping[str, object], prefix: str = "") -> dict[str, str]:
     """Nested options as MLflow parameters: dotted keys, lists and None as JSON, values cut at PARAM_LIMIT."""
     out: dict[str, str] = {}
     for key, value in values.items():
@@ -58,14 +59,22 @@ def flat_params(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def numeric(values: dict[str, Any]) -> dict[str, float]:
+def numeric(values: Mapping[str, object]) -> dict[str, float]:
     """The finite numbers of a flat dict, as MLflow metrics (names keep only the characters MLflow allows)."""
     return {re.sub(r"[^\w\-. /]", "_", k): float(v) for k, v in values.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
 
 
-def log_job(*, kind: str, name: str, directory: Path, params: dict[str, Any], steps: list[dict[str, Any]] | None = None,
-            final: dict[str, Any] | None = None, artifacts: list[str] | None = None, tags: dict[str, str] | None = None,
+def _step(row: Mapping[str, object]) -> int:
+    """A step row's step number (every row log_job is given carries one)."""
+    step = row["step"]
+    if not isinstance(step, (int, float)):
+        raise TypeError(f"a step row needs a number as its 'step', not {type(step).__name__}")
+    return int(step)
+
+
+def log_job(*, kind: str, name: str, directory: Path, params: Mapping[str, object],
+            steps: Sequence[Mapping[str, object]] | None = None, final: Mapping[str, object] | None = None, artifacts: list[str] | None = None, tags: dict[str, str] | None = None,
             seconds: float | None = None) -> str:
     """Log one finished job as an MLflow run; its run id. steps: per-step figures (each with its 'step'); final: the
     job's end figures; artifacts: file names in `directory` (missing ones are passed over); seconds: how long the job
@@ -87,7 +96,7 @@ def log_job(*, kind: str, name: str, directory: Path, params: dict[str, Any], st
         values = list(flat_params(params).items())
         for i in range(0, len(values), 100):  # MLflow takes at most 100 parameters per batch
             client.log_batch(run_id, params=[Param(k, v) for k, v in values[i : i + 100]])
-        metrics = [Metric(k, v, end, int(row["step"])) for row in steps or []
+        metrics = [Metric(k, v, end, _step(row)) for row in steps or []
                    for k, v in numeric({k: v for k, v in row.items() if k != "step"}).items()]
         metrics += [Metric(k, v, end, 0) for k, v in numeric(final or {}).items()]
         for i in range(0, len(metrics), 1000):  # and at most 1,000 metrics
@@ -113,7 +122,7 @@ def track_train(run_dir: Path) -> str:
     spec = RunSpec.read(run_dir)
     metrics = read_json(run_dir / METRICS_FILE)
     test = metrics["test"]
-    final: dict[str, Any] = {f"test_{k}": v for k, v in test.items() if not isinstance(v, (dict, list))}
+    final: dict[str, object] = {f"test_{k}": v for k, v in test.items() if not isinstance(v, (dict, list))}
     for key, band in (test.get("intervals") or {}).items():
         if isinstance(band, dict):
             final[f"test_{key}_low"], final[f"test_{key}_high"] = band.get("low"), band.get("high")

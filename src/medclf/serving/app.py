@@ -39,7 +39,7 @@ from medclf.serving.metrics import MULTIPROC_ENV, Metrics
 from medclf.serving.settings import LOOPBACK, SETTINGS_ENV, ServeSettings
 
 if TYPE_CHECKING:  # the classifier (and torch) load in the app's lifespan
-    from medclf.inference.classifier import Predictions
+    from medclf.inference.classifier import Predictions, TextClassifier
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class Served:
     metrics: Metrics
     api_key: str | None
     ready: bool = False
-    clf: Any = None
+    clf: "TextClassifier | None" = None
     info: dict[str, Any] | None = None
     batcher: MicroBatcher | None = None
     explain_lock: asyncio.Lock | None = None
@@ -221,6 +221,7 @@ async def predict(body: PredictRequest, served: Served = Depends(_served)) -> An
         return _error(503, f"The server is at capacity ({settings.max_queue} texts queued); retry shortly.",
                       headers={"Retry-After": "1"})
     clf = served.clf
+    assert clf is not None  # _served answers 503 until the model is loaded
     k = None if body.top_k is None else min(body.top_k, len(clf.labels))
     records = prediction_records(clf.labels, predictions, k)
     return records[0] if single else {"predictions": records}
@@ -234,6 +235,7 @@ async def explain(body: ExplainRequest, served: Served = Depends(_served)) -> An
     from medclf.inference.explain import METHODS, Explainer
 
     clf = served.clf
+    assert clf is not None
     problem = _text_problem(body.text, ["text"], served.settings)
     if problem is not None:
         return problem
@@ -361,7 +363,7 @@ def _trimming(infer: Callable[[list[str]], "Predictions"]) -> Callable[[list[str
     return run
 
 
-def _model_info(clf: Any, settings: ServeSettings, version: str) -> dict[str, Any]:
+def _model_info(clf: "TextClassifier", settings: ServeSettings, version: str) -> dict[str, Any]:
     from medclf.run.artifacts import METRICS_FILE, read_json
 
     run = Path(settings.run_dir)

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from medclf.config import TrainConfig
+from medclf.core.figures import Label
 from medclf.core.label_quality import FILTER_BY, SCORE_METHOD, LabelQuality, label_quality, require_cleanlab
 from medclf.core.labels import LabeledData
 from medclf.core.tables import read_table, table_format
@@ -116,7 +117,7 @@ def _shown(label: object, sep: str) -> str:
     return sep.join(label) if isinstance(label, tuple) else str(label)
 
 
-def issues_frame(found: LabelQuality, given: list[Any], rows: list[int], table: pd.DataFrame | None,
+def issues_frame(found: LabelQuality, given: list[Label], rows: list[int], table: pd.DataFrame | None,
                  id_columns: list[str], texts: list[str] | None, sep: str) -> pd.DataFrame:
     """The flagged rows, worst first; text only when `texts` is given."""
     at = found.issues
@@ -132,7 +133,7 @@ def issues_frame(found: LabelQuality, given: list[Any], rows: list[int], table: 
     return frame
 
 
-def out_of_fold_frame(found: LabelQuality, probs: np.ndarray, given: list[Any], labels: list[str], rows: list[int],
+def out_of_fold_frame(found: LabelQuality, probs: np.ndarray, given: list[Label], labels: list[str], rows: list[int],
                       sep: str) -> pd.DataFrame:
     rank = np.zeros(len(rows), dtype=int)
     rank[found.issues] = np.arange(1, len(found.issues) + 1)
@@ -145,7 +146,7 @@ def out_of_fold_frame(found: LabelQuality, probs: np.ndarray, given: list[Any], 
     return frame
 
 
-def pair_counts(found: LabelQuality, given: list[Any], sep: str) -> list[dict[str, Any]]:
+def pair_counts(found: LabelQuality, given: list[Label], sep: str) -> list[dict[str, Any]]:
     """How many flagged rows go from each given label to each suggested one, most first."""
     counts = Counter((_shown(given[i], sep), _shown(found.suggested[i], sep)) for i in found.issues)
     return [{"given": g, "suggested": s, "rows": n} for (g, s), n in counts.most_common()]

@@ -16,21 +16,15 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from medclf.config import TrainConfig
+from medclf.core.figures import FIGURE_NAMES, Band, CVReport, FigureKey, FoldRow, Headline, Label
 from medclf.core.labels import LabeledData
-from medclf.core.tasks import headline_figures
+from medclf.core.tasks import headline_figures, task_for
 from medclf.errors import MedclfError
-from medclf.run.artifacts import (
-    CV_FILE,
-    PREDICTIONS_FILE,
-    StagedRun,
-    atomic_write_json,
-    atomic_write_text,
-)
+from medclf.run.artifacts import CV_FILE, StagedRun, atomic_write_json, atomic_write_text
 from medclf.run.tracking import log_job
 from medclf.training.jobs import open_job
 from medclf.training.splits import Splits, kfold_indices
@@ -42,13 +36,13 @@ CV_TABLE = "cv.md"
 @dataclass
 class CVResult:
     output: Path
-    folds: list[dict[str, Any]]
-    summary: dict[str, Any]
+    folds: list[FoldRow]
+    summary: dict[FigureKey, Band]
     labels: list[str]
     """The classes (multi-label: the labels), in the order of `probs`' columns."""
     rows: list[int]
     """0-based row of each kept data row in the source table, in the data's order."""
-    given: list[Any]
+    given: list[Label]
     """Each row's label as the data gives it (multi-label: a tuple of labels)."""
     probs: np.ndarray
     """Out-of-fold probabilities (rows x labels): each row's from the fold run that did not train on it (calibrated
@@ -56,11 +50,27 @@ class CVResult:
     multi_label: bool
 
 
-def _figures(test: dict[str, Any]) -> dict[str, float]:
-    return {key: float(value) for key, value in headline_figures(test).items()}
+@dataclass
+class _Fold:
+    """One fold's training job: its options (output in the staging folder), its parts, and which data rows it tests."""
+
+    config: TrainConfig
+    splits: Splits
+    held: list[int]
+    """Positions in the data of the fold's test rows, in the test part's order."""
 
 
-def mean_interval(values: list[float], level: float = 0.95) -> dict[str, float]:
+@dataclass
+class FoldResult:
+    """What a fold's run hands back: its headline test figures, training time and test probabilities."""
+
+    figures: Headline
+    train_seconds: float
+    probs: np.ndarray
+    """The fold's test rows' calibrated probabilities, in the test part's order."""
+
+
+def mean_interval(values: list[float], level: float = 0.95) -> Band:
     """Mean, standard deviation and the t interval for the mean of the fold figures."""
     from scipy import stats
 
@@ -83,25 +93,25 @@ def default_workers(config: TrainConfig, folds: int) -> int:
     return max(1, min(folds, os.cpu_count() or 1))
 
 
-def _run_fold(config: TrainConfig, splits: Any, progress: bool, threads: int | None = None) -> dict[str, Any]:
+def _run_fold(fold: _Fold, progress: bool, threads: int | None = None) -> FoldResult:
     from medclf.training.pipeline import train
 
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
-    result = train(config, progress=progress, splits=splits, plots=False)
-    return {**_figures(result.test_metrics), "train_seconds": result.metrics["timing"]["train_seconds"]}
+    result = train(fold.config, progress=progress, splits=fold.splits, plots=False)
+    return FoldResult(figures={key: float(value) for key, value in headline_figures(result.test_metrics).items()},
+                      train_seconds=result.metrics["timing"]["train_seconds"], probs=result.probs)
 
 
 def _fold_jobs(config: TrainConfig, data: LabeledData, labels: list[str], pairs: list[tuple[list[int], list[int]]],
-               stage: Path) -> tuple[list[tuple[TrainConfig, Splits]], list[dict[str, Any]]]:
-    """Each fold's training job (its config, writing into the staging folder, and its parts) and its row of sizes."""
+               stage: Path) -> list[_Fold]:
+    """Each fold's training job: its config (writing into the staging folder), its parts and its test rows."""
     from medclf.training.splits import Splits, check_training_labels, split_off
 
     folds = len(pairs)
-    jobs: list[tuple[TrainConfig, Splits]] = []
-    rows: list[dict[str, Any]] = []
+    jobs: list[_Fold] = []
     for k, (rest, held) in enumerate(pairs, 1):
         pool, test = data.subset(rest), data.subset(held)
         train_part, val = split_off(pool, fraction=config.val_size, seed=config.seed, part="validation",
@@ -112,18 +122,17 @@ def _fold_jobs(config: TrainConfig, data: LabeledData, labels: list[str], pairs:
                         how=f"fold {k} of {folds}{grouped} (seed {config.seed}) as test; stratified "
                             f"{config.val_size:.0%} validation slice of the other folds")
         # the folds are not tracked one by one: the cross-validation is logged as one run, the folds its steps
-        jobs.append((dataclasses.replace(config, output=str(stage / f"fold-{k}"), overwrite=False, track="none"),
-                     splits))
-        rows.append({"fold": k, "n_train": len(train_part), "n_val": len(val), "n_test": len(test)})
-    return jobs, rows
+        jobs.append(_Fold(config=dataclasses.replace(config, output=str(stage / f"fold-{k}"), overwrite=False,
+                                                     track="none"), splits=splits, held=held))
+    return jobs
 
 
-def _run_folds(jobs: list[tuple[TrainConfig, Splits]], *, workers: int, progress: bool) -> list[dict[str, Any]]:
+def _run_folds(jobs: list[_Fold], *, workers: int, progress: bool) -> list[FoldResult]:
     """Train and test every fold: one after another, or `workers` at once in spawned processes sharing the cores."""
     import os
 
     if workers == 1:
-        return [_run_fold(fold_config, splits, progress) for fold_config, splits in jobs]
+        return [_run_fold(fold, progress) for fold in jobs]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -132,14 +141,13 @@ def _run_folds(jobs: list[tuple[TrainConfig, Splits]], *, workers: int, progress
     last_round = len(jobs) % workers
     threads = [max(1, cores // (last_round if i >= len(jobs) - last_round else workers)) for i in range(len(jobs))]
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_run_fold, fold_config, splits, False, n): k
-                   for k, ((fold_config, splits), n) in enumerate(zip(jobs, threads))}
-        done: dict[int, dict[str, Any]] = {}
+        futures = {pool.submit(_run_fold, fold, False, n): k for k, (fold, n) in enumerate(zip(jobs, threads))}
+        done: dict[int, FoldResult] = {}
         for future in as_completed(futures):
             k = futures[future]
             done[k] = future.result()
             log.info("Fold %d of %d done: macro-F1 %.4f (%d of %d folds finished).", k + 1, len(jobs),
-                     done[k]["macro_f1"], len(done), len(jobs))
+                     done[k].figures["macro_f1"], len(done), len(jobs))
     return [done[k] for k in range(len(jobs))]
 
 
@@ -161,17 +169,19 @@ def cross_validate(config: TrainConfig, *, folds: int = 5, progress: bool = Fals
     if not isinstance(workers, int) or workers < 1:
         raise MedclfError(f"workers must be a positive whole number, got {workers!r}.")
     with StagedRun(output, overwrite=config.overwrite) as run:
-        jobs, rows = _fold_jobs(config, data, labels, pairs, run.path)
-        for row, figures in zip(rows, _run_folds(jobs, workers=workers, progress=progress)):
-            row.update(figures)
-        summary = {key: mean_interval([row[key] for row in rows]) for key in _figures_keys(rows)}
+        jobs = _fold_jobs(config, data, labels, pairs, run.path)
+        results = _run_folds(jobs, workers=workers, progress=progress)
+        rows = [_fold_row(k, fold, result) for k, (fold, result) in enumerate(zip(jobs, results), 1)]
+        keys = task_for(config.multi_label).headline_keys
+        summary = {key: mean_interval([result.figures[key] for result in results]) for key in keys}
         seconds = time.perf_counter() - started
-        report = {"folds": folds, "workers": workers, "grouped_by": config.group_column, "seed": config.seed, "rows": rows,
-                  "summary": summary, "interval": "95% Student t interval for the mean over the folds",
-                  "seconds": seconds, "config": config.to_dict()}
+        report: CVReport = {"folds": folds, "workers": workers, "grouped_by": config.group_column, "seed": config.seed,
+                            "rows": rows, "summary": summary,
+                            "interval": "95% Student t interval for the mean over the folds", "seconds": seconds,
+                            "config": config.to_dict()}
         atomic_write_json(run.path / CV_FILE, report)
         atomic_write_text(run.path / CV_TABLE, format_cv(report))
-        probs = out_of_fold(run.path, folds, data.rows, labels)
+        probs = out_of_fold(jobs, results, n_rows=len(data), n_labels=len(labels))
     final = run.final
     if config.track == "mlflow":
         figures = {f"{key}_{part}": band[part] for key, band in summary.items() for part in ("mean", "sd", "low", "high")}
@@ -183,31 +193,29 @@ def cross_validate(config: TrainConfig, *, folds: int = 5, progress: bool = Fals
                     probs=probs, multi_label=config.multi_label)
 
 
-def out_of_fold(directory: Path, folds: int, rows: list[int], labels: list[str]) -> np.ndarray:
-    """The probabilities of every data row from its fold run's test predictions (directory/fold-K/), in data order."""
-    import pandas as pd
+def _fold_row(k: int, fold: _Fold, result: FoldResult) -> FoldRow:
+    """cv.json's row of a fold: its part sizes, then its figures and training time."""
+    row: FoldRow = {"fold": k, "n_train": len(fold.splits.train), "n_val": len(fold.splits.val),
+                    "n_test": len(fold.splits.test)}
+    for key, value in result.figures.items():
+        row[key] = value
+    row["train_seconds"] = result.train_seconds
+    return row
 
-    where = {row: i for i, row in enumerate(rows)}
-    probs = np.full((len(rows), len(labels)), np.nan)
-    for k in range(1, folds + 1):
-        frame = pd.read_csv(directory / f"fold-{k}" / PREDICTIONS_FILE, dtype={"label": str, "labels": str},
-                            keep_default_na=False)
-        probs[[where[int(r)] for r in frame["row"]]] = frame[[f"prob_{lab}" for lab in labels]].to_numpy(float)
+
+def out_of_fold(jobs: list[_Fold], results: list[FoldResult], *, n_rows: int, n_labels: int) -> np.ndarray:
+    """Every data row's probabilities from the fold that tested it, in data order."""
+    probs = np.full((n_rows, n_labels), np.nan)
+    for fold, result in zip(jobs, results):
+        probs[fold.held] = result.probs
     if np.isnan(probs).any():  # every row is in exactly one test fold; a gap means a fold run lost rows
         raise RuntimeError("cross-validation left rows without an out-of-fold prediction")
     return probs
 
 
-def _figures_keys(rows: list[dict[str, Any]]) -> list[str]:
-    return [key for key in ("accuracy", "micro_f1", "macro_f1", "weighted_f1", "samples_f1", "subset_accuracy")
-            if key in rows[0]]
-
-
-def format_cv(report: dict[str, Any]) -> str:
-    keys = _figures_keys(report["rows"])
-    names = {"accuracy": "accuracy", "micro_f1": "micro-F1", "macro_f1": "macro-F1", "weighted_f1": "weighted-F1",
-             "samples_f1": "samples-F1", "subset_accuracy": "subset accuracy"}
-    lines = [f"| fold | train / validation / test rows | {' | '.join(names[k] for k in keys)} | train s |",
+def format_cv(report: CVReport) -> str:
+    keys = list(report["summary"])
+    lines = [f"| fold | train / validation / test rows | {' | '.join(FIGURE_NAMES[k] for k in keys)} | train s |",
              "|---|---|" + "---|" * len(keys) + "---|"]
     for row in report["rows"]:
         lines.append(f"| {row['fold']} | {row['n_train']} / {row['n_val']} / {row['n_test']} | "

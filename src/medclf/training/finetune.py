@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import numpy as np
 import torch
 
 from medclf.config import TrainConfig
+from medclf.core.figures import Figures, HistoryRow
+from medclf.core.tasks import Task
 from medclf.model.batching import pool_logits
 from medclf.model.modeling import (
     autocast,
@@ -59,7 +62,7 @@ def finetune(
     events = train_epochs(model, train.doc_lengths, batch_loss, config=config, schedule=schedule, precision=precision,
                           device=device, dist=dist)
     keeper = Keeper(model, average=config.average_epochs, by_validation=prep.few_labels.select_on_validation)
-    history: list[dict[str, Any]] = []
+    history: list[HistoryRow] = []
     train_seconds, samples, tokens, step = 0.0, 0, 0, 0
     for event in progress_bar(events, progress, schedule.epochs):
         if not isinstance(event, EpochDone):
@@ -113,14 +116,14 @@ class Keeper:
         self.best_f1 = -1.0
         self.best_epoch = 0
         self.best_name = ""
-        self.best_metrics: dict[str, Any] = {}
+        self.best_metrics: Figures = {}
         self.state: dict[str, torch.Tensor] | None = None
         self.improved = False
 
-    def epoch_end(self, event: EpochDone, *, validate: Any, task: Any) -> dict[str, Any]:
+    def epoch_end(self, event: EpochDone, *, validate: Callable[[], Figures], task: Task) -> HistoryRow:
         """Validate after `event`'s epoch, keep the best weights; returns the epoch's history row."""
         val = validate()
-        row = {"epoch": event.epoch, "step": event.step, "train_loss": event.train_loss, "val_loss": val["loss"],
+        row: HistoryRow = {"epoch": event.epoch, "step": event.step, "train_loss": event.train_loss, "val_loss": val["loss"],
                "val_accuracy": accuracy(task, val), "val_macro_f1": val["macro_f1"], "lr": event.lr,
                "seconds": event.seconds, "samples_per_second": event.samples_per_second}
         self.improved = self._consider(f"epoch {event.epoch}", event.epoch, val, None)
@@ -130,13 +133,13 @@ class Keeper:
                 current = self.average.swap_in(self.model)
                 averaged = validate()
                 self.average.restore(self.model, current)
-                row.update(avg_val_loss=averaged["loss"], avg_val_accuracy=accuracy(task, averaged),
-                           avg_val_macro_f1=averaged["macro_f1"])
+                row.update({"avg_val_loss": averaged["loss"], "avg_val_accuracy": accuracy(task, averaged),
+                            "avg_val_macro_f1": averaged["macro_f1"]})
                 self.improved |= self._consider(f"average of epochs 1-{event.epoch}", event.epoch, averaged,
                                                 self.average)
         return row
 
-    def _consider(self, name: str, epoch: int, metrics: dict[str, Any], average: WeightAverage | None) -> bool:
+    def _consider(self, name: str, epoch: int, metrics: Figures, average: WeightAverage | None) -> bool:
         if self.by_validation and metrics["macro_f1"] <= self.best_f1:
             return False
         self.best_f1, self.best_epoch, self.best_name, self.best_metrics = metrics["macro_f1"], epoch, name, metrics
@@ -152,7 +155,7 @@ class Keeper:
 
 
 def _probe_head(model: torch.nn.Module, config: TrainConfig, prep: Prepared, labels: list[str], runlog: RunLog, *,
-                amp: Any) -> float:
+                amp: Callable[[], AbstractContextManager[object]]) -> float:
     start = time.perf_counter()
     train = prep.enc["train"]
     ids, y, doc_of = train.input_ids, prep.y_train, train.doc_of
@@ -188,7 +191,7 @@ def fit_head_on_frozen_features(
     batch_size: int | None,
     class_weight: str | None,
     seed: int,
-    amp: Any = contextlib.nullcontext,
+    amp: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
     doc_of: list[int] | None = None,
 ) -> bool:
     """Linear probe, then fine-tune (LP-FT): fit the classifier head by logistic regression on the

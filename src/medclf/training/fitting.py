@@ -7,13 +7,13 @@ import logging
 import random
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 import numpy as np
 import torch
 
 from medclf.config import TrainConfig
 from medclf.core.calibration import MIN_TEXTS
+from medclf.core.figures import Figures, HistoryRow, Timing
 from medclf.core.methods import method_of
 from medclf.core.tasks import Task
 from medclf.model.batching import Encoded, pool_logits
@@ -165,10 +165,11 @@ class Fitted:
     model: torch.nn.Module
     precision: str
     precision_reason: str
-    history: list[dict[str, Any]]
+    history: list[HistoryRow]
     best_epoch: int
-    validation: dict[str, Any]
-    timing: dict[str, Any]
+    validation: Figures
+    """The kept weights' validation figures."""
+    timing: Timing
     selected: str = ""
     """Which weights were kept: 'epoch 2', 'average of epochs 1-3', 'C=0.1'."""
 
@@ -198,7 +199,7 @@ def document_logits(model: torch.nn.Module, e: Encoded, config: TrainConfig, *, 
     return dist.gather_rows(mine, logits, e.n_docs)
 
 
-def validate(model: torch.nn.Module, prep: Prepared, labels: list[str], config: TrainConfig) -> dict[str, Any]:
+def validate(model: torch.nn.Module, prep: Prepared, labels: list[str], config: TrainConfig) -> Figures:
     """Validation figures that decide which weights are kept (multi-label: at thresholds tuned on them). Evaluation
     runs in fp32, as TextClassifier does, so validation and test figures are what users get."""
     logits = document_logits(model, prep.enc["val"], config, pad_id=prep.pad_id, device=prep.device, dist=prep.dist)
@@ -206,7 +207,7 @@ def validate(model: torch.nn.Module, prep: Prepared, labels: list[str], config: 
     return prep.task.selection_metrics(prep.y_val, prep.task.probabilities(logits), labels)
 
 
-def accuracy(task: Task, metrics: dict[str, Any]) -> float:
+def accuracy(task: Task, metrics: Figures) -> float:
     """Accuracy, or (multi-label) subset accuracy: the share of texts whose label set is exactly right."""
     return metrics[task.accuracy_key]
 

@@ -1,13 +1,22 @@
-"""The frozen-embedding method: logistic regression on mean-pooled embeddings of a frozen encoder."""
+"""The methods on a frozen encoder, whose run is an embedding-classifier run (model/ = the encoder +
+head.safetensors, which predict, evaluate, serve, export and `TextClassifier` read alike):
+
+- `--method embeddings` (`fit_embeddings`): logistic regression on mean-pooled embeddings, its strength C chosen on
+  validation (or by cross-validation on the training rows where validation is too small to rank).
+- `--method zero-shot` (`fit_zero_shot`): a classifier from label descriptions alone. Each class is the mean of its
+  descriptions' normalised, mean-pooled embeddings (normalised again); a text's logit for a class is its cosine
+  similarity to the class times ZERO_SHOT_SCALE. No labelled row trains it: the data's validation part only fits the
+  calibration temperature (and, multi-label, the thresholds) and its test part measures it, as for every method."""
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
 from medclf.config import TrainConfig
+from medclf.core.figures import Figures, HistoryRow
 from medclf.core.tasks import Task
 from medclf.errors import MedclfError
 from medclf.model.batching import pool_logits
@@ -21,6 +30,7 @@ from medclf.training.fitting import (
     accuracy,
     class_prototypes,
     loss_text,
+    validate,
 )
 
 PRIOR_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
@@ -29,9 +39,25 @@ ZERO_SHOT_SCALE) is added to the regression's head; chosen with C. Measured offl
 labelled texts per class): +0.03 macro-F1 over the descriptions as rows alone; nothing at 32."""
 
 
+Rows = tuple[np.ndarray, np.ndarray]
+"""Extra examples for the regression: their embeddings and targets (the label descriptions)."""
+
+
+@dataclass
+class _Choice:
+    """The grid point kept: its row, score (validation or cross-validated macro-F1), figures and head."""
+
+    epoch: int
+    score: float
+    metrics: Figures
+    head: tuple[np.ndarray, np.ndarray]
+    c: float
+    alpha: float
+
+
 def cross_validated_f1(x: np.ndarray, y: np.ndarray, labels: list[str], task: Task, *, c: float,
                        class_weight: str | None, seed: int, prior: np.ndarray | None = None,
-                       extra: tuple[np.ndarray, np.ndarray] | None = None) -> float | None:
+                       extra: Rows | None = None) -> float | None:
     """Macro-F1 of out-of-fold predictions of the regression at strength `c` (stratified folds, as many as the rarest
     class allows, 2 to 5): how C is chosen when the validation part is too small to rank it. None where the rows
     cannot be cross-validated (a class with one row, a label without positives in a fold). prior: a weight matrix
@@ -59,7 +85,7 @@ def cross_validated_f1(x: np.ndarray, y: np.ndarray, labels: list[str], task: Ta
 
 
 def _with_descriptions(model: EmbeddingClassifier, prep: Prepared, labels: list[str], x_train: np.ndarray,
-                       runlog: RunLog, *, batch_size: int | None) -> tuple[np.ndarray, np.ndarray, Any, Any]:
+                       runlog: RunLog, *, batch_size: int | None) -> tuple[np.ndarray, np.ndarray, Rows | None, np.ndarray | None]:
     """What the regression is fitted on: the training texts' embeddings and, with label descriptions, each
     description as one more example of its class (`extra`), and (single-label) their zero-shot head as a prior."""
     y_train, task = prep.y_train, prep.task
@@ -67,7 +93,7 @@ def _with_descriptions(model: EmbeddingClassifier, prep: Prepared, labels: list[
         return x_train, y_train, None, None
     described = embed_texts(model, prep.descriptions.input_ids, batch_size=batch_size, pad_id=prep.pad_id,
                             device=prep.device)
-    extra = (described, prep.descriptions.targets(task, labels))
+    extra: Rows = (described, prep.descriptions.targets(task, labels))
     runlog.info("The %d label descriptions join the %d training texts the regression is fitted on.",
                 len(described), len(y_train))
     prototypes = None
@@ -80,14 +106,14 @@ def _with_descriptions(model: EmbeddingClassifier, prep: Prepared, labels: list[
 
 
 def _choose_head(config: TrainConfig, prep: Prepared, labels: list[str], features: dict[str, np.ndarray],
-                 runlog: RunLog, *, x_fit: np.ndarray, y_fit: np.ndarray, extra: Any, prototypes: Any,
-                 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                 runlog: RunLog, *, x_fit: np.ndarray, y_fit: np.ndarray, extra: Rows | None,
+                 prototypes: np.ndarray | None) -> tuple[list[HistoryRow], _Choice]:
     """Fit the regression for every C (and prior weight) of the grid; keep the best on validation macro-F1, or on
     cross-validated macro-F1 of the training rows where validation cannot rank them. (history, best)."""
     class_weight = "balanced" if config.class_weights == "balanced" else None
     y_train, task = prep.y_train, prep.task
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"score": -1.0}
+    history: list[HistoryRow] = []
+    best: _Choice | None = None
     grid = [(c, a) for c in C_GRID for a in (PRIOR_WEIGHTS if prototypes is not None else (0.0,))]
     for i, (c, alpha) in enumerate(grid, 1):
         weight, bias = fit_logistic(x_fit, y_fit, len(labels), c=c, class_weight=class_weight, seed=config.seed)
@@ -96,7 +122,7 @@ def _choose_head(config: TrainConfig, prep: Prepared, labels: list[str], feature
             weight = weight + prior
         probs = task.probabilities(features["val"] @ weight.T + bias)
         val = task.selection_metrics(prep.y_val, probs, labels)
-        row = {"epoch": i, "C": c, "val_loss": val["loss"], "val_accuracy": accuracy(task, val),
+        row: HistoryRow = {"epoch": i, "C": c, "val_loss": val["loss"], "val_accuracy": accuracy(task, val),
                "val_macro_f1": val["macro_f1"]}
         if prototypes is not None:
             row["prior_weight"] = alpha
@@ -106,13 +132,14 @@ def _choose_head(config: TrainConfig, prep: Prepared, labels: list[str], feature
         if crossed is not None:  # too few validation rows to rank C: cross-validation on the training rows decides
             score = row["cv_macro_f1"] = crossed
         history.append(row)
-        improved = score > best["score"]
+        improved = best is None or score > best.score
         runlog.info("C=%g%s  val loss %s  val %s %.4f  val macro-F1 %.4f%s%s", c,
                     f" prior {alpha:g}" if prototypes is not None else "", loss_text(val["loss"]),
                     task.accuracy_name, accuracy(task, val), val["macro_f1"],
                     f"  cross-validated macro-F1 {score:.4f}" if crossed is not None else "", "  best" if improved else "")
         if improved:
-            best = {"epoch": i, "score": score, "metrics": val, "head": (weight, bias), "C": c, "alpha": alpha}
+            best = _Choice(epoch=i, score=score, metrics=val, head=(weight, bias), c=c, alpha=alpha)
+    assert best is not None  # the grid is not empty
     return history, best
 
 
@@ -138,20 +165,45 @@ def fit_embeddings(
                                                          batch_size=config.eval_batch_size)
     history, best = _choose_head(config, prep, labels, features, runlog, x_fit=x_fit, y_fit=y_fit, extra=extra,
                                  prototypes=prototypes)
-    model.set_head(*best["head"])
+    model.set_head(*best.head)
     seconds = time.perf_counter() - start
     n = len(prep.y_train)
     return Fitted(
         model=model, precision="fp32", precision_reason="embeddings are computed in fp32, as at inference",
-        history=history, best_epoch=best["epoch"], validation=best["metrics"],
-        selected=f"C={best['C']:g}" + (f", prior {best['alpha']:g}" if prototypes is not None else ""),
+        history=history, best_epoch=best.epoch, validation=best.metrics,
+        selected=f"C={best.c:g}" + (f", prior {best.alpha:g}" if prototypes is not None else ""),
         timing={
             "train_seconds": seconds,
             "head_init_seconds": 0.0,
             "embed_seconds": embed_seconds,
-            "chosen_C": best["C"],
+            "chosen_C": best.c,
             "train_samples_per_second": n / seconds if seconds else None,
             "train_tokens_per_second": sum(enc["train"].lengths) / seconds if seconds else None,
             "optimizer_steps": 0,
         },
+    )
+
+
+def fit_zero_shot(
+    config: TrainConfig, *, source: str, labels: list[str], prep: Prepared, runlog: RunLog, progress: bool,
+) -> Fitted:
+    """The head is the class prototypes; nothing is fitted to labelled rows."""
+    assert prep.descriptions is not None  # TrainConfig requires --label-descriptions with this method
+    start = time.perf_counter()
+    model = EmbeddingClassifier(load_encoder(source, trust_remote_code=config.trust_remote_code), labels).to(prep.device)
+    prototypes = class_prototypes(model, prep.descriptions, len(labels), pad_id=prep.pad_id, device=prep.device)
+    model.set_head(prototypes * ZERO_SHOT_SCALE, np.zeros(len(labels)))
+    seconds = time.perf_counter() - start
+    val = validate(model, prep, labels, config)
+    runlog.info("Zero-shot: %d classes from %d label description(s); no labelled row trains it (the %d training rows "
+                "are not used). Validation: loss %s, %s %.4f, macro-F1 %.4f.", len(labels), len(prep.descriptions.owner),
+                len(prep.y_train), loss_text(val["loss"]), prep.task.accuracy_name, accuracy(prep.task, val),
+                val["macro_f1"])
+    return Fitted(
+        model=model, precision="fp32", precision_reason="embeddings are computed in fp32, as at inference",
+        history=[{"epoch": 1, "val_loss": val["loss"], "val_accuracy": accuracy(prep.task, val),
+                  "val_macro_f1": val["macro_f1"]}],
+        best_epoch=1, validation=val, selected="label descriptions (zero-shot)",
+        timing={"train_seconds": seconds, "head_init_seconds": 0.0, "train_samples_per_second": None,
+                "train_tokens_per_second": None, "optimizer_steps": 0},
     )

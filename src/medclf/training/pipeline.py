@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from medclf.config import TrainConfig
 from medclf.core.baseline import start_tfidf
 from medclf.core.calibration import calibration_summary, fold_temperature, scale_thresholds, temperature_for
 from medclf.core.descriptions import Descriptions, check_label_descriptions, read_label_descriptions
+from medclf.core.figures import Figures, RunMetrics, Truncation
 from medclf.core.labels import LabeledData
 from medclf.core.methods import FitMethod, method_of
 from medclf.core.metrics import bootstrap_intervals, headline
@@ -75,11 +76,13 @@ class TrainResult:
     """What `train` returns: where the run is, and its figures."""
 
     run_dir: Path
-    metrics: dict[str, Any]
+    metrics: RunMetrics
     config: TrainConfig
+    probs: np.ndarray
+    """The test part's calibrated probabilities (rows in the test part's order; cross-validation's out-of-fold ones)."""
 
     @property
-    def test_metrics(self) -> dict[str, Any]:
+    def test_metrics(self) -> Figures:
         return self.metrics["test"]
 
 
@@ -87,7 +90,7 @@ class TrainResult:
 class Tested:
     """The kept model on the test part: figures, probabilities, and the calibration that goes with the run."""
 
-    metrics: dict[str, Any]
+    metrics: Figures
     probs: np.ndarray
     temperature: float
     folded: bool
@@ -128,16 +131,16 @@ def train(config: TrainConfig, *, progress: bool = True, splits: Splits | None =
                                                     runlog=runlog, progress=progress and dist.is_main)
     tested = _test(fitted, prep, splits.labels, config)
     metrics = _metrics(config, splits, prep, fitted, tested, baseline())
-    run_info = _run_info(config, splits, task, source, prep, fitted, tested)
+    spec = _run_spec(config, splits, task, source, prep, fitted, tested)
     if not dist.is_main:  # the main process writes the run; the others wait for it and report the same figures
         dist.barrier()
-        return TrainResult(run_dir=output, metrics=metrics, config=config)
-    final = _write_run(output, config, splits, task, tokenizer, fitted, tested, metrics, run_info, runlog,
+        return TrainResult(run_dir=output, metrics=metrics, config=config, probs=tested.probs)
+    final = _write_run(output, config, splits, task, tokenizer, fitted, tested, metrics, spec, runlog,
                        plots=plots, started=started)
     if config.track == "mlflow":
         track_train(final)
     dist.barrier()
-    return TrainResult(run_dir=final, metrics=metrics, config=config)
+    return TrainResult(run_dir=final, metrics=metrics, config=config, probs=tested.probs)
 
 
 def _prepare(config: TrainConfig, splits: Splits, task: Task, *, tokenizer: PreTrainedTokenizerBase, dist: Dist, runlog: RunLog,
@@ -228,7 +231,7 @@ def _test(fitted: Fitted, prep: Prepared, labels: list[str], config: TrainConfig
 
 
 def _metrics(config: TrainConfig, splits: Splits, prep: Prepared, fitted: Fitted, tested: Tested,
-             baseline: np.ndarray | None) -> dict[str, Any]:
+             baseline: np.ndarray | None) -> RunMetrics:
     """metrics.json: the test figures, the TF-IDF baseline on the same split, the history and where the time went."""
     task, labels, y_test = prep.task, splits.labels, prep.y_test
     return {
@@ -263,48 +266,48 @@ def _metrics(config: TrainConfig, splits: Splits, prep: Prepared, fitted: Fitted
     }
 
 
-def _run_info(config: TrainConfig, splits: Splits, task: Task, source: str, prep: Prepared, fitted: Fitted,
-              tested: Tested) -> dict[str, Any]:
-    """What the `RunSpec` records beside the options: labels, calibration, provenance."""
+def _run_spec(config: TrainConfig, splits: Splits, task: Task, source: str, prep: Prepared, fitted: Fitted,
+              tested: Tested) -> RunSpec:
+    """The run's description: its options, and what training found (labels, calibration, provenance)."""
     labels, dist = splits.labels, prep.dist
-    return {
-        "medclf_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "labels": labels,
-        "task": task.name,
-        "temperature": 1.0 if tested.folded else tested.temperature,
-        "calibration_temperature": tested.temperature,
-        "thresholds": None if tested.thresholds is None else {lab: float(t) for lab, t in zip(labels, tested.thresholds)},
-        "text_columns": splits.train.text_columns,
-        "label_column": splits.train.label_column,
-        "model_source": source,
-        "device": prep.device.type,
-        "method": config.method,
-        "precision": fitted.precision,
-        "precision_reason": fitted.precision_reason,
-        "data_file": str(config.data) if config.data else str(demo_data_path()),
-        "data_sha256": {
+    return RunSpec(
+        config=config,
+        medclf_version=__version__,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        labels=labels,
+        task=task.name,
+        temperature=1.0 if tested.folded else tested.temperature,
+        calibration_temperature=tested.temperature,
+        thresholds=None if tested.thresholds is None else {lab: float(t) for lab, t in zip(labels, tested.thresholds)},
+        text_columns=splits.train.text_columns,
+        label_column=splits.train.label_column,
+        model_source=source,
+        device=prep.device.type,
+        method=config.method,
+        precision=fitted.precision,
+        precision_reason=fitted.precision_reason,
+        data_file=str(config.data) if config.data else str(demo_data_path()),
+        data_sha256={
             "data": file_sha256(config.data or demo_data_path()),
             "test_data": file_sha256(config.test_data),
             "val_data": file_sha256(config.val_data),
         },
-        "versions": _versions(),
-        "split": splits.how,
-        "processes": {"count": dist.world, "per_process_batch": config.batch_size, "grad_accum": config.grad_accum,
-                      "effective_batch": config.batch_size * dist.world * config.grad_accum,
-                      "lr_scaling": "none: --lr is used as given for the effective batch"},
-    }
+        versions=_versions(),
+        split=splits.how,
+        processes={"count": dist.world, "per_process_batch": config.batch_size, "grad_accum": config.grad_accum,
+                   "effective_batch": config.batch_size * dist.world * config.grad_accum,
+                   "lr_scaling": "none: --lr is used as given for the effective batch"},
+    )
 
 
 def _write_run(output: Path, config: TrainConfig, splits: Splits, task: Task, tokenizer: PreTrainedTokenizerBase, fitted: Fitted,
-               tested: Tested, metrics: dict[str, Any], run_info: dict[str, Any], runlog: RunLog, *, plots: bool,
+               tested: Tested, metrics: RunMetrics, spec: RunSpec, runlog: RunLog, *, plots: bool,
                started: float) -> Path:
     """Build the run in a staging folder beside `output` and rename it into place (nothing half-written is left)."""
     test = tested.metrics
     with StagedRun(output, overwrite=config.overwrite) as run:
         stage = run.path
         save_pretrained_atomic(fitted.model.cpu(), tokenizer, stage / MODEL_DIR)
-        spec = RunSpec(config=config, **run_info)
         spec.write(stage)
         runlog.info(
             "Test: %s on %d rows; training %.1f s (%.1f samples/s).",
@@ -335,8 +338,8 @@ def file_sha256(path: str | Path | None) -> str | None:
     return digest.hexdigest()
 
 
-def _truncation(e: Encoded, max_length: int) -> dict[str, Any]:
-    out = {
+def _truncation(e: Encoded, max_length: int) -> Truncation:
+    out: Truncation = {
         "max_length": max_length,
         "texts_cut": e.n_truncated,
         "share_texts_cut": e.n_truncated / max(1, e.n_docs),
@@ -345,10 +348,10 @@ def _truncation(e: Encoded, max_length: int) -> dict[str, Any]:
         "mean_tokens_kept": sum(e.lengths) / max(1, e.n_docs),
     }
     if e.text_tokens:  # the length distribution of whole texts, in tokens
-        out.update({f"tokens_p{q}": float(np.percentile(e.text_tokens, q)) for q in (10, 50, 90)},
-                   tokens_max=int(max(e.text_tokens)))
+        p10, p50, p90 = (float(np.percentile(e.text_tokens, q)) for q in (10, 50, 90))
+        out.update({"tokens_p10": p10, "tokens_p50": p50, "tokens_p90": p90, "tokens_max": int(max(e.text_tokens))})
     if e.doc_of is not None:  # chunk: texts_cut = texts longer than max_chunks windows cover
-        out.update(windows=len(e.input_ids), mean_windows=len(e.input_ids) / max(1, e.n_docs))
+        out.update({"windows": len(e.input_ids), "mean_windows": len(e.input_ids) / max(1, e.n_docs)})
     return out
 
 

@@ -54,7 +54,7 @@ from medclf.training.jobs import open_job
 from medclf.training.loop import BatchLoss, EpochDone, Schedule, progress_bar, train_epochs
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+    from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
 
 PRETRAIN_CONFIG_FILE = "pretrain_config.json"
 
@@ -111,7 +111,7 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> PretrainResult
 
     from transformers import AutoModelForMaskedLM
 
-    model: Any = from_pretrained(AutoModelForMaskedLM, source, trust_remote_code=config.trust_remote_code)
+    model: torch.nn.Module = from_pretrained(AutoModelForMaskedLM, source, trust_remote_code=config.trust_remote_code)
     device = dist.device or choose_device(config.device)
     precision = choose_precision(config.precision, device)
     model.to(device)
@@ -154,15 +154,15 @@ class _MaskedLM:
     """The masked-LM batches of one pretraining job: examples from the encodings (offsets padded for whole-word
     masking), the seeded collators, the held-out loss with the same masks every time, and the training batch loss."""
 
-    def __init__(self, model: Any, tokenizer: PreTrainedTokenizerBase, config: PretrainConfig, train_enc: Encoded, val_enc: Encoded, *,
+    def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, config: PretrainConfig, train_enc: Encoded, val_enc: Encoded, *,
                  device: torch.device, precision: PrecisionChoice) -> None:
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.train_enc, self.val_enc, self.device = train_enc, val_enc, device
         self.amp = functools.partial(autocast, device, precision)
         self.multiple = pad_multiple_for(device)
-        self._train_collator: Any = None
+        self._train_collator: DataCollatorForLanguageModeling | None = None
 
-    def examples(self, enc: Encoded, rows: list[int]) -> list[Any]:
+    def examples(self, enc: Encoded, rows: list[int]) -> list[dict[str, object]]:
         if self.config.whole_word_masking:  # the tokenizer pads input_ids only: the offsets are padded here too
             assert enc.token_offsets is not None
             width = padded_width(max(len(enc.input_ids[i]) for i in rows), self.multiple)
@@ -171,7 +171,7 @@ class _MaskedLM:
                     for i in rows]
         return [{"input_ids": enc.input_ids[i]} for i in rows]
 
-    def collator(self, seed: int | None) -> Any:
+    def collator(self, seed: int | None) -> DataCollatorForLanguageModeling:
         from transformers import DataCollatorForLanguageModeling
 
         return DataCollatorForLanguageModeling(self.tokenizer, mlm_probability=self.config.mlm_probability,
@@ -207,7 +207,7 @@ class _MaskedLM:
             return net(**to_device(inputs, self.device)).loss, tokens
 
 
-def _write_pretrain_run(output: Path, config: PretrainConfig, model: Any, tokenizer: PreTrainedTokenizerBase, source: str,
+def _write_pretrain_run(output: Path, config: PretrainConfig, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, source: str,
                         metrics: dict[str, Any], runlog: RunLog, *, started: float) -> Path:
     """The run directory (a masked-LM checkpoint with the source's pooler, the config, the log, the metrics), staged
     and renamed into place; logged to MLflow where asked."""
@@ -227,11 +227,12 @@ def _write_pretrain_run(output: Path, config: PretrainConfig, model: Any, tokeni
     return run.final
 
 
-def _head_warmup(model: Any, config: PretrainConfig, masked: _MaskedLM, *, precision: PrecisionChoice,
+def _head_warmup(model: torch.nn.Module, config: PretrainConfig, masked: _MaskedLM, *, precision: PrecisionChoice,
                  device: torch.device, dist: Dist, progress: bool, runlog: RunLog) -> float:
     """Train the new MLM head alone (the encoder frozen) for config.head_warmup_steps steps; its seconds."""
     start = time.perf_counter()
-    frozen = [p for p in model.base_model.parameters() if p.requires_grad]
+    encoder: torch.nn.Module = getattr(model, "base_model")  # a transformers model: the encoder under the MLM head
+    frozen = [p for p in encoder.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
     _steps(model, config, masked.train_enc, masked.batch_loss, precision=precision, device=device, dist=dist,
@@ -244,7 +245,7 @@ def _head_warmup(model: Any, config: PretrainConfig, masked: _MaskedLM, *, preci
     return seconds
 
 
-def _steps(model: Any, config: PretrainConfig, enc: Encoded, mlm_loss: BatchLoss, *, precision: PrecisionChoice,
+def _steps(model: torch.nn.Module, config: PretrainConfig, enc: Encoded, mlm_loss: BatchLoss, *, precision: PrecisionChoice,
            device: torch.device, dist: Dist, steps: int | None, progress: bool) -> tuple[int, int]:
     """MLM over length-grouped batches in the one step loop (`training.loop.train_epochs`): config's schedule, or
     exactly `steps` optimizer steps; returns (optimizer steps, texts this process saw). Several processes: each takes
@@ -257,12 +258,12 @@ def _steps(model: Any, config: PretrainConfig, enc: Encoded, mlm_loss: BatchLoss
     return schedule.total_steps, samples
 
 
-def _carry_pooler(source: str, model_dir: Path, model: Any, *, trust_remote_code: bool) -> None:
+def _carry_pooler(source: str, model_dir: Path, model: torch.nn.Module, *, trust_remote_code: bool) -> None:
     """Add the source encoder's pooler to the checkpoint (the MLM model has none): a classifier fine-tuned from it
     then starts from the pooler the encoder came with, not a random one. Masked-LM loaders skip the extra keys."""
     from safetensors.torch import load_file, save_file
 
-    encoder: Any = load_encoder(source, trust_remote_code=trust_remote_code)
+    encoder: torch.nn.Module = load_encoder(source, trust_remote_code=trust_remote_code)
     pooler = getattr(encoder, "pooler", None)
     weights = model_dir / "model.safetensors"
     if pooler is None or not weights.is_file():

@@ -5,10 +5,12 @@ cross-validation; clear errors when a class is too small for the cut asked for."
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict
 
 from medclf.config import TrainConfig
+from medclf.core.figures import Label, class_names, label_sets
 from medclf.core.labels import LabeledData, check_classes, check_label_sets, load_labeled
 from medclf.errors import MedclfError
 
@@ -27,14 +29,23 @@ def read_training_data(config: TrainConfig) -> tuple[LabeledData, list[str]]:
     data = load_labeled(config.data, role="training data", **_columns(config))
     if config.multi_label:
         declared = data.label_column if isinstance(data.label_column, list) else None
-        labels = check_label_sets(data.labels, source=data.source, declared=declared,
+        labels = check_label_sets(label_sets(data.labels), source=data.source, declared=declared,
                                   sep=None if declared else config.label_sep)
     else:
-        labels = check_classes(data.labels, source=data.source)
+        labels = check_classes(class_names(data.labels), source=data.source)
     return data, labels
 
 
-def _columns(config: TrainConfig) -> dict[str, Any]:
+class _Columns(TypedDict):
+    text_columns: list[str] | None
+    label_column: str | list[str] | None
+    drop_empty: bool
+    multi_label: bool
+    label_sep: str
+    group_column: str | None
+
+
+def _columns(config: TrainConfig) -> _Columns:
     return {"text_columns": config.text_columns, "label_column": config.label_column, "drop_empty": config.drop_empty,
             "multi_label": config.multi_label, "label_sep": config.label_sep, "group_column": config.group_column}
 
@@ -55,8 +66,8 @@ def check_training_labels(train: LabeledData, labels: list[str]) -> None:
 def prepare_splits(config: TrainConfig) -> Splits:
     """Read and validate the data, then split it: stratified test and validation parts unless given."""
     data, labels = read_training_data(config)
-    columns = {**_columns(config), "text_columns": data.text_columns, "label_column": data.label_column,
-               "group_column": None}
+    columns = _columns(config)  # the other parts are read with the columns the training table resolved to
+    columns["text_columns"], columns["label_column"], columns["group_column"] = data.text_columns, data.label_column, None
     how = []
     grouped = f", grouped by {config.group_column}" if config.group_column else ""
 
@@ -77,11 +88,11 @@ def prepare_splits(config: TrainConfig) -> Splits:
     return Splits(train=train, val=val, test=test, labels=labels, how="; ".join(how))
 
 
-def _label_names(values: list[Any]) -> set[str]:
+def _label_names(values: Sequence[Label]) -> set[str]:
     """Every label that occurs in a part (label tuples too)."""
     if values and isinstance(values[0], tuple):
-        return {lab for present in values for lab in present}
-    return set(values)
+        return {lab for present in label_sets(values) for lab in present}
+    return set(class_names(values))
 
 
 def _check_known(part: LabeledData, labels: list[str], name: str) -> None:
@@ -95,7 +106,7 @@ def _check_known(part: LabeledData, labels: list[str], name: str) -> None:
 
 
 def stratified_split(
-    labels: list[Any], *, fraction: float, seed: int, source: str, part: str, option: str,
+    labels: Sequence[Label], *, fraction: float, seed: int, source: str, part: str, option: str,
     groups: list[str] | None = None,
 ) -> tuple[list[int], list[int]]:
     """Indices (keep, held_out) of a stratified split; clear errors when a class is too small.
@@ -109,7 +120,7 @@ def stratified_split(
         keep, held = folds[0]
         return keep, held
     if labels and isinstance(labels[0], tuple):
-        return _multilabel_split(labels, fraction=fraction, seed=seed, source=source, part=part, option=option)
+        return _multilabel_split(label_sets(labels), fraction=fraction, seed=seed, source=source, part=part, option=option)
     counts = Counter(labels)
     smallest, n_smallest = min(counts.items(), key=lambda kv: (kv[1], kv[0]))
     if n_smallest < 2:
@@ -158,7 +169,7 @@ def _multilabel_split(
 
 
 def kfold_indices(
-    labels: list[Any], *, folds: int, seed: int, groups: list[str] | None = None, source: str = "the data",
+    labels: Sequence[Label], *, folds: int, seed: int, groups: list[str] | None = None, source: str = "the data",
 ) -> list[tuple[list[int], list[int]]]:
     """(rest, held-out fold) index pairs of a k-fold split: stratified by class (StratifiedKFold), by label
     (multi-label: iterative stratification), and with `groups` never splitting a group (StratifiedGroupKFold;
