@@ -20,13 +20,17 @@ CPU_MODE = os.environ.get("MEDCLF_TEST_CPU", "native")
 """`MEDCLF_TEST_CPU=avx2 python3 -m pytest` runs the suite as an AVX2-only machine would: the precision choice
 does not see AVX-512/AMX (so `--precision auto` picks fp32), and PyTorch and oneDNN run their AVX2 kernels (other
 rounding than AVX-512's). Set here, before anything imports torch; subprocesses (the CLI, servers) inherit it.
-.ci/run runs the suite once natively and once in this mode where the CPU has AVX-512."""
+.ci/run runs the suite once natively and once in this mode where the CPU has AVX-512. `MEDCLF_TEST_CPU=amx` makes
+the choices of an AMX Xeon on any CPU (bf16 autocast for training and inference by default; emulated where the CPU
+lacks bf16 units, so slower), to check that the suite holds on that kind without one."""
 if CPU_MODE == "avx2":
     os.environ["MEDCLF_HIDE_CPU_FLAGS"] = "avx512*,amx*"
     os.environ["ATEN_CPU_CAPABILITY"] = "avx2"
     os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+elif CPU_MODE == "amx":
+    os.environ["MEDCLF_ADD_CPU_FLAGS"] = "amx_bf16,amx_int8,amx_tile,avx512_bf16"
 elif CPU_MODE != "native":
-    raise pytest.UsageError(f"MEDCLF_TEST_CPU must be 'native' or 'avx2', not {CPU_MODE!r}.")
+    raise pytest.UsageError(f"MEDCLF_TEST_CPU must be 'native', 'avx2' or 'amx', not {CPU_MODE!r}.")
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -123,8 +127,9 @@ def embedding_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: str, sma
     from medclf.cli.main import app
 
     out = tmp_path_factory.mktemp("emb") / "run"
+    # fp32 pinned: its tests compare it with the formula head.json states, in fp32, on every CPU kind
     result = CliRunner().invoke(app, ["train", "--method", "embeddings", "--data", str(small_csv), "--model", tiny_model,
-                                      "--output", str(out)])
+                                      "--output", str(out), "--precision", "fp32"])
     assert result.exit_code == 0, result.output
     assert SECRET not in result.output
     assert "accuracy" in result.stdout

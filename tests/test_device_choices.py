@@ -64,12 +64,52 @@ def test_batching_on_a_gpu_uses_a_token_budget_unless_a_batch_size_is_given():
     ("cuda", True, "auto", "bf16"),
     ("cuda", False, "auto", "fp32"),
     ("cuda", True, "fp32", "fp32"),
-    ("cpu", True, "auto", "fp32"),  # CPU inference stays fp32 whatever the CPU: the test figures are measured so
     ("cpu", True, "bf16", "bf16"),
 ])
 def test_inference_precision_by_device(monkeypatch, device, bf16_ok, requested, expected):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_ok)
     assert inference_precision(requested, torch.device(device)).name == expected
+
+
+@pytest.mark.parametrize(("add", "hide", "requested", "expected"), [
+    ("amx_bf16,amx_int8,avx512_bf16", "", "auto", "bf16"),  # an AMX Xeon: bf16 matrix tiles
+    ("amx_bf16,amx_int8,avx512_bf16", "", "fp32", "fp32"),  # --precision fp32 opts out
+    ("avx512_bf16", "amx*", "auto", "fp32"),  # AVX512-BF16 without AMX: not measured to pay, fp32
+    ("", "avx512*,amx*", "auto", "fp32"),  # AVX2 only
+    ("amx_bf16", "avx512*,amx*", "auto", "fp32"),  # hiding wins over adding (the avx2 mode on any machine)
+])
+def test_cpu_inference_precision_follows_the_cpu_flags(monkeypatch, add, hide, requested, expected):
+    monkeypatch.setenv("MEDCLF_ADD_CPU_FLAGS", add)
+    monkeypatch.setenv("MEDCLF_HIDE_CPU_FLAGS", hide)
+    assert inference_precision(requested, CPU).name == expected
+
+
+def test_a_run_trained_on_an_amx_cpu_is_evaluated_as_it_predicts_there(monkeypatch, tmp_path, tiny_model, small_csv):
+    """Validation and test passes use inference's precision choice, so the run's test figures are what `predict`
+    gives on that machine; the run says which precision they were measured at."""
+    import json
+
+    from medclf import TrainConfig, train
+
+    monkeypatch.setenv("MEDCLF_ADD_CPU_FLAGS", "amx_bf16,avx512_bf16")
+    monkeypatch.setenv("MEDCLF_HIDE_CPU_FLAGS", "")
+    out = tmp_path / "run"
+    train(TrainConfig(data=str(small_csv), model=tiny_model, output=str(out), epochs=8, lr=3e-3, batch_size=8, max_length=32,
+                      few_shot="off"), progress=False)
+    spec = json.loads((out / "train_config.json").read_text())["run"]
+    assert spec["precision"] == "bf16" and spec["evaluation_precision"] == "bf16"
+    assert "validation and test figures at bf16" in (out / "report.md").read_text()
+    clf = TextClassifier.load(out)
+    assert clf.precision.name == "bf16"
+    import pandas as pd
+
+    saved = pd.read_csv(out / "predictions_test.csv")
+    # the same texts, predicted again at the default precision there: the saved test probabilities (6 decimals)
+    rows = saved["row"].tolist()
+    texts = pd.read_csv(small_csv)["text"].iloc[rows].tolist()
+    probs = clf.predict_proba(texts)
+    kept = saved[[f"prob_{lab}" for lab in clf.labels]].to_numpy(float)
+    np.testing.assert_allclose(probs, kept, atol=2e-6)  # (fp32 differs from them by about 5e-5 here)
 
 
 def test_bf16_on_a_gpu_without_it_is_refused(monkeypatch):
@@ -91,7 +131,7 @@ def test_load_options_take_a_precision_and_no_batch_size(trained_run):
     clf = TextClassifier.load(trained_run, LoadOptions(precision="bf16"))
     assert clf.precision.name == "bf16"
     texts = [r["text"] for r in make_rows(3)]
-    fp32 = TextClassifier.load(trained_run)
+    fp32 = TextClassifier.load(trained_run, LoadOptions(precision="fp32"))
     assert fp32.precision.name == "fp32" and fp32.batch_size is None
     # bf16 autocast keeps the probabilities near fp32's (bf16 has 8 bits of mantissa)
     np.testing.assert_allclose(clf.predict_proba(texts), fp32.predict_proba(texts), atol=0.05)

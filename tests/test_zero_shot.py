@@ -27,7 +27,7 @@ def zero_shot_run(tmp_path_factory, tiny_model, small_csv):
     out = tmp_path_factory.mktemp("zs") / "run"
     desc = _descriptions(out.parent / "desc.csv")
     result = runner.invoke(app, ["train", "--data", str(small_csv), "--model", tiny_model, "--output", str(out),
-                                 "--method", "zero-shot", "--label-descriptions", str(desc)])
+                                 "--method", "zero-shot", "--label-descriptions", str(desc), "--precision", "fp32"])
     assert result.exit_code == 0, result.output
     return out
 
@@ -130,7 +130,7 @@ def test_descriptions_are_also_a_prior_the_embeddings_head_is_chosen_with(tmp_pa
 def test_bad_descriptions_exit_2_with_one_sentence(tmp_path, tiny_model, small_csv, rows, message):
     desc = _descriptions(tmp_path / "desc.csv", rows)
     result = runner.invoke(app, ["train", "--data", str(small_csv), "--model", tiny_model, "--output",
-                                 str(tmp_path / "r"), "--method", "zero-shot", "--label-descriptions", str(desc)])
+                                 str(tmp_path / "r"), "--method", "zero-shot", "--label-descriptions", str(desc), "--precision", "fp32"])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "r").exists()

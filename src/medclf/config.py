@@ -268,7 +268,8 @@ class LoadOptions:
     batch_size: int | None = None
     """Texts per batch. None: INFER_BATCH_SIZE (16) on a CPU; on a CUDA GPU as many as fit 65,536 padded tokens."""
     precision: str = "auto"
-    """auto (bf16 autocast on a CUDA GPU that supports it, fp32 elsewhere) | fp32 | bf16. PyTorch backend only."""
+    """auto (bf16 autocast on a CUDA GPU that supports it and on a CPU with AMX, fp32 elsewhere and for runs trained
+    with --precision fp32, so predictions match the run's figures) | fp32 | bf16. PyTorch backend only."""
     threads: int | None = None
     """Inference threads (ONNX Runtime's intra-op threads; PyTorch's are the process's). None: one per core."""
     long_text: str | None = None

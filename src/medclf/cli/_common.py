@@ -119,7 +119,7 @@ def launch(processes: int) -> int:
 RunDirArg = Annotated[str, typer.Argument(help="A run directory written by `medclf train`.")]
 InputOpt = Annotated[str | None, typer.Option("--input", "-i", help="A .txt file (one text per line) or a CSV/TSV/JSONL/Parquet table.")]
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Texts per batch (default: 16 on a CPU; on a GPU as many as fit 65,536 padded tokens).")]
-InferPrecisionOpt = Annotated[str, typer.Option("--precision", help=f"{' | '.join(INFER_PRECISIONS)}: auto runs bf16 autocast on a CUDA GPU that supports it and fp32 elsewhere (PyTorch backend).")]
+InferPrecisionOpt = Annotated[str, typer.Option("--precision", help=f"{' | '.join(INFER_PRECISIONS)}: auto runs bf16 autocast on a CUDA GPU that supports it and on a CPU with AMX, fp32 elsewhere (PyTorch backend).")]
 TextsArg = Annotated[list[str] | None, typer.Argument(help="Texts to read (or use --input).")]
 DropEmptyOpt = Annotated[bool, typer.Option("--drop-empty", help="Skip empty texts instead of refusing the input.")]
 LongTextOpt = Annotated[

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from medclf.cli._common import BackendOpt, LongTextOpt, RunDirArg, app, guard
+from medclf.cli._common import BackendOpt, DeviceOpt, InferPrecisionOpt, LongTextOpt, RunDirArg, app, guard
 from medclf.serving.settings import ServeSettings
 
 S = ServeSettings(run_dir="-")  # the defaults of `medclf serve` are the settings'
@@ -26,6 +26,8 @@ def serve(
     workers: Annotated[int, typer.Option("--workers", help="Server processes, each with its own copy of the model.")] = S.workers,
     threads: Annotated[int | None, typer.Option("--threads", help="Inference threads per worker. Default: the cores divided among the workers.")] = S.threads,
     long_text: LongTextOpt = S.long_text,
+    precision: InferPrecisionOpt = S.precision,
+    device: DeviceOpt = S.device,
 ) -> None:
     """Serve a run over HTTP: POST /v1/predict, GET /v1/model, /healthz, /readyz, /metrics, and a page at /."""
 
@@ -36,7 +38,7 @@ def serve(
         settings = ServeSettings(
             run_dir=run_dir, host=host, port=port, backend=backend, max_batch=max_batch, max_chars=max_chars,
             max_queue=max_queue, max_wait_ms=max_wait_ms, api_key_env=api_key_env, workers=workers, threads=threads,
-            long_text=long_text,
+            long_text=long_text, precision=precision, device=device,
         )
         serve_fn(settings)
 

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from medclf.config import LoadOptions
 from medclf.errors import MedclfError
 from medclf.inference.onnx_runtime import EXPORT_INFO, FP32_FILE, INT8_FILE, ONNX_DIR, OnnxRunner, onnxruntime_available
 from medclf.model.batching import Batching
@@ -121,7 +122,8 @@ def export_onnx(
     final = Path(output) if output is not None else default_onnx_dir(run_dir)
     if final.exists() and not (final / EXPORT_INFO).is_file() and any(final.iterdir()):
         raise MedclfError(f"{final} holds files that are not a medclf ONNX export; choose another --output.")
-    clf = TextClassifier.load(run_dir, backend="torch", device="cpu")
+    # the reference is the fp32 PyTorch model, whatever this CPU would choose for inference (ONNX runs fp32)
+    clf = TextClassifier.load(run_dir, LoadOptions(backend="torch", device="cpu", precision="fp32"))
     texts, source = _check_texts(clf, data, text_columns, max_check_texts, seed)
     encoded = clf.encode(texts).input_ids  # for long_text='chunk', windows: the check compares window by window
     reference = clf.task.probabilities(clf.sequence_logits(encoded, batch_size=CHECK_BATCH))

@@ -220,7 +220,10 @@ class TextClassifier:
             model: torch.nn.Module = EmbeddingClassifier.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         else:
             model = load_classifier(str(model_dir), trust_remote_code=trust_remote_code)
-        clf = cls(model, tokenizer, device=choose_device(device), precision=options.precision, **common)
+        precision = options.precision
+        if precision == "auto" and spec.config.precision == "fp32":  # trained and evaluated in fp32 by choice
+            precision = "fp32"
+        clf = cls(model, tokenizer, device=choose_device(device), precision=precision, **common)
         clf.run_dir = model_dir.parent
         return clf
 

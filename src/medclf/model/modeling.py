@@ -244,10 +244,14 @@ def choose_device(requested: str = "auto") -> torch.device:
 HIDE_CPU_FLAGS_ENV = "MEDCLF_HIDE_CPU_FLAGS"
 """Names (shell patterns allowed: 'avx512*,amx*') of CPU flags that the precision choice must not see: run as an
 AVX2-only machine would (the test suite's second mode; also a way to keep `--precision auto` at fp32 everywhere)."""
+ADD_CPU_FLAGS_ENV = "MEDCLF_ADD_CPU_FLAGS"
+"""CPU flags the precision choice sees although the CPU lacks them ('amx_bf16'): make the choices an AMX machine
+makes on any CPU (the test suite's amx mode; bf16 then runs emulated, slowly, with the same figures' behaviour)."""
 
 
 def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty elsewhere), less those hidden by MEDCLF_HIDE_CPU_FLAGS."""
+    """The CPU's feature flags from /proc/cpuinfo (empty elsewhere), with those of MEDCLF_ADD_CPU_FLAGS, less those
+    hidden by MEDCLF_HIDE_CPU_FLAGS."""
     flags: set[str] = set()
     try:
         with open(cpuinfo, encoding="ascii", errors="ignore") as handle:
@@ -257,6 +261,7 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
                     break
     except OSError:
         pass
+    flags |= set(os.environ.get(ADD_CPU_FLAGS_ENV, "").replace(",", " ").split())
     hidden = [p for p in os.environ.get(HIDE_CPU_FLAGS_ENV, "").replace(",", " ").split() if p]
     return {f for f in flags if not any(fnmatch.fnmatchcase(f, p) for p in hidden)}
 
@@ -303,9 +308,11 @@ def choose_precision(requested: str, device: torch.device) -> PrecisionChoice:
 
 
 def inference_precision(requested: str, device: torch.device) -> PrecisionChoice:
-    """The precision of inference and evaluation forward passes. auto: bf16 autocast on a CUDA GPU that runs it
-    (tensor cores; its top labels agree with fp32 on nearly every text: benchmarks/speed/gpu.py measures it), fp32 elsewhere
-    (on a CPU the test figures are measured in fp32, and fp32 inference there is as fast at these batch sizes)."""
+    """The precision of inference and evaluation forward passes (training's validation and test passes use the same
+    choice, so a run's figures are what `predict` gives on that machine). auto: bf16 autocast on a CUDA GPU that runs
+    it (tensor cores; benchmarks/speed/gpu.py measures its agreement), and on a CPU with AMX tiles (`amx_bf16`:
+    measured 2.6x fp32 texts/s at 99.83% top-label agreement on the abstracts' test part, docs/benchmarks.md); fp32
+    elsewhere, AVX512-BF16 without AMX included (its speed-up is not measured, and emulated bf16 is slower)."""
     if requested == "fp32":
         return PrecisionChoice("fp32", "asked for")
     if requested == "bf16":
@@ -314,7 +321,9 @@ def inference_precision(requested: str, device: torch.device) -> PrecisionChoice
         return PrecisionChoice("bf16", "asked for")
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return PrecisionChoice("bf16", "CUDA GPU with bf16 support")
-    return PrecisionChoice("fp32", "fp32 off CUDA GPUs")
+    if device.type == "cpu" and "amx_bf16" in cpu_flags():
+        return PrecisionChoice("bf16", "CPU with AMX: bf16 matrix tiles")
+    return PrecisionChoice("fp32", "no bf16 matrix units (CUDA GPU or AMX CPU)")
 
 
 def autocast(device: torch.device, precision: PrecisionChoice) -> contextlib.AbstractContextManager[object]:
@@ -414,9 +423,11 @@ def run_batches(
 
 
 def batched_logits(
-    model: Any, input_ids: list[list[int]], *, batch_size: int | None, pad_id: int, device: torch.device
+    model: Any, input_ids: list[list[int]], *, batch_size: int | None, pad_id: int, device: torch.device,
+    precision: PrecisionChoice | None = None,
 ) -> np.ndarray:
-    """A classifier's logits for pre-tokenized texts, in input order, in eval mode (validation and test passes)."""
+    """A classifier's logits for pre-tokenized texts, in input order, in eval mode (validation and test passes), under
+    `precision`'s autocast (None: fp32)."""
     with evaluating(model):
         return run_batches(lambda inputs: model(**inputs).logits, input_ids, batching=batching_for(device, batch_size),
-                           pad_id=pad_id, width=model.config.num_labels, device=device)
+                           pad_id=pad_id, width=model.config.num_labels, device=device, precision=precision)

@@ -259,7 +259,8 @@ def _summary_lines(metrics: RunMetrics, spec: RunSpec) -> list[str]:
         "",
         f"- Created: {spec.created} with medclf {spec.medclf_version}",
         f"- Model: `{config.model}` ({spec.model_source}), device {spec.device}, "
-        f"precision {spec.precision} ({spec.precision_reason})",
+        f"precision {spec.precision} ({spec.precision_reason}); validation and test figures at "
+        f"{spec.evaluation_precision}",
         f"- Data: `{spec.data_file}` (sha256 {str(spec.data_sha256['data'])[:16]}...); "
         f"text column(s) {', '.join(spec.text_columns)}, label column {spec.label_column}",
         f"- Split: {data['how']}: {data['n_train']} train / {data['n_val']} validation / {data['n_test']} test",

@@ -44,6 +44,9 @@ class RunSpec:
     method: str = "finetune"
     precision: str = "fp32"
     precision_reason: str = ""
+    evaluation_precision: str = "fp32"
+    """The precision its validation and test figures were measured at (inference's choice on the training machine;
+    runs written before the field were measured in fp32)."""
     data_file: str = ""
     data_sha256: dict[str, str | None] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)

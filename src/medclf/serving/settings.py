@@ -4,7 +4,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 
-from medclf.config import BACKENDS, LoadOptions
+from medclf.config import BACKENDS, DEVICES, INFER_PRECISIONS, LoadOptions
 from medclf.errors import MedclfError
 
 SETTINGS_ENV = "MEDCLF_SERVE_SETTINGS"
@@ -36,10 +36,15 @@ class ServeSettings:
     graceful_timeout_s: float = 30.0
     long_text: str | None = None
     """truncate | head-tail | chunk at inference; None: as the run was trained."""
+    precision: str = "auto"
+    """Inference precision, as `medclf predict --precision` (auto: bf16 on a CUDA GPU or an AMX CPU, else fp32)."""
+    device: str = "cpu"
+    """Where each worker runs the model (cpu by default: workers share the machine's cores; cuda shares one GPU)."""
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise MedclfError(f"--backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}.")
+        for name, allowed in (("backend", BACKENDS), ("precision", INFER_PRECISIONS), ("device", DEVICES)):
+            if getattr(self, name) not in allowed:
+                raise MedclfError(f"--{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}.")
         for name, low in (("port", 0), ("max_batch", 1), ("max_chars", 1), ("max_queue", 1), ("workers", 1),
                           ("inference_batch", 1)):
             value = getattr(self, name)
@@ -77,9 +82,9 @@ class ServeSettings:
         return cls(**json.loads(text))
 
     def load_options(self) -> LoadOptions:
-        """How each worker loads the run: on the CPU, with its share of the cores."""
-        return LoadOptions(backend=self.backend, device="cpu", batch_size=self.inference_batch,
-                           threads=self.inference_threads(), long_text=self.long_text)
+        """How each worker loads the run: on its device and precision, with its share of the cores."""
+        return LoadOptions(backend=self.backend, device=self.device, precision=self.precision,
+                           batch_size=self.inference_batch, threads=self.inference_threads(), long_text=self.long_text)
 
     def inference_threads(self) -> int:
         return self.threads or max(1, (os.cpu_count() or 1) // self.workers)

@@ -18,7 +18,7 @@ from medclf.core.methods import method_of
 from medclf.core.tasks import Task
 from medclf.model.batching import Encoded, pool_logits
 from medclf.model.embeddings import EmbeddingClassifier, embed_texts
-from medclf.model.modeling import batched_logits, release_memory
+from medclf.model.modeling import PrecisionChoice, batched_logits, release_memory
 from medclf.training.distributed import SINGLE, Dist
 
 log = logging.getLogger(__name__)
@@ -156,6 +156,8 @@ class Prepared:
     """--label-descriptions, tokenized (None: not given)."""
     few_labels: FewLabels = NO_FEW_LABELS
     """Whether the few-labels rule applies, and why: `FewLabels` says everything it changes."""
+    evaluation: PrecisionChoice = field(default_factory=lambda: PrecisionChoice("fp32", "fp32 unless chosen"))
+    """The precision of validation and test passes: inference's choice on this machine (`inference_precision`)."""
 
 
 @dataclass
@@ -182,17 +184,19 @@ def set_seed(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def document_logits(model: torch.nn.Module, e: Encoded, config: TrainConfig, *, pad_id: int, device: torch.device,
-                    dist: Dist = SINGLE) -> np.ndarray:
-    """One row of logits per text: per sequence, then (chunk) pooled over each text's windows. With several
-    processes each runs its share of the texts and the rows are gathered (every text once, in order)."""
+def document_logits(model: torch.nn.Module, e: Encoded, config: TrainConfig, prep: Prepared) -> np.ndarray:
+    """One row of logits per text, at the evaluation precision: per sequence, then (chunk) pooled over each text's
+    windows. With several processes each runs its share of the texts and the rows are gathered (every text once, in
+    order)."""
+    dist = prep.dist
     if not dist.active:
-        logits = batched_logits(model, e.input_ids, batch_size=config.eval_batch_size, pad_id=pad_id, device=device)
+        logits = batched_logits(model, e.input_ids, batch_size=config.eval_batch_size, pad_id=prep.pad_id,
+                                device=prep.device, precision=prep.evaluation)
         return pool_logits(logits, e.doc_of, e.n_docs, config.pool)
     mine = dist.shard(e.n_docs)
     windows = e.windows_of(mine)
-    logits = batched_logits(model, [e.input_ids[w] for w in windows], batch_size=config.eval_batch_size, pad_id=pad_id,
-                            device=device)
+    logits = batched_logits(model, [e.input_ids[w] for w in windows], batch_size=config.eval_batch_size,
+                            pad_id=prep.pad_id, device=prep.device, precision=prep.evaluation)
     if e.doc_of is not None:
         position = {d: i for i, d in enumerate(mine)}
         logits = pool_logits(logits, [position[e.doc_of[w]] for w in windows], len(mine), config.pool)
@@ -201,8 +205,9 @@ def document_logits(model: torch.nn.Module, e: Encoded, config: TrainConfig, *, 
 
 def validate(model: torch.nn.Module, prep: Prepared, labels: list[str], config: TrainConfig) -> Figures:
     """Validation figures that decide which weights are kept (multi-label: at thresholds tuned on them). Evaluation
-    runs in fp32, as TextClassifier does, so validation and test figures are what users get."""
-    logits = document_logits(model, prep.enc["val"], config, pad_id=prep.pad_id, device=prep.device, dist=prep.dist)
+    runs at the precision TextClassifier chooses on this machine (`prep.evaluation`), so validation and test figures
+    are what users get."""
+    logits = document_logits(model, prep.enc["val"], config, prep)
     release_memory()
     return prep.task.selection_metrics(prep.y_val, prep.task.probabilities(logits), labels)
 

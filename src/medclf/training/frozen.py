@@ -169,7 +169,7 @@ def fit_embeddings(
     seconds = time.perf_counter() - start
     n = len(prep.y_train)
     return Fitted(
-        model=model, precision="fp32", precision_reason="embeddings are computed in fp32, as at inference",
+        model=model, precision="fp32", precision_reason="the embeddings the head is fitted on are computed in fp32",
         history=history, best_epoch=best.epoch, validation=best.metrics,
         selected=f"C={best.c:g}" + (f", prior {best.alpha:g}" if prototypes is not None else ""),
         timing={
@@ -200,7 +200,7 @@ def fit_zero_shot(
                 len(prep.y_train), loss_text(val["loss"]), prep.task.accuracy_name, accuracy(prep.task, val),
                 val["macro_f1"])
     return Fitted(
-        model=model, precision="fp32", precision_reason="embeddings are computed in fp32, as at inference",
+        model=model, precision="fp32", precision_reason="the embeddings the head is fitted on are computed in fp32",
         history=[{"epoch": 1, "val_loss": val["loss"], "val_accuracy": accuracy(prep.task, val),
                   "val_macro_f1": val["macro_f1"]}],
         best_epoch=1, validation=val, selected="label descriptions (zero-shot)",

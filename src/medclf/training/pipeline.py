@@ -29,7 +29,7 @@ from medclf.core.tables import demo_data_path
 from medclf.core.tasks import Task, headline_figures, task_for
 from medclf.errors import MedclfError
 from medclf.model.batching import Encoded, encode
-from medclf.model.modeling import check_max_length, choose_device, load_tokenizer, resolve_model
+from medclf.model.modeling import check_max_length, choose_device, inference_precision, load_tokenizer, resolve_model
 from medclf.reporting.card import write_card
 from medclf.reporting.report import write_report
 from medclf.run.artifacts import (
@@ -176,6 +176,11 @@ def _prepare(config: TrainConfig, splits: Splits, task: Task, *, tokenizer: PreT
     elif config.few_shot == "auto" and method_of(config.method).selects:
         runlog.info("Few-labels rule not applied: %s (the rarest class has %d training row(s)).", few_labels.reason,
                     fewest_rows(task, y_train, len(labels)))
+    # validation and test run as TextClassifier runs on this machine (--precision fp32 keeps both in fp32)
+    evaluation = inference_precision("fp32" if config.precision == "fp32" else "auto", device)
+    if evaluation.name != "fp32":
+        runlog.info("Validation and test passes in %s (%s), as predictions on this machine.", evaluation.name,
+                    evaluation.reason)
     rows = None
     if descriptions is not None:
         texts = [(text, i) for i, lab in enumerate(labels) for text in descriptions[lab]]
@@ -193,6 +198,7 @@ def _prepare(config: TrainConfig, splits: Splits, task: Task, *, tokenizer: PreT
         dist=dist,
         descriptions=rows,
         few_labels=few_labels,
+        evaluation=evaluation,
     )
 
 
@@ -201,7 +207,7 @@ def _test(fitted: Fitted, prep: Prepared, labels: list[str], config: TrainConfig
     model, task, y_test = fitted.model, prep.task, prep.y_test
 
     def logits(part: str) -> np.ndarray:
-        return document_logits(model, prep.enc[part], config, pad_id=prep.pad_id, device=prep.device, dist=prep.dist)
+        return document_logits(model, prep.enc[part], config, prep)
 
     temperature, note = 1.0, "off (--no-calibrate)"
     if config.calibrate:
@@ -286,6 +292,7 @@ def _run_spec(config: TrainConfig, splits: Splits, task: Task, source: str, prep
         method=config.method,
         precision=fitted.precision,
         precision_reason=fitted.precision_reason,
+        evaluation_precision=prep.evaluation.name,
         data_file=str(config.data) if config.data else str(demo_data_path()),
         data_sha256={
             "data": file_sha256(config.data or demo_data_path()),
