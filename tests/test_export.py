@@ -5,6 +5,7 @@ import shutil
 
 import numpy as np
 import onnxruntime as ort
+import pandas as pd
 import pytest
 from conftest import SECRET
 from typer.testing import CliRunner
@@ -29,7 +30,7 @@ def export_cli(*args):
 def exported_run(tmp_path_factory, trained_run, small_csv):
     run = tmp_path_factory.mktemp("export") / "run"
     shutil.copytree(trained_run, run)
-    result = export_cli(run, "--data", small_csv)
+    result = export_cli(run)  # checked on the run's own test part, read again from the training table
     assert result.exit_code == 0, result.output
     return run, result.output
 
@@ -42,9 +43,11 @@ def test_export_writes_checked_fp32_and_int8_models(exported_run):
     assert not any(n.startswith(".") for n in names), names
     info = json.loads((folder / "export.json").read_text())
     check = info["check"]
-    assert check["n_check_texts"] == 60 and check["fp32_max_abs_diff"] <= 1e-4
+    n_test = len(pd.read_csv(run / "predictions_test.csv"))
+    assert check["n_check_texts"] == n_test and check["fp32_max_abs_diff"] <= 1e-4
+    assert check["checked_on_test_part"] and check["check_source"] == f"the run's test part ({n_test} texts)"
     assert info["labels"] == ["cardio", "derm", "neuro"]
-    assert "max |probability difference|" in output and "% of 60 texts" in output
+    assert "max |probability difference|" in output and f"% of {n_test} texts" in output
     tried = check["int8_tried"]
     assert tried, "the int8 check ran"
     if check["int8_file"]:  # the first recipe that reaches 99% is kept, and only then
@@ -199,3 +202,37 @@ def test_int8_recipes_that_do_not_run_on_a_model_fall_back_to_fp32_with_the_reas
     assert "does not run on this model in ONNX Runtime, skipped" in result.output
     assert "the fp32 ONNX model is the export" in result.stderr
     assert TextClassifier.load(run, backend="auto").backend == "onnx"
+
+
+def test_auto_takes_int8_only_where_it_was_checked_on_the_runs_test_part(exported_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(exported_run[0], run)
+    folder = run / "onnx"
+    if not (folder / "model.int8.onnx").is_file():  # the rule, not the quantizer, is under test: any ONNX file will do
+        shutil.copy(folder / "model.onnx", folder / "model.int8.onnx")
+    info = json.loads((folder / "export.json").read_text())
+
+    def auto_with(**check):
+        (folder / "export.json").write_text(json.dumps({**info, "check": {**info["check"], **check}}))
+        return TextClassifier.load(run).backend
+
+    assert auto_with(checked_on_test_part=True, int8_agreement=0.995) == "onnx-int8"
+    assert auto_with(checked_on_test_part=True, int8_agreement=0.972) == "onnx"  # below 99%: the fp32 graph
+    assert auto_with(checked_on_test_part=False, int8_agreement=1.0) == "onnx"  # checked on other texts
+    (folder / "export.json").write_text(json.dumps({**info, "check": {"int8_agreement": 1.0}}))  # an older export
+    assert TextClassifier.load(run).backend == "onnx"
+    assert TextClassifier.load(run, backend="onnx-int8").backend == "onnx-int8"  # asked for: taken
+
+
+def test_an_export_whose_test_table_changed_is_checked_on_other_texts(trained_run, tmp_path, small_csv):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    config = json.loads((run / "train_config.json").read_text())
+    moved = tmp_path / "moved.csv"
+    pd.read_csv(small_csv).iloc[:-1].to_csv(moved, index=False)  # not the table the run was trained on
+    config["run"]["data_file"] = str(moved)
+    (run / "train_config.json").write_text(json.dumps(config))
+    result = onnx_export.export_onnx(run, quantize="none")
+    assert not result.checked_on_test_part and result.check_source == "packaged demo notes"
+    result = onnx_export.export_onnx(run, quantize="none", data=str(small_csv))
+    assert not result.checked_on_test_part and result.check_source == str(small_csv)

@@ -263,7 +263,8 @@ class LoadOptions:
     evaluate, predict and explain (files), the server and Spark. Validated where it is built."""
 
     backend: str = "auto"
-    """auto (int8 ONNX if exported, else fp32 ONNX, else PyTorch) | torch | onnx | onnx-int8."""
+    """auto (int8 ONNX where exported and checked on the run's test part at 99% agreement, else fp32 ONNX, else
+    PyTorch) | torch | onnx | onnx-int8."""
     device: str = "auto"
     batch_size: int | None = None
     """Texts per batch. None: INFER_BATCH_SIZE (16) on a CPU; on a CUDA GPU as many as fit 65,536 padded tokens."""

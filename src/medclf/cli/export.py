@@ -16,7 +16,7 @@ def export(
     format: Annotated[str, typer.Option("--format", help="Export format; onnx is the one there is.")] = "onnx",
     quantize: Annotated[str, typer.Option("--quantize", help="none | int8: also write model.int8.onnx (int8 weights), checked for top-label agreement.")] = "int8",
     output: Annotated[str | None, typer.Option("--output", "-o", help="Folder to write. Default: RUN_DIR/onnx (where --backend auto finds it).")] = None,
-    data: Annotated[str | None, typer.Option("--data", help="Texts to check the export on (any table `predict --input` reads; a sample of 256). Default: the packaged demo notes.")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="Texts to check the export on (any table `predict --input` reads; a sample of 256). Default: the run's own test part, read again from its training table (else the packaged demo notes); backend auto takes the int8 model only where it was checked on the test part.")] = None,
     text_column: TextColOpt = None,
     int8_recipe: Annotated[str, typer.Option("--int8-recipe", help="auto (fastest recipe that passes the 99% check) | dynamic (fastest) | blockwise-128 | blockwise-32 (most accurate, slowest).")] = "auto",
 ) -> None:

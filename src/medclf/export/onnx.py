@@ -5,7 +5,8 @@
 - model.onnx: the classifier as one graph, inputs `input_ids` and `attention_mask` (int64, dynamic batch
   and sequence axes), output `logits` (float32), fused for CPU by ONNX Runtime's transformer optimizer;
 - model.int8.onnx (with `quantize="int8"`): weights in int8, the first quantization recipe that keeps the
-  top label of at least 99% of the check texts;
+  top label of at least 99% of the check texts (the run's own test part by default; backend auto takes it only
+  where those were the texts, `onnx_runtime.int8_trusted`);
 - export.json: the figures of the self-check, the recipe, the versions; config.json and the tokenizer
   files, so the folder stands on its own for ONNX Runtime users.
 
@@ -35,10 +36,26 @@ import torch
 
 from medclf.config import LoadOptions
 from medclf.errors import MedclfError
-from medclf.inference.onnx_runtime import EXPORT_INFO, FP32_FILE, INT8_FILE, ONNX_DIR, OnnxRunner, onnxruntime_available
+from medclf.inference.onnx_runtime import (
+    EXPORT_INFO,
+    FP32_FILE,
+    INT8_FILE,
+    MIN_INT8_AGREEMENT,
+    ONNX_DIR,
+    OnnxRunner,
+    onnxruntime_available,
+)
 from medclf.model.batching import Batching
 from medclf.model.modeling import run_batches
-from medclf.run.artifacts import CONFIG_FILE, MODEL_DIR, StagedRun, atomic_write_json, is_run_dir
+from medclf.run.artifacts import (
+    CONFIG_FILE,
+    MODEL_DIR,
+    PREDICTIONS_FILE,
+    StagedRun,
+    atomic_write_json,
+    file_sha256,
+    is_run_dir,
+)
 
 if TYPE_CHECKING:
     from medclf.inference.classifier import TextClassifier
@@ -47,8 +64,6 @@ log = logging.getLogger(__name__)
 
 PARITY_TOLERANCE = 1e-4
 """Largest allowed |p_onnx - p_torch| over every class probability of every check text (fp32)."""
-MIN_AGREEMENT = 0.99
-"""Smallest allowed share of check texts whose int8 top label equals PyTorch's."""
 OPSET = 17
 CHECK_BATCH = 8
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config.json")
@@ -74,6 +89,8 @@ class ExportResult:
     int8_agreement: float | None = None
     int8_max_abs_diff: float | None = None
     int8_tried: list[dict[str, Any]] = field(default_factory=list)
+    checked_on_test_part: bool = False
+    """The check texts were the run's own test part (then backend auto may choose the int8 model)."""
     int8_skipped: str | None = None
     """Why no int8 model was written (every recipe failed to run, or none kept enough predictions)."""
     optimized: bool = False
@@ -101,7 +118,8 @@ def export_onnx(
     """Export a trained run to ONNX (and int8 with quantize='int8'), check it against PyTorch, write it.
 
     The check texts come from `data` (any table `medclf predict --input` reads; up to
-    `max_check_texts`, sampled with `seed`), or from the packaged demo notes. Raises MedclfError when
+    `max_check_texts`, sampled with `seed`), else the run's own test part (`_check_texts`), else the packaged demo
+    notes; the reference is the fp32 PyTorch model. Raises MedclfError when
     the fp32 graph differs from PyTorch by more than 1e-4; an int8 model that keeps the top label of
     fewer than 99% of the texts under every recipe is not written (the result says so).
     int8_recipe: "auto" tries the recipes fastest first and keeps the first that passes; a recipe's
@@ -124,11 +142,12 @@ def export_onnx(
         raise MedclfError(f"{final} holds files that are not a medclf ONNX export; choose another --output.")
     # the reference is the fp32 PyTorch model, whatever this CPU would choose for inference (ONNX runs fp32)
     clf = TextClassifier.load(run_dir, LoadOptions(backend="torch", device="cpu", precision="fp32"))
-    texts, source = _check_texts(clf, data, text_columns, max_check_texts, seed)
+    texts, source, on_test = _check_texts(clf, data, text_columns, max_check_texts, seed)
     encoded = clf.encode(texts).input_ids  # for long_text='chunk', windows: the check compares window by window
     reference = clf.task.probabilities(clf.sequence_logits(encoded, batch_size=CHECK_BATCH))
     with StagedRun(final, overwrite=True) as run:  # an earlier export is replaced once the new one is complete
         result = _export_checked(clf, run.path, encoded, reference, final=final, source=source, n_texts=len(texts))
+        result.checked_on_test_part = on_test
         if quantize == "int8":
             _quantize_checked(run.path / FP32_FILE, run.path / INT8_FILE, encoded, clf.pad_id, reference, result, clf,
                               int8_recipe)
@@ -161,12 +180,21 @@ def _export_checked(clf: TextClassifier, staging: Path, encoded: list[list[int]]
                         fp32_max_abs_diff=diff, fp32_file=FP32_FILE, optimized=optimized)
 
 
-def _check_texts(clf: TextClassifier, data: str | None, text_columns: list[str] | None, limit: int, seed: int) -> tuple[list[str], str]:
+def _check_texts(clf: TextClassifier, data: str | None, text_columns: list[str] | None, limit: int,
+                 seed: int) -> tuple[list[str], str, bool]:
+    """The texts the export is checked on, where they came from, and whether they are the run's own test part:
+    `data` (up to `limit`, sampled with `seed`); else the run's test part, read again from the training table where it
+    is still there unchanged (its SHA-256 as at training); else the packaged demo notes."""
     from medclf.inference.files import read_inputs
 
     if data is None:
+        test = _test_part_texts(clf)
+        if test is not None:
+            return test, f"the run's test part ({len(test)} texts)", True
         from medclf.core.tables import demo_data_path
 
+        log.info("The run's test data is not where it was trained from, or it changed since; checking the export "
+                 "on the packaged demo notes (backend auto will not choose its int8 model).")
         data, source = str(demo_data_path()), "packaged demo notes"
     else:
         source = str(data)
@@ -177,7 +205,27 @@ def _check_texts(clf: TextClassifier, data: str | None, text_columns: list[str] 
     if len(texts) > limit:
         keep = np.sort(np.random.default_rng(seed).choice(len(texts), size=limit, replace=False))
         texts = [texts[i] for i in keep]
-    return texts, source
+    return texts, source, False
+
+
+def _test_part_texts(clf: TextClassifier) -> list[str] | None:
+    """The texts of the run's test part, in its order, or None where its table is gone or changed. The run keeps no
+    text: predictions_test.csv keeps each test row's number in the table it came from."""
+    import pandas as pd
+
+    from medclf.core.columns import join_texts
+    from medclf.core.tables import read_table
+
+    spec, run_dir = clf.spec, clf.run_dir
+    if spec is None or run_dir is None or not (run_dir / PREDICTIONS_FILE).is_file():
+        return None
+    source = spec.config.test_data or spec.data_file
+    expected = spec.data_sha256.get("test_data" if spec.config.test_data else "data")
+    if not source or not expected or not Path(source).is_file() or file_sha256(source) != expected:
+        return None
+    rows = pd.read_csv(run_dir / PREDICTIONS_FILE, usecols=["row"])["row"].tolist()
+    texts = join_texts(read_table(source).iloc[rows], spec.text_columns)
+    return [t for t in texts if t is not None] or None
 
 
 def _onnx_logits(runner: OnnxRunner, input_ids: list[list[int]], clf: TextClassifier) -> np.ndarray:
@@ -314,8 +362,8 @@ def _quantize_checked(
         max_diff = float(np.abs(probs - reference).max())
         result.int8_tried.append({"recipe": name, "agreement": agreement, "max_abs_diff": max_diff})
         log.info("int8 (%s): same prediction as PyTorch on %.1f%% of %d check texts (need %.0f%%); max |p difference| %.3f.",
-                 name, 100 * agreement, len(encoded), 100 * MIN_AGREEMENT, max_diff)
-        if agreement >= MIN_AGREEMENT:
+                 name, 100 * agreement, len(encoded), 100 * MIN_INT8_AGREEMENT, max_diff)
+        if agreement >= MIN_INT8_AGREEMENT:
             candidate.rename(dest)
             result.int8_file, result.int8_recipe = dest.name, name
             result.int8_agreement, result.int8_max_abs_diff = agreement, max_diff
@@ -325,7 +373,7 @@ def _quantize_checked(
         result.int8_skipped = (f"no int8 recipe runs on this model ({', '.join(t['recipe'] for t in result.int8_tried)} "
                                "failed in ONNX Runtime); the fp32 ONNX model is the export")
     else:
-        result.int8_skipped = (f"no int8 recipe kept the prediction of {100 * MIN_AGREEMENT:.0f}% of the check texts; "
+        result.int8_skipped = (f"no int8 recipe kept the prediction of {100 * MIN_INT8_AGREEMENT:.0f}% of the check texts; "
                                "the fp32 ONNX model is the export")
     log.warning("%s; model.int8.onnx was not written.", result.int8_skipped[0].upper() + result.int8_skipped[1:])
 
@@ -364,6 +412,6 @@ def _export_info(clf: TextClassifier, result: ExportResult) -> dict[str, Any]:
         "calibration": "divide the logits by temperature before softmax/sigmoid (medclf's TextClassifier does)",
         "max_length": clf.max_length,
         "long_text": clf.long_text,
-        "check": {"parity_tolerance": PARITY_TOLERANCE, "min_int8_agreement": MIN_AGREEMENT, **result.to_dict()},
+        "check": {"parity_tolerance": PARITY_TOLERANCE, "min_int8_agreement": MIN_INT8_AGREEMENT, **result.to_dict()},
     }
 

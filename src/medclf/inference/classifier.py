@@ -175,7 +175,8 @@ class TextClassifier:
         (config.LoadOptions; the keywords are shorthand that change those fields).
 
         backend: "torch"; "onnx" or "onnx-int8" (the files `medclf export` wrote into RUN/onnx/);
-        "auto": onnx-int8 if exported, else onnx if exported, else torch (ONNX only with onnxruntime
+        "auto": onnx-int8 if exported and checked on the run's test part (onnx_runtime.int8_trusted), else onnx if
+        exported, else torch (ONNX only with onnxruntime
         installed and the device left on auto or cpu). threads: ONNX Runtime's intra-op threads
         (default: one per core). long_text: how texts over the window are handled at inference,
         'truncate' | 'head-tail' | 'chunk' (default: as the run was trained). A run trained on short

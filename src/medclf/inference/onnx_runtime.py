@@ -5,6 +5,8 @@ Inference reads it; the exporter (medclf.export.onnx) writes what it reads.
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,8 @@ ONNX_DIR = "onnx"
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 EXPORT_INFO = "export.json"
+
+log = logging.getLogger(__name__)
 
 
 def onnxruntime_available() -> bool:
@@ -58,15 +62,39 @@ class OnnxRunner:
         return self.session.run(None, feed)[0].astype(np.float32, copy=False)
 
 
+MIN_INT8_AGREEMENT = 0.99
+"""Smallest share of texts whose int8 decision equals PyTorch's: for export to write model.int8.onnx (on its check
+texts), and for backend 'auto' to choose it (on the run's own test part)."""
+
+
+def int8_trusted(folder: Path) -> bool:
+    """Whether backend 'auto' may take the int8 model in `folder`: its export checked it on the run's own test part and
+    it decided as PyTorch on at least MIN_INT8_AGREEMENT of those texts (an export checked on other texts, or one
+    written before the check was recorded, leaves auto on the fp32 ONNX model)."""
+    try:
+        check = json.loads((folder / EXPORT_INFO).read_text(encoding="utf-8")).get("check") or {}
+    except (OSError, ValueError, AttributeError):
+        return False
+    agreement = check.get("int8_agreement")
+    return bool(check.get("checked_on_test_part")) and isinstance(agreement, (int, float)) \
+        and agreement >= MIN_INT8_AGREEMENT
+
+
 def onnx_file(run_dir: Path, backend: str, device: str) -> Path | None:
-    """The ONNX model `backend` asks for in RUN/onnx/, or None for PyTorch."""
+    """The ONNX model `backend` asks for in RUN/onnx/, or None for PyTorch. auto: int8 where `int8_trusted`, else the
+    fp32 ONNX model, else PyTorch."""
     folder = run_dir / ONNX_DIR
     if backend == "torch":
         return None
     if backend == "auto":
         if device not in ("auto", "cpu") or not onnxruntime_available():
             return None
-        return next((folder / name for name in (INT8_FILE, FP32_FILE) if (folder / name).is_file()), None)
+        if (folder / INT8_FILE).is_file() and int8_trusted(folder):
+            return folder / INT8_FILE
+        if (folder / INT8_FILE).is_file():
+            log.info("Backend auto: the int8 model was not checked on the run's test part at %.0f%% agreement; "
+                     "using the fp32 ONNX model (`--backend onnx-int8` takes it anyway).", 100 * MIN_INT8_AGREEMENT)
+        return folder / FP32_FILE if (folder / FP32_FILE).is_file() else None
     if device not in ("auto", "cpu"):
         raise MedclfError(f"The ONNX backend runs on the CPU; use backend='torch' for device {device!r}.")
     name = INT8_FILE if backend == "onnx-int8" else FP32_FILE

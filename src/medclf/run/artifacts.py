@@ -8,6 +8,7 @@ the final name only once complete. A killed run leaves at most a hidden
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -180,3 +181,14 @@ def save_pretrained_atomic(model: Any, tokenizer: PreTrainedTokenizerBase, direc
 def read_json(path: Path) -> Any:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def file_sha256(path: str | Path | None) -> str | None:
+    """A file's SHA-256 (hex), read in 1 MiB blocks; None for no file or standard input ('-')."""
+    if path is None or str(path) == "-":
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

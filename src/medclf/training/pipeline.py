@@ -3,7 +3,6 @@ metrics, intervals, the TF-IDF baseline), then the run directory written in a st
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import platform
 import time
@@ -40,6 +39,7 @@ from medclf.run.artifacts import (
     StagedRun,
     atomic_write_json,
     atomic_write_text,
+    file_sha256,
     save_pretrained_atomic,
 )
 from medclf.run.runspec import RunSpec
@@ -333,16 +333,6 @@ def _write_run(output: Path, config: TrainConfig, splits: Splits, task: Task, to
         atomic_write_json(stage / METRICS_FILE, metrics)
         write_card(stage, name=output.name)
     return run.final
-
-
-def file_sha256(path: str | Path | None) -> str | None:
-    if path is None or str(path) == "-":
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _truncation(e: Encoded, max_length: int) -> Truncation:
