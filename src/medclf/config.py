@@ -243,6 +243,11 @@ class TrainConfig:
             return None
         return [self.label_column] if isinstance(self.label_column, str) else list(self.label_column)
 
+    def inference_request(self, requested: str = "auto") -> str:
+        """The inference precision to ask for this run's model (its validation and test passes, and later loads):
+        `requested`, except that auto keeps a run trained with --precision fp32 in fp32, as its figures were measured."""
+        return "fp32" if requested == "auto" and self.precision == "fp32" else requested
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

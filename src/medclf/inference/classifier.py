@@ -221,9 +221,7 @@ class TextClassifier:
             model: torch.nn.Module = EmbeddingClassifier.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         else:
             model = load_classifier(str(model_dir), trust_remote_code=trust_remote_code)
-        precision = options.precision
-        if precision == "auto" and spec.config.precision == "fp32":  # trained and evaluated in fp32 by choice
-            precision = "fp32"
+        precision = spec.config.inference_request(options.precision)
         clf = cls(model, tokenizer, device=choose_device(device), precision=precision, **common)
         clf.run_dir = model_dir.parent
         return clf

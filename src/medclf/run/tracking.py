@@ -74,7 +74,8 @@ def _step(row: Mapping[str, object]) -> int:
 
 
 def log_job(*, kind: str, name: str, directory: Path, params: Mapping[str, object],
-            steps: Sequence[Mapping[str, object]] | None = None, final: Mapping[str, object] | None = None, artifacts: list[str] | None = None, tags: dict[str, str] | None = None,
+            steps: Sequence[Mapping[str, object]] | None = None, final: Mapping[str, object] | None = None,
+            artifacts: list[str] | None = None, tags: dict[str, str] | None = None,
             seconds: float | None = None) -> str:
     """Log one finished job as an MLflow run; its run id. steps: per-step figures (each with its 'step'); final: the
     job's end figures; artifacts: file names in `directory` (missing ones are passed over); seconds: how long the job

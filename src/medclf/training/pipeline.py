@@ -176,8 +176,7 @@ def _prepare(config: TrainConfig, splits: Splits, task: Task, *, tokenizer: PreT
     elif config.few_shot == "auto" and method_of(config.method).selects:
         runlog.info("Few-labels rule not applied: %s (the rarest class has %d training row(s)).", few_labels.reason,
                     fewest_rows(task, y_train, len(labels)))
-    # validation and test run as TextClassifier runs on this machine (--precision fp32 keeps both in fp32)
-    evaluation = inference_precision("fp32" if config.precision == "fp32" else "auto", device)
+    evaluation = inference_precision(config.inference_request(), device)  # as TextClassifier runs here
     if evaluation.name != "fp32":
         runlog.info("Validation and test passes in %s (%s), as predictions on this machine.", evaluation.name,
                     evaluation.reason)
