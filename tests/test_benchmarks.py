@@ -67,26 +67,34 @@ def test_compare_quick_mode_writes_every_row_and_field(tmp_path, tiny_model):
             assert SECRET not in path.read_text(errors="ignore"), path
 
 
-def test_serve_load_sends_a_bounded_mixed_load_and_reports_it(tmp_path, trained_run, small_csv):
+def test_serve_load_runs_one_phase_per_client_count_and_reports_each(tmp_path, trained_run, small_csv):
     out = tmp_path / "load"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "serving" / "serve_load.py"), "--run", str(trained_run), "--texts", str(small_csv),
-         "--requests", "80", "--clients", "4", "--malformed-share", "0.25", "--out", str(out)],
+         "--clients", "1,3", "--requests", "40", "--seconds", "120", "--texts-per-request", "1-4",
+         "--malformed-share", "0.25", "--threads", "1", "--out", str(out)],
         capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "results.json").read_text())
-    assert result["requests_sent"] == 80 and result["wellformed"] + result["malformed"] == 80
-    assert result["malformed"] > 5 and result["malformed_not_4xx"] == 0
-    assert result["wellformed_not_answered_below_500"] == 0
-    assert sum(result["status_counts"].values()) == 80 and result["status_counts"]["200"] == result["wellformed"]
-    assert result["texts_per_s"] > 0 and result["offline"]["texts_per_s"] > 0
-    assert 0 < result["latency_s"]["p50"] <= result["latency_s"]["p95"] <= result["latency_s"]["p99"]
-    assert result["rss_mib"]["before"] > 0 and result["mean_texts_per_forward_batch"] >= 1
+    assert result["offline"]["texts_per_s"] > 0 and result["offline"]["threads"] == 1
+    assert result["offline"]["precision"] in ("fp32", "bf16") and "cores)" in result["cpu_flags"]
+    assert [p["clients"] for p in result["phases"]] == [1, 3]
+    for phase in result["phases"]:
+        assert phase["requests_sent"] == 40 and phase["wellformed"] + phase["malformed"] == 40
+        assert phase["malformed"] > 3 and phase["malformed_not_4xx"] == 0
+        assert phase["wellformed_not_answered_below_500"] == 0
+        assert sum(phase["status_counts"].values()) == 40 and phase["status_counts"]["200"] == phase["wellformed"]
+        assert phase["wellformed"] <= phase["texts"] <= 4 * phase["wellformed"]  # 1-4 texts a request
+        assert phase["texts_per_s"] > 0 and phase["server_cpu_s_per_s"] > 0
+        assert 0 < phase["latency_s"]["p50"] <= phase["latency_s"]["p95"] <= phase["latency_s"]["p99"]
+        assert phase["mean_texts_per_forward_batch"] >= 1
+    assert result["rss_mib"]["before"] > 0
     assert set(result["targets"]) == {"zero 5xx for well-formed requests", "every malformed request answered 4xx",
-                                      "server texts/s >= 80% of offline", "RSS after within 10% of before"}
-    assert "| texts/s |" in (out / "results.md").read_text()
-    assert SECRET not in (out / "server.log").read_text() + (out / "results.json").read_text()
+                                      "server texts/s at 3 clients >= 80% of offline", "RSS after within 10% of before"}
+    table = (out / "results.md").read_text()
+    assert "| clients |" in table and table.count("\n| 1 |") + table.count("\n| 3 |") == 2
+    assert SECRET not in (out / "server.log").read_text() + (out / "results.json").read_text() + table
 
 
 def test_bench_export_compares_backends_on_the_same_texts(tmp_path, trained_run, small_csv):

@@ -204,6 +204,35 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_results():
     assert len(calls) < len(requests) and max(calls) <= 16  # batched together, never over max_batch
 
 
+def test_a_lone_request_waits_for_company_but_a_queue_under_load_goes_straight_to_the_model():
+    passes = []  # (start, end, texts) of each forward pass, on the event loop's clock
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+
+        def infer(texts):
+            start = loop.time()
+            time.sleep(0.6)
+            passes.append((start, loop.time(), len(texts)))
+            return np.zeros((len(texts), 2))
+
+        batcher = MicroBatcher(infer, max_batch=16, max_wait_s=0.2, max_queue=64)
+        batcher.start()
+        t0 = loop.time()
+        first = asyncio.ensure_future(batcher.submit(["a"]))
+        await asyncio.sleep(0.3)  # the first pass is running; this one queues behind it and waits longer than 0.2 s
+        second = asyncio.ensure_future(batcher.submit(["b", "c"]))
+        await asyncio.gather(first, second)
+        await batcher.close()
+        return t0
+
+    t0 = asyncio.run(scenario())
+    (start1, end1, n1), (start2, _, n2) = passes
+    assert (n1, n2) == (1, 2)
+    assert 0.15 <= start1 - t0 < 0.3  # alone: it waited max_wait for others to join
+    assert start2 - end1 < 0.1  # queued for longer than max_wait already: no second wait
+
+
 def test_a_full_queue_refuses_instead_of_growing():
     release = threading.Event()
 

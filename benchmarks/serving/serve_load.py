@@ -1,20 +1,24 @@
-"""Load test of `medclf serve` on loopback: bounded, seeded, stops by itself.
+"""Load test of `medclf serve` on loopback, at several client counts: bounded, seeded, stops by itself.
 
-python benchmarks/serving/serve_load.py --run RUN_DIR [--texts SPLIT/test.csv] [--backend auto] \
-    [--requests 2000] [--clients 16] [--out bench-out/serve-load]
+python benchmarks/serving/serve_load.py --run RUN_DIR [--texts SPLIT/test.csv] [--backend auto] [--precision auto] \
+    [--threads N] [--clients 1,8,32] [--seconds 300] [--requests N] [--texts-per-request 1-4] [--out bench-out/serve-load]
 
-1. Offline reference: in a separate process, `TextClassifier.load(RUN, backend=...)` classifies the
-   text pool once (warm-up first); texts/s.
-2. Starts `medclf serve RUN --port FREE` (127.0.0.1 only), waits for /readyz, warms up with 32 requests,
-   reads the server's RSS.
-3. Sends --requests requests from --clients concurrent clients (asyncio + httpx): 5% malformed (bad
-   JSON, wrong types, empty list, too many texts, a text over --max-chars, missing or unknown fields),
-   the rest 70% one-text and 30% 16-text bodies, texts drawn from the pool. Stops issuing after
-   --max-seconds.
-4. Reads the server's RSS again and its /metrics, sends SIGTERM, waits for it to exit.
-Reports requests/s, texts/s, p50/p95/p99 latency of the well-formed requests, status counts, the
-targets (zero 5xx for well-formed, every malformed one 4xx, server texts/s >= 80% of offline, RSS
-after within 10% of before), and writes OUT/results.json and OUT/results.md.
+1. Offline reference: in a separate process, `TextClassifier.load(RUN, backend, precision, threads)` classifies the
+   text pool once (warm-up first); texts/s, before the server starts and again after it stops (their mean is the
+   reference: on a shared VM the machine's speed drifts, and the CPU the hypervisor stole is recorded with each
+   figure). The server gets the same backend, precision and threads.
+2. Starts `medclf serve RUN --port FREE` (127.0.0.1 only), waits for /readyz, warms up, reads the server's RSS.
+3. For each client count in --clients, one phase: that many concurrent keep-alive clients (asyncio + httpx, one
+   connection each) send requests back to back for --seconds (or until --requests are sent): 5% malformed (bad
+   JSON, wrong types, empty list, too many texts, a text over --max-chars, missing or unknown fields), the rest
+   carrying a uniform 1-4 (--texts-per-request) texts drawn from the pool. Per phase: requests/s, texts/s,
+   p50/p95/p99 latency of the well-formed requests, status counts, texts per forward pass (from /metrics), and
+   how much of the time the model was running and how fast it ran while it did (from /metrics: texts per
+   model-second beside texts/s tells time lost between forward passes from time lost inside them), and the CPU
+   seconds the server and the load client used (the client shares the machine's cores with the server).
+4. Reads the server's RSS again, sends SIGTERM, waits for it to exit.
+Targets: zero 5xx for well-formed requests, every malformed one 4xx, server texts/s at 8 clients (else at the
+largest count) >= 80% of offline, RSS after within 10% of before. Writes OUT/results.json and OUT/results.md.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import asyncio
 import json
 import os
 import random
+import resource
 import signal
 import socket
 import subprocess
@@ -37,10 +42,11 @@ from typing import Any
 BENCH = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(BENCH))  # the benchmarks folder: bench_common, the helpers every script shares
 
-from bench_common import write_result  # noqa: E402
+from bench_common import cpu_flags_line, write_result  # noqa: E402
 
 MALFORMED = ("bad-json", "text-not-string", "texts-not-list", "empty-list", "too-many-texts", "text-too-long",
              "missing-field", "unknown-field")
+TARGET_CLIENTS = 8
 
 
 def free_port() -> int:
@@ -56,6 +62,27 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (from /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stolen_seconds() -> float:
+    """CPU seconds the hypervisor gave to other guests so far, over all cores (the 'steal' column of /proc/stat): on
+    a shared VM a phase that lost CPU this way is slower for a reason that is not the server's."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def read_pool(path: str | None) -> list[str]:
     import pandas as pd
 
@@ -68,55 +95,76 @@ def read_pool(path: str | None) -> list[str]:
     return [t for t in frame[column].astype(str).tolist() if t.strip()]
 
 
-def offline_texts_per_s(run: str, backend: str, pool_file: Path) -> dict[str, Any]:
-    """Classify the pool in a fresh process (so it does not share the CPU with anything)."""
+def offline_texts_per_s(run: str, *, backend: str, precision: str, threads: int, pool_file: Path) -> dict[str, Any]:
+    """Classify the pool in a fresh process (so it does not share the CPU with anything), as the server would."""
     code = textwrap.dedent(f"""
         import json, time
+        import torch
+        torch.set_num_threads({threads})  # as `medclf serve --threads` sets it
+        from medclf.config import LoadOptions
         from medclf.inference.classifier import TextClassifier
         texts = json.load(open({str(pool_file)!r}))
-        clf = TextClassifier.load({run!r}, backend={backend!r})
+        clf = TextClassifier.load({run!r}, LoadOptions(backend={backend!r}, precision={precision!r}, threads={threads}))
         clf.predict_proba(texts[:16])
         t0 = time.perf_counter(); clf.predict_proba(texts); s = time.perf_counter() - t0
-        print(json.dumps({{"backend": clf.backend, "texts": len(texts), "seconds": s, "texts_per_s": len(texts) / s}}))
+        print(json.dumps({{"backend": clf.backend, "precision": clf.precision.name, "threads": {threads}, "texts": len(texts),
+                           "seconds": s, "texts_per_s": len(texts) / s}}))
     """)
+    stolen = stolen_seconds()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return {**result, "stolen_cpu_s_per_s": (stolen_seconds() - stolen) / result["seconds"]}
 
 
-def plan_requests(pool: list[str], n: int, *, malformed_share: float, multi_share: float, multi_size: int,
-                  max_batch: int, max_chars: int, seed: int) -> list[tuple[str, bytes, int]]:
-    """(kind, JSON body, number of texts) for each request, in sending order."""
-    rng = random.Random(seed)
-    plan = []
-    for _ in range(n):
-        if rng.random() < malformed_share:
+def parse_range(text: str) -> tuple[int, int]:
+    low, _, high = text.partition("-")
+    lo, hi = int(low), int(high or low)
+    if not 1 <= lo <= hi:
+        raise SystemExit(f"--texts-per-request must be LOW-HIGH with 1 <= LOW <= HIGH, not {text!r}")
+    return lo, hi
+
+
+class Requests:
+    """The seeded stream of (kind, JSON body, number of texts) that a phase's clients draw from, in sending order."""
+
+    def __init__(self, pool: list[str], *, malformed_share: float, texts_per_request: tuple[int, int], max_batch: int,
+                 max_chars: int, seed: int, limit: int | None) -> None:
+        self.pool, self.malformed_share, self.texts_per_request = pool, malformed_share, texts_per_request
+        self.max_batch, self.max_chars, self.limit = max_batch, max_chars, limit
+        self.rng = random.Random(seed)
+        self.sent = 0
+
+    def __iter__(self) -> Requests:
+        return self
+
+    def __next__(self) -> tuple[str, bytes, int]:
+        if self.limit is not None and self.sent >= self.limit:
+            raise StopIteration
+        self.sent += 1
+        rng = self.rng
+        if rng.random() < self.malformed_share:
             kind = rng.choice(MALFORMED)
             body: Any = {
-                "bad-json": None, "text-not-string": {"text": 42}, "texts-not-list": {"texts": rng.choice(pool)},
-                "empty-list": {"texts": []}, "too-many-texts": {"texts": ["chest pain"] * (max_batch + 1)},
-                "text-too-long": {"text": "x" * (max_chars + 1)}, "missing-field": {"top_k": 2},
+                "bad-json": None, "text-not-string": {"text": 42}, "texts-not-list": {"texts": rng.choice(self.pool)},
+                "empty-list": {"texts": []}, "too-many-texts": {"texts": ["chest pain"] * (self.max_batch + 1)},
+                "text-too-long": {"text": "x" * (self.max_chars + 1)}, "missing-field": {"top_k": 2},
                 "unknown-field": {"text": "chest pain", "patient": "x"},
             }[kind]
-            raw = b'{"texts": ["unterminated' if body is None else json.dumps(body).encode()
-            plan.append((kind, raw, 0))
-        elif rng.random() < multi_share:
-            texts = [rng.choice(pool) for _ in range(multi_size)]
-            plan.append(("multi", json.dumps({"texts": texts}).encode(), len(texts)))
-        else:
-            plan.append(("single", json.dumps({"text": rng.choice(pool)}).encode(), 1))
-    return plan
+            return kind, b'{"texts": ["unterminated' if body is None else json.dumps(body).encode(), 0
+        n = rng.randint(*self.texts_per_request)
+        if n == 1:
+            return "single", json.dumps({"text": rng.choice(self.pool)}).encode(), 1
+        return "multi", json.dumps({"texts": [rng.choice(self.pool) for _ in range(n)]}).encode(), n
 
 
-async def send_all(base: str, plan: list[tuple[str, bytes, int]], clients: int, deadline: float) -> list[dict[str, Any]]:
+async def send_all(base: str, requests: Any, clients: int, deadline: float) -> list[dict[str, Any]]:
+    """`clients` keep-alive connections, each sending its next request as soon as the last one is answered."""
     import httpx
 
     results: list[dict[str, Any]] = []
-    queue = iter(plan)
 
     async def client_loop(client: httpx.AsyncClient) -> None:
-        for kind, body, n_texts in queue:
-            if time.monotonic() > deadline:
-                return
+        for kind, body, n_texts in requests:
             t0 = time.perf_counter()
             try:
                 response = await client.post(base + "/v1/predict", content=body, headers={"content-type": "application/json"})
@@ -124,6 +172,8 @@ async def send_all(base: str, plan: list[tuple[str, bytes, int]], clients: int, 
             except httpx.HTTPError as exc:
                 status = f"error:{type(exc).__name__}"
             results.append({"kind": kind, "status": status, "seconds": time.perf_counter() - t0, "texts": n_texts})
+            if time.monotonic() > deadline:
+                return
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(timeout=300, limits=limits) as client:
@@ -146,22 +196,98 @@ def metric_value(text: str, name: str) -> float:
     return float("nan")
 
 
+def run_phase(base: str, pid: int, requests: Requests, clients: int, seconds: float) -> dict[str, Any]:
+    """One load phase against the running server, and what it showed."""
+    import httpx
+
+    before = httpx.get(base + "/metrics", timeout=10).text
+    server_cpu, client_cpu, stolen = cpu_seconds(pid), own_cpu_seconds(), stolen_seconds()
+    started = time.perf_counter()
+    results = asyncio.run(send_all(base, requests, clients, time.monotonic() + seconds))
+    wall = time.perf_counter() - started
+    server_cpu, client_cpu = cpu_seconds(pid) - server_cpu, own_cpu_seconds() - client_cpu
+    stolen = stolen_seconds() - stolen
+    after = httpx.get(base + "/metrics", timeout=10).text
+    batches = metric_value(after, "medclf_batch_texts_count") - metric_value(before, "medclf_batch_texts_count")
+    batch_texts = metric_value(after, "medclf_batch_texts_sum") - metric_value(before, "medclf_batch_texts_sum")
+    model_s = metric_value(after, "medclf_inference_seconds_sum") - metric_value(before, "medclf_inference_seconds_sum")
+
+    good = [r for r in results if r["kind"] in ("single", "multi")]
+    bad = [r for r in results if r["kind"] not in ("single", "multi")]
+    ok_texts = sum(r["texts"] for r in good if r["status"] == 200)
+    latencies = [r["seconds"] for r in good if r["status"] == 200]
+    server_tps = ok_texts / wall
+    return {
+        "clients": clients, "requests_sent": len(results), "wall_s": wall, "requests_per_s": len(results) / wall,
+        "texts": ok_texts, "texts_per_s": server_tps,
+        "latency_s": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95), "p99": percentile(latencies, 99)},
+        "status_counts": dict(Counter(str(r["status"]) for r in results)),
+        "malformed_by_kind": dict(Counter(f"{r['kind']}:{r['status']}" for r in bad)),
+        "wellformed": len(good), "wellformed_not_answered_below_500":
+            sum(1 for r in good if not (isinstance(r["status"], int) and r["status"] < 500)),
+        "malformed": len(bad),
+        "malformed_not_4xx": sum(1 for r in bad if not (isinstance(r["status"], int) and 400 <= r["status"] < 500)),
+        "mean_texts_per_forward_batch": batch_texts / batches if batches else None,
+        "model_busy_share": model_s / wall, "texts_per_model_second": batch_texts / model_s if model_s else None,
+        "server_cpu_s_per_s": server_cpu / wall, "client_cpu_s_per_s": client_cpu / wall,
+        "stolen_cpu_s_per_s": stolen / wall,
+    }
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+def render(result: dict[str, Any]) -> list[str]:
+    offline = result["offline"]
+    lines = [
+        f"Offline `TextClassifier`: {offline['texts_per_s']:.1f} texts/s, the mean of {offline['before']['texts_per_s']:.1f} "
+        f"before the server started and {offline['after']['texts_per_s']:.1f} after it stopped (stolen CPU "
+        f"{offline['before']['stolen_cpu_s_per_s']:.2f} and {offline['after']['stolen_cpu_s_per_s']:.2f} s/s; "
+        f"{offline['backend']}, {offline['precision']}, {offline['threads']} threads); the server ran with the same. "
+        f"Requests carry {result['texts_per_request']} texts"
+        f" ({result['malformed_share']:.0%} malformed), {result['seconds_per_phase']:.0f} s per client count. "
+        f"CPU: {result['cpu_flags']}.", "",
+        "| clients | requests | req/s | texts/s | server/offline | p50 s | p95 s | p99 s | texts per forward pass "
+        "| model busy | texts per model-second | server CPU s/s | load client CPU s/s | stolen CPU s/s "
+        "| 5xx (well-formed) | malformed not 4xx |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in result["phases"]:
+        lat = p["latency_s"]
+        batch = p["mean_texts_per_forward_batch"]
+        lines.append(
+            f"| {p['clients']} | {p['requests_sent']} | {p['requests_per_s']:.1f} | {p['texts_per_s']:.1f} "
+            f"| {p['server_vs_offline']:.2f} | {lat['p50']:.3f} | {lat['p95']:.3f} | {lat['p99']:.3f} "
+            f"| {'' if batch is None else f'{batch:.1f}'} | {p['model_busy_share']:.0%} "
+            f"| {_fmt(p['texts_per_model_second'])} | {p['server_cpu_s_per_s']:.2f} | {p['client_cpu_s_per_s']:.2f} "
+            f"| {p['stolen_cpu_s_per_s']:.2f} | {p['wellformed_not_answered_below_500']} | {p['malformed_not_4xx']} |")
+    rss = result["rss_mib"]
+    lines += ["", f"Server RSS {rss['before']:.0f} -> {rss['after']:.0f} MiB over all phases.",
+              "Targets: " + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in result["targets"].items())]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True)
     parser.add_argument("--texts", default=None, help="CSV whose 'text' column is the pool (default: the demo notes)")
     parser.add_argument("--backend", default="auto")
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="inference threads, offline and served")
+    parser.add_argument("--clients", default="1,8,32", help="comma-separated client counts, one phase each")
+    parser.add_argument("--seconds", type=float, default=300, help="how long each phase sends")
+    parser.add_argument("--requests", type=int, default=None, help="at most this many requests per phase")
+    parser.add_argument("--texts-per-request", default="1-4", help="LOW-HIGH: each request carries a uniform count")
     parser.add_argument("--malformed-share", type=float, default=0.05)
-    parser.add_argument("--multi-share", type=float, default=0.3)
-    parser.add_argument("--multi-size", type=int, default=16)
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--max-chars", type=int, default=20_000)
-    parser.add_argument("--max-seconds", type=float, default=1200, help="stop sending after this long")
+    parser.add_argument("--max-wait-ms", type=float, default=None, help="the server's --max-wait-ms (default: its own)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench-out/serve-load")
     args = parser.parse_args(argv)
+    client_counts = [int(c) for c in args.clients.split(",")]
+    texts_per_request = parse_range(args.texts_per_request)
 
     import httpx
 
@@ -170,19 +296,30 @@ def main(argv: list[str] | None = None) -> None:
     pool = read_pool(args.texts)
     pool_file = out / "pool.json"
     pool_file.write_text(json.dumps(pool), encoding="utf-8")
-    offline = offline_texts_per_s(args.run, args.backend, pool_file)
-    pool_file.unlink()
-    print(f"offline: {offline['texts_per_s']:.1f} texts/s ({offline['backend']})", flush=True)
+
+    def offline_figure() -> dict[str, Any]:
+        found = offline_texts_per_s(args.run, backend=args.backend, precision=args.precision, threads=args.threads,
+                                    pool_file=pool_file)
+        print(f"offline: {found['texts_per_s']:.1f} texts/s ({found['backend']}, {found['precision']})", flush=True)
+        return found
+
+    offline_before = offline_figure()
+
+    def stream(seed: int, limit: int | None) -> Requests:
+        return Requests(pool, malformed_share=args.malformed_share, texts_per_request=texts_per_request,
+                        max_batch=args.max_batch, max_chars=args.max_chars, seed=seed, limit=limit)
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log_path = out / "server.log"
+    command = [sys.executable, "-m", "medclf", "serve", args.run, "--port", str(port), "--backend", args.backend,
+               "--precision", args.precision, "--threads", str(args.threads), "--max-batch", str(args.max_batch),
+               "--max-chars", str(args.max_chars)]
+    if args.max_wait_ms is not None:
+        command += ["--max-wait-ms", str(args.max_wait_ms)]
+    phases = []
     with open(log_path, "w") as server_log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "medclf", "serve", args.run, "--port", str(port), "--backend", args.backend,
-             "--max-batch", str(args.max_batch), "--max-chars", str(args.max_chars)],
-            stdout=server_log, stderr=subprocess.STDOUT,
-        )
+        proc = subprocess.Popen(command, stdout=server_log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 120
             while True:
@@ -193,63 +330,41 @@ def main(argv: list[str] | None = None) -> None:
                         break
                 except httpx.HTTPError:
                     time.sleep(0.2)
-            warm = plan_requests(pool, 32, malformed_share=0, multi_share=0.5, multi_size=args.multi_size,
-                                 max_batch=args.max_batch, max_chars=args.max_chars, seed=args.seed + 1)
-            asyncio.run(send_all(base, warm, args.clients, time.monotonic() + 300))
+            asyncio.run(send_all(base, stream(args.seed + 10_000, 32), max(client_counts), time.monotonic() + 300))
             rss_before = rss_mib(proc.pid)
-            plan = plan_requests(pool, args.requests, malformed_share=args.malformed_share, multi_share=args.multi_share,
-                                 multi_size=args.multi_size, max_batch=args.max_batch, max_chars=args.max_chars, seed=args.seed)
-            started = time.perf_counter()
-            results = asyncio.run(send_all(base, plan, args.clients, time.monotonic() + args.max_seconds))
-            wall = time.perf_counter() - started
+            for i, clients in enumerate(client_counts):
+                phase = run_phase(base, proc.pid, stream(args.seed + i, args.requests), clients, args.seconds)
+                print(f"{clients} clients: {phase['texts_per_s']:.1f} texts/s, p99 {phase['latency_s']['p99']:.3f} s",
+                      flush=True)
+                phases.append(phase)
             rss_after = rss_mib(proc.pid)
-            metrics_text = httpx.get(base + "/metrics", timeout=10).text
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
+    offline_after = offline_figure()  # the machine may have changed speed meanwhile (a shared VM): both, and their mean
+    pool_file.unlink()
+    offline = {**offline_before, "texts_per_s": (offline_before["texts_per_s"] + offline_after["texts_per_s"]) / 2,
+               "before": offline_before, "after": offline_after}
+    for phase in phases:
+        phase["server_vs_offline"] = phase["texts_per_s"] / offline["texts_per_s"]
 
-    good = [r for r in results if r["kind"] in ("single", "multi")]
-    bad = [r for r in results if r["kind"] not in ("single", "multi")]
-    ok_texts = sum(r["texts"] for r in good if r["status"] == 200)
-    latencies = [r["seconds"] for r in good if r["status"] == 200]
-    status_counts = Counter(str(r["status"]) for r in results)
-    good_5xx = sum(1 for r in good if not (isinstance(r["status"], int) and r["status"] < 500))
-    bad_not_4xx = sum(1 for r in bad if not (isinstance(r["status"], int) and 400 <= r["status"] < 500))
-    batches = metric_value(metrics_text, "medclf_batch_texts_count")
-    batch_texts = metric_value(metrics_text, "medclf_batch_texts_sum")
-    server_tps = ok_texts / wall
+    target = next((p for p in phases if p["clients"] == TARGET_CLIENTS), phases[-1])
     result = {
-        "run": args.run, "backend": offline["backend"], "requests_planned": args.requests, "requests_sent": len(results),
-        "clients": args.clients, "wall_s": wall, "requests_per_s": len(results) / wall, "texts_per_s": server_tps,
-        "latency_s": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95), "p99": percentile(latencies, 99)},
-        "status_counts": dict(status_counts),
-        "malformed_by_kind": dict(Counter(f"{r['kind']}:{r['status']}" for r in bad)),
-        "wellformed": len(good), "wellformed_not_answered_below_500": good_5xx,
-        "malformed": len(bad), "malformed_not_4xx": bad_not_4xx,
-        "mean_texts_per_forward_batch": batch_texts / batches if batches else None,
-        "offline": offline, "server_vs_offline": server_tps / offline["texts_per_s"],
-        "rss_mib": {"before": rss_before, "after": rss_after, "ratio": rss_after / rss_before},
-        "cpu": os.cpu_count(),
+        "run": args.run, "offline": offline, "texts_per_request": args.texts_per_request,
+        "malformed_share": args.malformed_share, "seconds_per_phase": args.seconds, "requests_per_phase": args.requests,
+        "phases": phases, "rss_mib": {"before": rss_before, "after": rss_after, "ratio": rss_after / rss_before},
+        "cpu_count": os.cpu_count(), "cpu_flags": cpu_flags_line(), "server_command": command[1:],
     }
     result["targets"] = {
-        "zero 5xx for well-formed requests": good_5xx == 0,
-        "every malformed request answered 4xx": bad_not_4xx == 0,
-        "server texts/s >= 80% of offline": result["server_vs_offline"] >= 0.8,
+        "zero 5xx for well-formed requests": all(p["wellformed_not_answered_below_500"] == 0 for p in phases),
+        "every malformed request answered 4xx": all(p["malformed_not_4xx"] == 0 for p in phases),
+        f"server texts/s at {target['clients']} clients >= 80% of offline": target["server_vs_offline"] >= 0.8,
         "RSS after within 10% of before": abs(result["rss_mib"]["ratio"] - 1) <= 0.10,
     }
-    lines = [
-        "| backend | requests | clients | req/s | texts/s | offline texts/s | server/offline | p50 s | p95 s | p99 s | 5xx (well-formed) | malformed not 4xx | RSS before -> after MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-        f"| {result['backend']} | {len(results)} | {args.clients} | {result['requests_per_s']:.1f} | {server_tps:.1f} "
-        f"| {offline['texts_per_s']:.1f} | {result['server_vs_offline']:.2f} | {result['latency_s']['p50']:.2f} "
-        f"| {result['latency_s']['p95']:.2f} | {result['latency_s']['p99']:.2f} | {good_5xx} | {bad_not_4xx} "
-        f"| {rss_before:.0f} -> {rss_after:.0f} |",
-        "", "Status counts: " + ", ".join(f"{k}: {v}" for k, v in sorted(status_counts.items())),
-        "Targets: " + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in result["targets"].items()),
-    ]
+    lines = render(result)
     (out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
     write_result(out / "results.json", result)

@@ -21,7 +21,7 @@ def serve(
     max_batch: Annotated[int, typer.Option("--max-batch", help="Most texts per request, and per forward pass when the server batches concurrent requests.")] = S.max_batch,
     max_chars: Annotated[int, typer.Option("--max-chars", help="Most characters per text; longer ones get 413.")] = S.max_chars,
     max_queue: Annotated[int, typer.Option("--max-queue", help="Most texts waiting for the model; beyond it requests get 503 with Retry-After.")] = S.max_queue,
-    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", help="How long a batch waits for more requests when the queue is short.")] = S.max_wait_ms,
+    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", help="How long the oldest queued request waits, from its arrival, for others to share its forward pass when the queue is short.")] = S.max_wait_ms,
     api_key_env: Annotated[str | None, typer.Option("--api-key-env", help="Name of an environment variable holding the API key; /v1/* then needs 'Authorization: Bearer KEY'.")] = S.api_key_env,
     workers: Annotated[int, typer.Option("--workers", help="Server processes, each with its own copy of the model.")] = S.workers,
     threads: Annotated[int | None, typer.Option("--threads", help="Inference threads per worker. Default: the cores divided among the workers.")] = S.threads,

@@ -136,7 +136,9 @@ class Served:
     """One explanation at a time: each is dozens of forward and backward passes."""
 
 
-def _served(request: Request) -> Served:
+async def _served(request: Request) -> Served:
+    # async, as every dependency here: FastAPI runs a plain `def` dependency in its thread pool, two thread
+    # hand-offs per request that contend for the GIL with the model's thread
     return request.app.state.medclf
 
 
@@ -148,8 +150,8 @@ def _field_error(status: int, loc: list[str | int], msg: str, kind: str) -> JSON
     return _error(status, [{"loc": ["body", *loc], "msg": msg, "type": kind}])
 
 
-def _authorize(request: Request) -> None:
-    api_key = _served(request).api_key
+async def _authorize(request: Request) -> None:
+    api_key = request.app.state.medclf.api_key
     if api_key is None:
         return
     given = request.headers.get("x-api-key") or ""

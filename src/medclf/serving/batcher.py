@@ -1,5 +1,10 @@
 """The micro-batcher: the texts of concurrent requests join a bounded queue, and one worker thread runs the model
-on up to `max_batch` of them at a time, so the event loop never runs the model."""
+on up to `max_batch` of them at a time, so the event loop never runs the model.
+
+The wait for company is counted from the oldest queued request's arrival (as Triton's dynamic batcher counts its
+queue delay): a lone request waits at most `max_wait_s` for others to join it, but under load, where the requests
+queued while the last forward pass ran have waited that long already, the next pass starts at once and the model
+is never left idle while texts wait."""
 
 from __future__ import annotations
 
@@ -25,6 +30,8 @@ class Overloaded(Exception):
 class _Job:
     texts: list[str]
     future: asyncio.Future
+    arrived: float
+    """The event loop's clock when the request was queued."""
 
 
 class MicroBatcher:
@@ -56,7 +63,8 @@ class MicroBatcher:
             self.rejected += 1
             self.metrics.rejected_overload.inc()
             raise Overloaded
-        job = _Job(texts, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        job = _Job(texts, loop.create_future(), loop.time())
         self._pending.append(job)
         self.queued += len(texts)
         self.metrics.queue.set(self.queued)
@@ -83,8 +91,9 @@ class MicroBatcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if self.queued < self.max_batch and self.max_wait_s > 0 and not self._closing:
-                await asyncio.sleep(self.max_wait_s)  # let concurrent requests join this batch
+            wait = self._pending[0].arrived + self.max_wait_s - loop.time()
+            if self.queued < self.max_batch and wait > 0 and not self._closing:
+                await asyncio.sleep(wait)  # let concurrent requests join the oldest one's batch
             jobs = [job for job in self._take() if not job.future.done()]  # done: the client went away
             if not jobs:
                 continue

@@ -27,7 +27,8 @@ class ServeSettings:
     max_queue: int = 1024
     """Most texts waiting for the model; beyond it requests get 503 + Retry-After."""
     max_wait_ms: float = 5.0
-    """How long the batcher waits for more requests when fewer than max_batch texts are queued."""
+    """How long the oldest queued request waits, from its arrival, for more requests when fewer than max_batch texts
+    are queued (under load the requests queued during the last forward pass have waited that long already)."""
     api_key_env: str | None = None
     workers: int = 1
     threads: int | None = None
