@@ -130,6 +130,17 @@ def write_results(out: Path, results: dict[str, Any], render: Any) -> dict[str, 
     return results
 
 
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (elsewhere: what platform says)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as handle:
+            return next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 """The CPU flags that decide which kernels and precisions run fast: named beside every speed figure."""
 
@@ -137,20 +148,10 @@ SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx
 def cpu_flags_line() -> str:
     """'Intel(R) Xeon(R) ... (2 cores): avx2 avx512f ...': the CPU model, its cores and which SPEED_FLAGS it has,
     as medclf's own precision choice sees them (MEDCLF_HIDE_CPU_FLAGS / MEDCLF_ADD_CPU_FLAGS applied, and named)."""
-    import platform
-
     from medclf.model.modeling import ADD_CPU_FLAGS_ENV, HIDE_CPU_FLAGS_ENV, cpu_flags
 
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="ascii", errors="ignore").splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     flags = cpu_flags()
     present = [f for f in SPEED_FLAGS if f in flags] or ["none of " + " ".join(SPEED_FLAGS)]
-    line = f"{name} ({os.cpu_count()} cores): {' '.join(present)}"
+    line = f"{cpu_name()} ({os.cpu_count()} cores): {' '.join(present)}"
     changed = [f"{env}={os.environ[env]}" for env in (HIDE_CPU_FLAGS_ENV, ADD_CPU_FLAGS_ENV) if os.environ.get(env)]
     return line + (f" (as seen with {', '.join(changed)})" if changed else "")

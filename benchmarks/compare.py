@@ -35,7 +35,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the helper modules beside this script, also when imported from elsewhere
-from bench_common import DEFAULT_DATA, read_json, timed, write_results, write_split  # noqa: E402
+from bench_common import DEFAULT_DATA, cpu_name, read_json, timed, write_results, write_split  # noqa: E402
 
 # Figures of the first side-by-side run that this run does not re-measure (the best Trainer setting was a second, 31-minute run).
 TRAINER_BEST_MACRO_F1_LR5E5 = 0.604
@@ -344,13 +344,7 @@ def render(results: dict[str, Any]) -> str:
 def machine() -> dict[str, Any]:
     import torch
 
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform()}
 
 

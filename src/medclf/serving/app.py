@@ -150,8 +150,8 @@ def _field_error(status: int, loc: list[str | int], msg: str, kind: str) -> JSON
     return _error(status, [{"loc": ["body", *loc], "msg": msg, "type": kind}])
 
 
-async def _authorize(request: Request) -> None:
-    api_key = request.app.state.medclf.api_key
+async def _authorize(request: Request, served: Served = Depends(_served)) -> None:
+    api_key = served.api_key
     if api_key is None:
         return
     given = request.headers.get("x-api-key") or ""
