@@ -45,6 +45,22 @@ def test_the_udf_gives_the_classifiers_labels_and_probabilities(spark, trained_r
     assert np.allclose(scored["score"], probs.max(axis=1))
 
 
+def test_a_shipped_run_is_loaded_from_the_executors_copy_not_the_drivers_folder(spark, trained_run, small_csv, tmp_path):
+    from medclf.inference.spark import predict_udf, ship_run
+
+    run = tmp_path / "notes"
+    shutil.copytree(trained_run, run)
+    name = ship_run(spark, run)
+    udf = predict_udf(run, shipped_as=name)
+    run.rename(tmp_path / "moved")  # the driver's folder is gone: only the shipped copy can serve the UDF
+    frame = pd.read_csv(small_csv)
+    got = spark.createDataFrame(frame[["note_id", "text"]]).withColumn("p", udf("text")).select("note_id", "p.label")
+    got = got.toPandas().set_index("note_id").loc[frame["note_id"]]
+    assert name.startswith("notes-") and got["label"].tolist() == TextClassifier.load(trained_run).predict(frame["text"].tolist())
+    with pytest.raises(MedclfError, match="not a medclf run directory"):
+        ship_run(spark, tmp_path)
+
+
 def test_predict_engine_spark_writes_a_folder_of_parts(trained_run, small_csv, tmp_path, spark):
     out = tmp_path / "scored.parquet"
     result = runner.invoke(app, ["predict", str(trained_run), "--engine", "spark", "--spark-master", "local[2]",

@@ -44,7 +44,7 @@ def predict(
     chunk_rows: Annotated[int, typer.Option("--chunk-rows", help="Rows of --input read, classified and written at a time (memory stays flat however large the file).")] = CHUNK_ROWS,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted --input/--output job from its last complete chunk (same input, same options).")] = False,
     engine: Annotated[str, typer.Option("--engine", help="local (this process) | spark (a pandas UDF on Spark: --input and --output are read and written by Spark; needs `pip install 'medclf[spark]'` and Java).")] = "local",
-    spark_master: Annotated[str, typer.Option("--spark-master", help="--engine spark: the Spark master URL (local[*] runs Spark on this machine).")] = "local[*]",
+    spark_master: Annotated[str, typer.Option("--spark-master", help="--engine spark: the Spark master URL (local[*] runs Spark on this machine; with a cluster's master, spark://host:7077 say, the run is shipped to the executors).")] = "local[*]",
 ) -> None:
     """Label new texts: the predicted label and the probability of every class, for each text."""
 

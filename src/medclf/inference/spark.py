@@ -9,11 +9,23 @@ Spark hands the UDF Arrow batches of rows; each Python worker keeps one TextClas
 on its first batch, reused for the next ones while the worker lives), and runs it with medclf's own
 length-sorted, dynamically padded batches. Texts never leave the executor that holds them and are
 never logged. pyspark is an optional extra (`pip install medclf[spark]`) and needs Java 17+.
+
+The run reaches the executors one of two ways: at the same path on every node (a shared file system), or
+shipped (`ship=True`; `medclf predict --engine spark` ships it whenever the master is not local): the run is
+zipped on the driver and handed to Spark's own `SparkContext.addArchive`, as `spark-submit --archives` would;
+each executor fetches and unpacks it once into its work folder, and the UDF loads it from there
+(`SparkFiles.get`). (Spark serves a directory itself, `addFile(recursive=True)`, only from a Hadoop file
+system, never from the driver's local disk under a cluster master, hence the archive.)
 """
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import re
+import shutil
+import tempfile
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,9 +76,10 @@ def prob_column(label: str) -> str:
     return "prob_" + re.sub(r"[^0-9A-Za-z_]", "_", label)
 
 
-def predict_udf(run_dir: str | Path, options: LoadOptions | None = None) -> Any:
+def predict_udf(run_dir: str | Path, options: LoadOptions | None = None, *, shipped_as: str | None = None) -> Any:
     """A pandas UDF from a text column to a struct: label and score (multi-label: labels, an array), and
-    prob_<label> for every label. The run directory must be readable at the same path on every executor.
+    prob_<label> for every label. The run directory must be readable at the same path on every executor, or
+    have been shipped to the session the UDF runs in: shipped_as is the name `ship_run` returned.
     options: as TextClassifier.load takes them (options.threads: inference threads per Python worker; default: the
     library's own choice); the device is always the CPU."""
     options = options or LoadOptions()
@@ -82,7 +95,7 @@ def predict_udf(run_dir: str | Path, options: LoadOptions | None = None) -> Any:
     schema = StructType(head + [StructField(prob_column(lab), DoubleType()) for lab in labels])
 
     def predict(texts: pd.Series) -> pd.DataFrame:
-        clf = _classifier(run, options)
+        clf = _classifier(run if shipped_as is None else _shipped_copy(shipped_as), options)
         batch = ["" if t is None else str(t) for t in texts]
         probs = clf.predict_proba(batch)
         out = pd.DataFrame({prob_column(lab): probs[:, i].astype(float) for i, lab in enumerate(clf.labels)})
@@ -100,14 +113,45 @@ def predict_udf(run_dir: str | Path, options: LoadOptions | None = None) -> Any:
     return pandas_udf(schema)(predict)  # type: ignore[call-overload]  # pyspark's stubs lack the type-hinted form: a StructType alone
 
 
-def add_predictions(df: Any, run_dir: str | Path, *, text_column: str = "text", options: LoadOptions | None = None) -> Any:
+def ship_run(spark: Any, run_dir: str | Path) -> str:
+    """Ship a run directory to every executor of `spark`: zipped into a temporary folder of the driver (removed when
+    this process exits; the driver serves it from there) and added with SparkContext.addArchive, so each executor
+    fetches and unpacks it once into its own work folder. Returns the name it is shipped as (the run folder's name
+    and a digest of its path, so two runs of one name do not collide), for predict_udf(shipped_as=...)."""
+    run = Path(run_dir).resolve()
+    _run_labels(str(run))  # a run directory, or the user error that says so
+    name = f"{run.name}-{hashlib.sha256(str(run).encode()).hexdigest()[:12]}.zip"
+    folder = Path(tempfile.mkdtemp(prefix="medclf-ship-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    try:
+        with zipfile.ZipFile(folder / name, "w", zipfile.ZIP_STORED) as archive:  # weights hardly compress
+            for path in sorted(run.rglob("*")):
+                if path.is_file():
+                    archive.write(path, path.relative_to(run).as_posix())
+    except OSError as err:
+        raise MedclfError(f"Could not pack the run to ship it to the executors in {folder} ({err.strerror}); "
+                          "free space there or point TMPDIR at a writable folder.") from None
+    spark.sparkContext.addArchive(str(folder / name))
+    return name
+
+
+def _shipped_copy(name: str) -> str:
+    """On an executor: the folder Spark unpacked the run shipped under this name into."""
+    from pyspark import SparkFiles
+
+    return SparkFiles.get(name)
+
+
+def add_predictions(df: Any, run_dir: str | Path, *, text_column: str = "text", options: LoadOptions | None = None,
+                    ship: bool = False) -> Any:
     """`df` with the prediction columns of predict_udf appended (label, score, prob_<label>...); an input
-    column with one of those names (a true `label`, say) is kept as input_<name>."""
+    column with one of those names (a true `label`, say) is kept as input_<name>. ship=True ships the run to the
+    executors first (`ship_run`), for a cluster whose nodes do not see the driver's file system."""
     from pyspark.sql import functions as F
 
     if text_column not in df.columns:
         raise MedclfError(f"Text column '{text_column}' is not in the DataFrame; its columns are: {', '.join(df.columns)}.")
-    udf = predict_udf(run_dir, options)
+    udf = predict_udf(run_dir, options, shipped_as=ship_run(df.sparkSession, run_dir) if ship else None)
     added = udf.returnType.fieldNames()
     for name in set(added) & set(df.columns):  # an input column named like an output one (a true `label`) is kept
         df = df.withColumnRenamed(name, f"input_{name}")
@@ -126,9 +170,10 @@ def predict_spark_file(
 ) -> int:
     """`medclf predict --engine spark`: read `input` with Spark, add the predictions, and write `output` as a
     Spark output folder (part files) of the format its extension names; the folder is written under a
-    temporary name and renamed, so a failed job leaves nothing under the final name. Returns the rows."""
+    temporary name and renamed, so a failed job leaves nothing under the final name. Returns the rows.
+    On a cluster (a master that is not local[...]) the run is shipped to the executors (`ship_run`); input and
+    output are paths every node and the driver see alike (the executors read and write the part files)."""
     import os
-    import shutil
 
     _require_pyspark()
     from pyspark.sql import SparkSession
@@ -156,10 +201,12 @@ def predict_spark_file(
     parallelism = spark.sparkContext.defaultParallelism
     if df.rdd.getNumPartitions() < parallelism:
         df = df.repartition(parallelism)
-    threads = max(1, (os.cpu_count() or 1) // parallelism) if master.startswith("local") else None
+    local = master.startswith("local")  # Spark on this machine: no shipping, the cores shared among its workers
+    threads = max(1, (os.cpu_count() or 1) // parallelism) if local else None
     df = df.withColumn("__text", F.concat_ws("\n", *[F.col(c) for c in columns]) if len(columns) > 1 else F.col(columns[0]))
     options = (options or LoadOptions()).replace(threads=threads)
-    scored = add_predictions(df, run_dir, text_column="__text", options=options).drop("__text")
+    scored = add_predictions(df, run_dir, text_column="__text", options=options,
+                             ship=not local).drop("__text")
     if not keep_text:
         scored = scored.drop(*columns)
     tmp = final.with_name(f".{final.name}.partial")
