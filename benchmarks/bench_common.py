@@ -42,6 +42,43 @@ def scores(y_true: list[str], y_pred: list[str]) -> dict[str, float]:
     return {"accuracy": float(accuracy_score(y_true, y_pred)), "macro_f1": float(f1_score(y_true, y_pred, average="macro"))}
 
 
+def agreement(reference: Any, other: Any) -> dict[str, float | None]:
+    """How far one system's predictions are from a reference's on the same texts: the share of identical top labels
+    and, where both give probabilities over the same label columns, the largest probability difference. Each side is
+    a frame written by `write_predictions` (column `label`; `p:<label>` columns where the system gives them)."""
+    import numpy as np
+
+    same = float((reference["label"].to_numpy() == other["label"].to_numpy()).mean())
+    columns = [c for c in reference.columns if c.startswith("p:")]
+    diff = None
+    if columns and all(c in other.columns for c in columns):
+        diff = float(np.abs(reference[columns].to_numpy() - other[columns].to_numpy()).max())
+    return {"top_label_agreement": same, "max_prob_diff": diff}
+
+
+def predictions_frame(labels: list[str], probs: Any = None, columns: list[str] | None = None) -> Any:
+    """Predicted labels (and probabilities, one `p:<label>` column each): no text, only what `agreement` reads."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"label": labels})
+    if probs is not None and columns is not None:
+        for j, name in enumerate(columns):
+            frame[f"p:{name}"] = probs[:, j]
+    return frame
+
+
+def write_predictions(path: str | Path, labels: list[str], probs: Any = None, columns: list[str] | None = None) -> None:
+    """`predictions_frame` as CSV (for agreement between systems run in separate processes)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    predictions_frame(labels, probs, columns).to_csv(path, index=False)
+
+
+def read_predictions(path: str | Path) -> Any:
+    import pandas as pd
+
+    return pd.read_csv(path, dtype={"label": str}, keep_default_na=False)
+
+
 def peak_rss_gib() -> float:
     """This process's peak resident memory (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -1,6 +1,7 @@
 """medclf side by side with what people would use instead, on one split, one after another, on this machine.
 
 python benchmarks/compare.py [--data F] [--max-length 256] [--epochs 3] [--quick] [--out DIR] [--model M]
+python benchmarks/compare.py --speed [--steps 40] [--data F] [--max-length 256] [--quick] [--out DIR] [--model M]
 
 Default data: ../shared/data/medical-abstracts/medical_tc_test.csv with its README's protocol
 (stratified 80/20 split, seed 42). Each system runs in its own process (so its wall time and peak
@@ -19,6 +20,17 @@ Then it measures this machine's matmul throughput at the encoder's shapes and pr
 table, the limit it implies, and the speed and accuracy targets against the Trainer; everything also goes to DIR/results.json
 and DIR/results.md. --quick takes a stratified sample of a few hundred rows and one epoch; with a
 tiny --model it is the suite's smoke test.
+
+--speed compares precisions and backends instead, on the same split, each system in its own process:
+  1. `medclf train --max-steps N --batch-size 16` at --precision fp32 and bf16 (its whole command: probe, calibration,
+     intervals, TF-IDF baseline, report) and reference_trainer.py --max-steps N at fp32 and with --bf16, interleaved
+     (medclf fp32, Trainer fp32, medclf bf16, Trainer bf16);
+  2. `medclf export` of the run trained at medclf's default precision on this CPU (its own self-check, int8 recipes);
+  3. inference on the test part: TextClassifier fp32, bf16, ONNX fp32, ONNX int8 and `pipeline` fp32, bf16 (batch 32)
+     (bench_inference.py), each compared with TextClassifier fp32: share of identical top labels, largest
+     probability difference.
+It prints the CPU flags it ran on (bench_common.cpu_flags_line), one table each for training and inference and the
+targets of an AMX Xeon; DIR/results.json and DIR/results.md as above.
 """
 
 from __future__ import annotations
@@ -35,7 +47,17 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the helper modules beside this script, also when imported from elsewhere
-from bench_common import DEFAULT_DATA, cpu_name, read_json, timed, write_results, write_split  # noqa: E402
+from bench_common import (  # noqa: E402
+    DEFAULT_DATA,
+    agreement,
+    cpu_flags_line,
+    cpu_name,
+    read_json,
+    read_predictions,
+    timed,
+    write_results,
+    write_split,
+)
 
 # Figures of the first side-by-side run that this run does not re-measure (the best Trainer setting was a second, 31-minute run).
 TRAINER_BEST_MACRO_F1_LR5E5 = 0.604
@@ -56,6 +78,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--tutorial-steps", type=int, default=None, help="timed tutorial steps (default 8; quick 2)")
     parser.add_argument("--tutorial-full", action="store_true", help="run the tutorial's full training (hours)")
     parser.add_argument("--out", default=None, help="output directory (default bench-out/compare-<time>)")
+    parser.add_argument("--speed", action="store_true", help="precisions and backends (see above) instead of the systems")
+    parser.add_argument("--steps", type=int, default=None, help="--speed: training steps of each system (default 40; quick 2)")
     parser.add_argument("--render", default=None, metavar="DIR", help="only re-print DIR/results.json as the table")
     args = parser.parse_args(argv)
     if args.render:
@@ -74,6 +98,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     (out / "logs").mkdir(exist_ok=True)
 
     split = write_split(args.data, text_column, label_column, out / "split", quick=args.quick, quick_rows=args.quick_rows)
+    if args.speed:
+        return speed(args, out, split, argv)
     train_csv, test_csv = str(out / "split" / "train.csv"), str(out / "split" / "test.csv")
     py = sys.executable
     model_args = ["--model", args.model]
@@ -296,6 +322,11 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def render(results: dict[str, Any]) -> str:
+    """The markdown table of a results.json (either mode)."""
+    return render_speed(results) if results.get("mode") == "speed" else render_systems(results)
+
+
+def render_systems(results: dict[str, Any]) -> str:
     mach, roof = results["machine"], results["roofline"]
     lines = [
         f"Benchmark {results['date']} on {mach['cpu']} ({mach['cores']} cores, torch {mach['torch']}, "
@@ -337,6 +368,199 @@ def render(results: dict[str, Any]) -> str:
     ]
     for t in results["targets"]:
         lines.append(f"- [{'x' if t['met'] else ' '}] {t['target']}: {t['value']:.3f} (bound {t['bound']:.3f})")
+    lines.append("")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- --speed: precisions and backends
+
+
+SPEED_INFERENCE = (  # (row name, bench_inference.py arguments, the row it is compared with: its own system's fp32)
+    ("TextClassifier fp32", ["--system", "medclf", "--dtype", "fp32"], "TextClassifier fp32"),
+    ("TextClassifier bf16", ["--system", "medclf", "--dtype", "bf16"], "TextClassifier fp32"),
+    ("TextClassifier ONNX fp32", ["--system", "medclf", "--backend", "onnx"], "TextClassifier fp32"),
+    ("TextClassifier ONNX int8", ["--system", "medclf", "--backend", "onnx-int8"], "TextClassifier fp32"),
+    ("pipeline fp32", ["--system", "pipeline", "--dtype", "fp32"], "pipeline fp32"),
+    ("pipeline bf16", ["--system", "pipeline", "--dtype", "bf16"], "pipeline fp32"),
+)
+
+
+def speed(args: argparse.Namespace, out: Path, split: dict[str, Any], argv: list[str] | None) -> dict[str, Any]:
+    """--speed: training at fp32 and bf16 for --steps steps (medclf's whole command and the Trainer's, interleaved),
+    then inference on the test part by TextClassifier (fp32, bf16, ONNX fp32, ONNX int8) and `pipeline` (fp32, bf16),
+    each system in its own process, every prediction compared with its own system's at fp32."""
+    import torch
+
+    from medclf.model.modeling import choose_precision, inference_precision
+
+    py, steps = sys.executable, args.steps or (2 if args.quick else 40)
+    train_csv, test_csv = str(out / "split" / "train.csv"), str(out / "split" / "test.csv")
+    cpu = torch.device("cpu")
+    default_train = choose_precision("auto", cpu).name
+    default_infer = inference_precision("auto", cpu).name
+    runs: dict[str, dict[str, Any]] = {}
+    for precision in ("fp32", "bf16"):
+        runs[f"medclf-{precision}"] = timed(f"medclf-{precision}", [
+            py, "-m", "medclf", "--quiet", "train", "--data", train_csv, "--text-column", "text", "--label-column", "label",
+            "--test-data", test_csv, "--max-length", str(args.max_length), "--batch-size", "16", "--max-steps", str(steps),
+            "--precision", precision, "--model", args.model, "--output", str(out / f"medclf-{precision}"), "--overwrite"], out)
+        runs[f"trainer-{precision}"] = timed(f"trainer-{precision}", [
+            py, str(HERE / "accuracy" / "reference_trainer.py"), "--train", train_csv, "--test", test_csv,
+            "--max-steps", str(steps), "--max-length", str(args.max_length), "--model", args.model,
+            *(["--bf16"] if precision == "bf16" else []), "--result", str(out / f"trainer-{precision}.json")], out)
+    run = out / f"medclf-{default_train}"  # the weights a user gets from `medclf train` on this machine
+    runs["export"] = timed("export", [py, "-m", "medclf", "--quiet", "export", str(run)], out)
+    exported = read_json(run / "onnx" / "export.json")
+    inference: list[dict[str, Any]] = []
+    def key(name: str) -> str:
+        return name.lower().replace(" ", "-")
+
+    for name, extra, reference in SPEED_INFERENCE:
+        if "int8" in name and not (run / "onnx" / "model.int8.onnx").is_file():
+            inference.append({"system": name, "skipped": exported["check"].get("int8_skipped") or "no int8 model written"})
+            continue
+        runs[key(name)] = timed(key(name), [
+            py, str(HERE / "speed" / "bench_inference.py"), "--run", str(run), "--test", test_csv, "--device", "cpu",
+            *extra, "--result", str(out / f"{key(name)}.json"), "--predictions", str(out / "predictions" / f"{key(name)}.csv")], out)
+        r = read_json(out / f"{key(name)}.json")
+        inference.append({"system": name, "precision": r["precision"], "batch_size": r["batch_size"],
+                          "texts_per_second": r["inference_samples_per_second"], "accuracy": r["accuracy"],
+                          "macro_f1": r["macro_f1"], "peak_rss_gib": runs[key(name)]["peak_rss_gib"],
+                          "default": name == f"TextClassifier {default_infer}", "compared_with": reference,
+                          **agreement(read_predictions(out / "predictions" / f"{key(reference)}.csv"),
+                                      read_predictions(out / "predictions" / f"{key(name)}.csv"))})
+    auto = _auto_backend(run)
+    training = speed_training_rows(out, runs, default_train)
+    results = {
+        "mode": "speed",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": "python benchmarks/compare.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine(), "cpu_flags": cpu_flags_line(),
+        "defaults": {"train_precision": default_train, "inference_precision": default_infer,
+                     "backend_auto": auto},
+        "data": {"file": str(args.data), **split},
+        "settings": {"max_length": args.max_length, "steps": steps, "batch_size": 16, "quick": args.quick,
+                     "model": args.model},
+        "int8": {k: exported["check"].get(k) for k in ("int8_recipe", "int8_agreement", "int8_tried", "int8_skipped")},
+        "training": training,
+        "inference": _ratios(inference),
+    }
+    results["targets"] = speed_targets(results)
+    return write_results(out, results, render)
+
+
+def speed_training_rows(out: Path, runs: dict[str, dict[str, Any]], default: str) -> list[dict[str, Any]]:
+    rows = []
+    trainer = {p: read_json(out / f"trainer-{p}.json") for p in ("fp32", "bf16")}
+    for precision in ("fp32", "bf16"):
+        metrics = read_json(out / f"medclf-{precision}" / "metrics.json")
+        rows.append({"system": f"medclf {precision}", "default": precision == default,
+                     "loop_samples_per_second": metrics["timing"]["train_samples_per_second"],
+                     "command_seconds": runs[f"medclf-{precision}"]["wall_seconds"],
+                     "macro_f1": metrics["test"]["macro_f1"], "peak_rss_gib": runs[f"medclf-{precision}"]["peak_rss_gib"]})
+    for precision in ("fp32", "bf16"):
+        r = trainer[precision]
+        rows.append({"system": f"HF Trainer {precision}", "default": False,
+                     "loop_samples_per_second": r["train_samples_per_second"],
+                     "command_seconds": runs[f"trainer-{precision}"]["wall_seconds"], "macro_f1": r["macro_f1"],
+                     "peak_rss_gib": runs[f"trainer-{precision}"]["peak_rss_gib"]})
+    ref = rows[3]  # the Trainer with bf16=True: what a careful user turns on
+    for row in rows:
+        row["loop_vs_trainer_bf16"] = _ratio(row["loop_samples_per_second"], ref["loop_samples_per_second"])
+        row["command_vs_trainer_bf16"] = _ratio(row["command_seconds"], ref["command_seconds"])
+    return rows
+
+
+def _ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by = {r["system"]: r for r in rows}
+    pipe, torch_bf16 = by["pipeline bf16"].get("texts_per_second"), by["TextClassifier bf16"].get("texts_per_second")
+    for row in rows:
+        row["vs_pipeline_bf16"] = _ratio(row.get("texts_per_second"), pipe)
+        row["vs_textclassifier_bf16"] = _ratio(row.get("texts_per_second"), torch_bf16)
+    return rows
+
+
+def _auto_backend(run: Path) -> str:
+    from medclf.config import LoadOptions
+    from medclf.inference.classifier import TextClassifier
+
+    return TextClassifier.load(run, LoadOptions(backend="auto", device="cpu")).backend
+
+
+def speed_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The targets an AMX Xeon is held to (on other CPUs they are printed, and read as what this CPU does)."""
+    train = {r["system"]: r for r in results["training"]}
+    infer = {r["system"]: r for r in results["inference"]}
+    default_train = train[f"medclf {results['defaults']['train_precision']}"]
+    default_infer = next(r for r in results["inference"] if r["default"])
+    int8 = infer["TextClassifier ONNX int8"]
+    checks = [
+        ("medclf training loop (default precision) >= 3x the Trainer's with bf16", default_train["loop_vs_trainer_bf16"], 3.0, ">="),
+        ("medclf whole command (default precision) <= 0.7x the Trainer script's with bf16",
+         default_train["command_vs_trainer_bf16"], 0.7, "<="),
+        ("TextClassifier default >= 2x pipeline bf16", default_infer["vs_pipeline_bf16"], 2.0, ">="),
+        ("TextClassifier default agrees with fp32 on >= 99.5% of top labels", default_infer["top_label_agreement"], 0.995, ">="),
+        ("ONNX int8 >= 1.5x TextClassifier bf16", int8.get("vs_textclassifier_bf16"), 1.5, ">="),
+        ("ONNX int8 agrees with fp32 on >= 99% of top labels", int8.get("top_label_agreement"), 0.99, ">="),
+    ]
+    return [{"target": name, "value": value, "bound": bound,
+             "met": value is not None and (value <= bound if op == "<=" else value >= bound)}
+            for name, value, bound, op in checks]
+
+
+def _backend_auto_row(defaults: dict[str, Any]) -> str:
+    """The inference row of what predict and serve use after `medclf export` (LoadOptions backend auto)."""
+    return {"torch": f"TextClassifier {defaults['inference_precision']}", "onnx": "TextClassifier ONNX fp32",
+            "onnx-int8": "TextClassifier ONNX int8"}[defaults["backend_auto"]]
+
+
+def render_speed(results: dict[str, Any]) -> str:
+    mach, s, d = results["machine"], results["settings"], results["defaults"]
+    auto_row = _backend_auto_row(d)
+    lines = [
+        f"Precisions and backends, {results['date']}: {results['cpu_flags']}; torch {mach['torch']}, {mach['threads']} "
+        f"threads. Data {Path(results['data']['file']).name}: {results['data']['split']}, {results['data']['n_train']} "
+        f"train / {results['data']['n_test']} test; max length {s['max_length']}, batch {s['batch_size']}, {s['steps']} steps.",
+        f"medclf's defaults on this CPU: training {d['train_precision']}, inference {d['inference_precision']}, "
+        f"after `medclf export`, backend auto = {d['backend_auto']} (* marks the defaults before export, "
+        "+ what predict and serve use after it).",
+        "",
+        "| training | loop samples/s | vs Trainer bf16 | whole command (s) | vs Trainer bf16 | macro-F1 | peak RSS (GiB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results["training"]:
+        lines.append(f"| {r['system']}{' *' if r['default'] else ''} | {_fmt(r['loop_samples_per_second'], '.2f')} | "
+                     f"{_fmt(r['loop_vs_trainer_bf16'], '.2f')} | {_fmt(r['command_seconds'], '.1f')} | "
+                     f"{_fmt(r['command_vs_trainer_bf16'], '.2f')} | {_fmt(r['macro_f1'], '.3f')} | "
+                     f"{_fmt(r['peak_rss_gib'], '.2f')} |")
+    lines += ["", "| inference on the test part | texts/s | vs pipeline bf16 | vs TextClassifier bf16 | top label = its fp32 "
+              "| max prob diff | macro-F1 |", "|---|---|---|---|---|---|---|"]
+    for r in results["inference"]:
+        if "skipped" in r:
+            lines.append(f"| {r['system']} | not measured: {r['skipped']} | | | | | |")
+            continue
+        marks = (" *" if r["default"] else "") + (" +" if r["system"] == auto_row else "")
+        lines.append(f"| {r['system']}{marks} | {r['texts_per_second']:.1f} | "
+                     f"{_fmt(r['vs_pipeline_bf16'], '.2f')} | {_fmt(r['vs_textclassifier_bf16'], '.2f')} | "
+                     f"{r['top_label_agreement']:.2%} | {_fmt(r['max_prob_diff'], '.2g')} | {r['macro_f1']:.3f} |")
+    i8 = results["int8"]
+    lines += [
+        "",
+        f"int8 export: recipe {i8['int8_recipe'] or 'none'}"
+        + (f", {i8['int8_agreement']:.1%} agreement on its check texts" if i8["int8_agreement"] is not None else "")
+        + (f" ({i8['int8_skipped']})" if i8["int8_skipped"] else "") + ".",
+        "How to read it: the loop figures are each system's own samples/s over its training loop; the whole command "
+        "is `medclf train` (probe, calibration, intervals, TF-IDF baseline, report included) against the Trainer script "
+        "(tokenizing, training, predicting the test part). Inference is timed after a warm-up, tokenization included; "
+        "top label = its fp32 is the share of test texts whose top label equals that of the same system at fp32 "
+        "(TextClassifier fp32 for the ONNX rows). TextClassifier and pipeline differ at fp32 too where a text is longer "
+        "than the max length: medclf keeps its head and tail (the run's --long-text), the pipeline only its head.",
+        "",
+        "Targets (stated for an AMX Xeon; elsewhere they read as what this CPU does):",
+    ]
+    for t in results["targets"]:
+        value = "not measured" if t["value"] is None else f"{t['value']:.3f}"
+        lines.append(f"- [{'x' if t['met'] else ' '}] {t['target']}: {value} (bound {t['bound']:.3f})")
     lines.append("")
     return "\n".join(lines)
 

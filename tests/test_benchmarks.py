@@ -67,6 +67,67 @@ def test_compare_quick_mode_writes_every_row_and_field(tmp_path, tiny_model):
             assert SECRET not in path.read_text(errors="ignore"), path
 
 
+def test_compare_speed_mode_runs_each_precision_and_backend_and_compares_each_with_fp32(tmp_path, tiny_model):
+    """compare.py --speed --quick: medclf and the Trainer at fp32 and bf16, then every inference system, each in its own
+    process; the tables name the CPU flags and mark medclf's defaults; --render prints the same table again."""
+    data = write_csv(tmp_path / "notes.csv", make_rows(30))
+    out = tmp_path / "speed"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--speed", "--quick", "--quick-rows", "60", "--data",
+         str(data), "--model", tiny_model, "--max-length", "32", "--steps", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["mode"] == "speed" and results["settings"]["steps"] == 2
+    train = {row["system"]: row for row in results["training"]}
+    assert list(train) == ["medclf fp32", "medclf bf16", "HF Trainer fp32", "HF Trainer bf16"]
+    default = results["defaults"]["train_precision"]
+    assert [name for name, row in train.items() if row["default"]] == [f"medclf {default}"]
+    for row in train.values():
+        assert row["loop_samples_per_second"] > 0 and row["command_seconds"] > 0 and 0 <= row["macro_f1"] <= 1
+    assert train["HF Trainer bf16"]["loop_vs_trainer_bf16"] == 1.0
+    for precision in ("fp32", "bf16"):  # each medclf run trained at the precision it was asked for, for 2 steps
+        spec = json.loads((out / f"medclf-{precision}" / "train_config.json").read_text())
+        metrics = json.loads((out / f"medclf-{precision}" / "metrics.json").read_text())
+        assert spec["run"]["precision"] == precision and metrics["timing"]["optimizer_steps"] == 2
+    trainer_bf16 = json.loads((out / "trainer-bf16.json").read_text())
+    assert trainer_bf16["bf16"] is True
+
+    infer = {row["system"]: row for row in results["inference"]}
+    assert list(infer) == ["TextClassifier fp32", "TextClassifier bf16", "TextClassifier ONNX fp32",
+                           "TextClassifier ONNX int8", "pipeline fp32", "pipeline bf16"]
+    assert infer["TextClassifier fp32"]["top_label_agreement"] == 1.0 and infer["TextClassifier fp32"]["max_prob_diff"] == 0
+    assert infer["pipeline fp32"]["top_label_agreement"] == 1.0 and infer["pipeline bf16"]["compared_with"] == "pipeline fp32"
+    assert infer["TextClassifier ONNX fp32"]["max_prob_diff"] < 1e-3  # the export's own check holds on the test part
+    assert infer["pipeline bf16"]["max_prob_diff"] is None  # the pipeline gives its top label only
+    assert results["defaults"]["backend_auto"] in ("torch", "onnx", "onnx-int8")
+    table = (out / "results.md").read_text()  # one inference row is marked as what predict uses after export
+    assert sum(line.startswith("| TextClassifier") and " +" in line.split("|")[1] for line in table.splitlines()) == 1
+    int8 = infer["TextClassifier ONNX int8"]
+    if (out / f"medclf-{default}" / "onnx" / "model.int8.onnx").is_file():
+        assert int8["texts_per_second"] > 0 and int8["top_label_agreement"] >= 0.0
+    else:  # no recipe kept enough predictions: the row says why instead of a figure
+        assert int8["skipped"] == results["int8"]["int8_skipped"]
+    for name, row in infer.items():
+        if "skipped" not in row:
+            assert row["texts_per_second"] > 0 and 0 <= row["top_label_agreement"] <= 1, name
+            assert row["vs_pipeline_bf16"] > 0
+    assert infer["pipeline bf16"]["vs_pipeline_bf16"] == 1.0
+    assert len(results["targets"]) == 6 and all(isinstance(t["met"], bool) for t in results["targets"])
+
+    table = (out / "results.md").read_text()
+    assert proc.stdout.strip().endswith(table.strip())
+    assert results["cpu_flags"] in table and results["cpu_flags"].split(": ")[1] in table  # the CPU and its flags
+    assert all(f"| {name}" in table for name in [*train, *infer]) and "Targets" in table
+    rendered = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--render", str(out)],
+                              capture_output=True, text=True, timeout=120)
+    assert rendered.returncode == 0 and rendered.stdout.strip() == table.strip()
+    for path in out.rglob("*"):  # only the split files (the benchmark's input) may hold text
+        if path.is_file() and "split" not in path.parts and path.suffix in (".json", ".md", ".log", ".csv", ".txt"):
+            assert SECRET not in path.read_text(errors="ignore"), path
+
+
 def test_serve_load_runs_one_phase_per_client_count_and_reports_each(tmp_path, trained_run, small_csv):
     out = tmp_path / "load"
     proc = subprocess.run(

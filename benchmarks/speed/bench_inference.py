@@ -2,7 +2,7 @@
 
 python benchmarks/speed/bench_inference.py --system medclf|pipeline|tutorial --run RUN_DIR --test SPLIT/test.csv \
     [--result bench-out/infer-medclf.json] [--check-unbatched] [--device auto|cpu|cuda] [--dtype auto|fp32|bf16]
-    [--repeat N] [--agreement]
+    [--repeat N] [--agreement] [--backend torch|onnx|onnx-int8] [--predictions F.csv]
 
 All three use the same fine-tuned weights (RUN_DIR/model) in plain PyTorch fp32 on the default
 threads, after a warm-up on 8 texts; the clock covers tokenization and the forward passes.
@@ -16,6 +16,9 @@ the test texts N times (a stable clock on a fast card); --agreement (medclf) als
 of identical top labels.
 --check-unbatched (medclf only) also predicts every text on its own and reports whether the
 labels are identical and the largest probability difference.
+--backend (medclf): onnx or onnx-int8 time the run's exported ONNX models (`medclf export` first) in ONNX Runtime.
+--predictions writes the predicted labels (and medclf's probabilities) as CSV, no text, for agreement between
+processes (compare.py --speed compares every system with TextClassifier fp32 through it).
 """
 
 from __future__ import annotations
@@ -29,7 +32,15 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(BENCH))  # the benchmarks folder: bench_common, the helpers every script shares
 
-from bench_common import peak_rss_gib, read_split, scores, write_result  # noqa: E402
+from bench_common import (  # noqa: E402
+    agreement,
+    peak_rss_gib,
+    predictions_frame,
+    read_split,
+    scores,
+    write_predictions,
+    write_result,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -45,6 +56,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="medclf: its --precision; pipeline: auto = fp32")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--agreement", action="store_true", help="medclf: top-label agreement with fp32")
+    parser.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"], help="medclf only")
+    parser.add_argument("--predictions", default=None, help="also write the predicted labels (and probabilities) here")
     parser.add_argument("--result", default="bench-out/inference.json")
     args = parser.parse_args(argv)
 
@@ -61,8 +74,8 @@ def main(argv: list[str] | None = None) -> None:
         from medclf.config import LoadOptions
         from medclf.inference.classifier import TextClassifier
 
-        options = LoadOptions(backend="torch", device="cuda" if cuda else "cpu", batch_size=args.batch_size,
-                              precision=args.dtype)
+        options = LoadOptions(backend=args.backend, device="cuda" if cuda else "cpu", batch_size=args.batch_size,
+                              precision="auto" if args.backend != "torch" else args.dtype)
         clf = TextClassifier.load(args.run, options)
         batch = clf.batch_size or "device plan"
         clf.predict(texts[:256])  # warm-up: kernels for the first shapes, allocator
@@ -71,12 +84,16 @@ def main(argv: list[str] | None = None) -> None:
         probs = clf.predict_proba(texts)
         _sync(cuda)
         seconds = time.perf_counter() - start
-        result["precision"] = clf.precision.name
-        if args.agreement:
-            fp32 = TextClassifier.load(args.run, options.replace(precision="fp32")).predict_proba(texts)
-            result["top_label_agreement_with_fp32"] = float((fp32.argmax(axis=1) == probs.argmax(axis=1)).mean())
-            result["max_prob_diff_fp32"] = float(np.abs(fp32 - probs).max())
+        result["precision"] = {"onnx": "fp32 ONNX", "onnx-int8": "int8 ONNX"}.get(args.backend, clf.precision.name)
+        result["backend"] = clf.backend
         predicted = [clf.labels[i] for i in probs.argmax(axis=1)]
+        if args.agreement:
+            reference = TextClassifier.load(args.run, options.replace(backend="torch", precision="fp32"))
+            fp32 = reference.predict_proba(texts)
+            close = agreement(predictions_frame([clf.labels[i] for i in fp32.argmax(axis=1)], fp32, clf.labels),
+                              predictions_frame(predicted, probs, clf.labels))
+            result["top_label_agreement_with_fp32"] = close["top_label_agreement"]
+            result["max_prob_diff_fp32"] = close["max_prob_diff"]
         if args.check_unbatched:
             single = np.stack([clf.predict_proba(text) for text in texts])
             result["identical_to_unbatched"] = bool((single.argmax(axis=1) == probs.argmax(axis=1)).all())
@@ -121,6 +138,8 @@ def main(argv: list[str] | None = None) -> None:
         "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated() if cuda else None,
         "device": "cuda" if cuda else "cpu",
     })
+    if args.predictions:
+        write_predictions(args.predictions, [str(p) for p in predicted], *((probs, clf.labels) if args.system == "medclf" else ()))
     write_result(args.result, result)
 
 
