@@ -135,6 +135,38 @@ def write_split(data: str, text_column: str, label_column: str, directory: Path,
             "split": "stratified 80/20, seed 42" + (f" of a stratified {quick_rows}-row sample" if quick else "")}
 
 
+def run_parser(doc: str | None, out: str) -> Any:
+    """data_parser with the options of the scripts that train one `medclf train` run on the split and read it:
+    --method, --model, --quick (a sample, for the benchmark tests), --extra (more train options), --out."""
+    parser = data_parser(doc)
+    parser.add_argument("--method", default="finetune", choices=("finetune", "embeddings"))
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--quick", action="store_true", help="a sample of the data (the benchmark test)")
+    parser.add_argument("--extra", nargs="*", default=[], help="more `medclf train` options, each as --extra=--opt=value")
+    parser.add_argument("--out", default=out)
+    return parser
+
+
+def train_on_split(args: Any, split: Path, run: Path, *options: str) -> tuple[str, float]:
+    """`medclf train` on split/train.csv with split/test.csv as its test part (run_parser's --method, --model and
+    --extra, then `options`), written to `run`: the command as a user would type it, and its wall seconds."""
+    cmd = [sys.executable, "-m", "medclf", "train", "--data", str(split / "train.csv"), "--test-data",
+           str(split / "test.csv"), "--method", args.method, "--model", args.model, "--output", str(run), "--overwrite",
+           *options, *args.extra]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    return " ".join(["medclf", *cmd[3:]]), time.perf_counter() - start
+
+
+def read_part(path: Path, labels: list[str]) -> tuple[Any, Any]:
+    """(calibrated probabilities, class ids in `labels`' order) of one of a run's predictions_*.csv files."""
+    import pandas as pd
+
+    frame = pd.read_csv(path, dtype={"label": str, "predicted": str}, keep_default_na=False)
+    index = {lab: k for k, lab in enumerate(labels)}
+    return frame[[f"prob_{lab}" for lab in labels]].to_numpy(float), frame["label"].map(index).to_numpy(int)
+
+
 def timed(name: str, cmd: list[str], out: Path) -> dict[str, Any]:
     """Run one system in its own process; its wall time and peak RSS (from wait4), output to logs/NAME.log."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",

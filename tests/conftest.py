@@ -229,3 +229,17 @@ def build_tiny_family(family: str, path: Path) -> str:
     AutoModel.from_config(config).save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
+
+
+def tracked_metrics(run: Path, store: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, float], Path]:
+    """Log a finished run to a fresh local MLflow store in `store` (`track_train`, as --track mlflow does) and
+    return the metrics MLflow holds for it, with the store's database file (to look for text in it)."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from medclf.run.tracking import track_train
+
+    monkeypatch.chdir(store)
+    uri = f"sqlite:///{store / 'store.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return MlflowClient(tracking_uri=uri).get_run(track_train(run)).data.metrics, store / "store.db"

@@ -315,3 +315,59 @@ def test_few_labels_rule_benchmark_compares_both_rules_per_seed(tmp_path, tiny_m
     summary = result["summary"]
     assert summary["before"]["low"] <= summary["before"]["mean"] <= summary["before"]["high"]
     assert "Paired difference now - before" in (out / "results.md").read_text()
+
+
+def test_subgroups_benchmark_derives_the_slices_and_reports_them(tmp_path, tiny_model):
+    """Length thirds and a population slice derived from each text, reported by `medclf train --slice-columns`."""
+    rows = make_rows(100)
+    for i, row in enumerate(rows):
+        row["text"] += " in children" if i % 3 == 0 else ""
+    data = write_csv(tmp_path / "notes.csv", rows)
+    out = tmp_path / "sg"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "trust" / "subgroups.py"), "--data", str(data), "--text-column", "text",
+         "--label-column", "label", "--model", tiny_model, "--method", "embeddings", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "results.json").read_text())
+    columns = result["subgroups"]["columns"]
+    assert list(columns) == ["length", "population"]
+    assert {row["value"] for row in columns["population"]} == {"children", "adults or unstated"}
+    assert sum(row["n"] for row in columns["length"]) == result["test"]["n"] == 60
+    assert "| population | n |" in (out / "results.md").read_text() and (out / "run" / "subgroups.png").is_file()
+
+
+def test_conformal_benchmark_redraws_the_unseen_rows_and_checks_the_targets(tmp_path, tiny_model):
+    """Coverage over re-draws of the calibration and test parts, the top-k baseline, the cost of the calibration part."""
+    data = write_csv(tmp_path / "notes.csv", make_rows(210))
+    out = tmp_path / "cf"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "trust" / "conformal.py"), "--data", str(data), "--text-column", "text",
+         "--label-column", "label", "--model", tiny_model, "--method", "embeddings", "--draws", "5", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "results.json").read_text())
+    assert result["data"]["n_calibration"] == 51 and result["data"]["pool"] == 51 + 126
+    assert (out / "run-no-calibration" / "metrics.json").is_file()
+    summary = result["summary"]
+    assert {"lac@0.9", "aps-by-class@0.95", "top-k@0.8"} <= set(summary)
+    assert 0 <= summary["lac@0.9"]["min"] <= summary["lac@0.9"]["mean"] <= summary["lac@0.9"]["max"] <= 1
+    assert len(result["targets"]) == 8 and result["cost"]["low"] <= result["cost"]["difference"] <= result["cost"]["high"]
+    assert "| lac by class | 90% |" in (out / "results.md").read_text()
+
+
+def test_deferral_benchmark_redraws_the_unseen_rows_at_both_targets(tmp_path, tiny_model):
+    """The threshold chosen on re-drawn calibration parts, its test coverage and precision, the hindsight coverage."""
+    data = write_csv(tmp_path / "notes.csv", make_rows(210))
+    out = tmp_path / "df"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "trust" / "deferral.py"), "--data", str(data), "--text-column", "text",
+         "--label-column", "label", "--model", tiny_model, "--method", "embeddings", "--draws", "4", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "results.json").read_text())
+    assert set(result["redraws"]) == {"0.8", "0.9"} and result["data"]["n_calibration"] == 51
+    for row in result["redraws"].values():
+        assert len(row["draws"]) == 4 and 0 <= row["mean_coverage"] <= 1 and row["short"] <= row["shown"]
+    assert result["run_deferral"]["rule"]["target_precision"] == 0.8
+    assert "draws short of the target" in (out / "results.md").read_text()

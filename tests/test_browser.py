@@ -3,10 +3,12 @@
 Skips with the reason where no browser is installed; .ci/run installs Debian's `chromium` and
 `chromium-driver` first."""
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -33,11 +35,12 @@ def browser():
     driver.quit()
 
 
-@pytest.fixture(scope="module")
-def server(trained_run):
+@contextlib.contextmanager
+def serving(run) -> Iterator[str]:
+    """`medclf serve RUN` on a free port, ready: its base URL."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "medclf", "serve", str(trained_run), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "medclf", "serve", str(run), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_ready(base, proc)
@@ -45,6 +48,12 @@ def server(trained_run):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def server(trained_run):
+    with serving(trained_run) as base:
+        yield base
 
 
 def test_paste_text_and_see_the_label_and_one_bar_per_class(browser, server, tmp_path):
@@ -139,3 +148,33 @@ def test_an_empty_text_is_refused_on_the_page(browser, server):
     browser.find_element(By.ID, "classify").click()
     error = browser.find_element(By.ID, "error")
     assert error.is_displayed() and "Paste a text" in error.text
+
+
+@pytest.fixture(scope="module")
+def deferring_server(tmp_path_factory, tiny_model):
+    from conftest import make_rows, write_csv
+
+    folder = tmp_path_factory.mktemp("page-defer")
+    data = write_csv(folder / "notes.csv", make_rows(40))
+    run = folder / "run"
+    # precision 0.99 cannot be shown on 29 calibration rows (it needs 230 right in a row): every text is deferred
+    subprocess.run([sys.executable, "-m", "medclf", "train", "--method", "embeddings", "--data", str(data), "--model",
+                    tiny_model, "--output", str(run), "--precision", "fp32", "--calibration-size", "0.3",
+                    "--target-precision", "0.99"], check=True, capture_output=True, timeout=600)
+    with serving(run) as base:
+        yield base
+
+
+def test_the_page_says_when_a_person_decides_and_marks_a_deferred_text(browser, deferring_server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    assert httpx.post(deferring_server + "/v1/predict", json={"text": NOTE}).json()["deferred"] is True
+    browser.get(deferring_server + "/")
+    WebDriverWait(browser, 20).until(lambda d: "When a person decides" in d.find_element(By.ID, "facts").text)
+    assert "could not be shown" in browser.find_element(By.ID, "facts").text
+    browser.find_element(By.ID, "text").send_keys(NOTE)
+    browser.find_element(By.ID, "classify").click()
+    WebDriverWait(browser, 20).until(ec.visibility_of_element_located((By.ID, "result")))
+    assert "deferred: a person decides" in browser.find_element(By.ID, "label").text

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SECRET
+from conftest import SECRET, make_rows, write_csv
 from typer.testing import CliRunner
 
 from medclf import MedclfError, TextClassifier
@@ -114,3 +114,18 @@ def test_the_udf_reads_long_texts_as_asked(spark, trained_run):
         assert np.abs(probs - clf.predict_proba([text])).max() < 1e-5
     with pytest.raises(MedclfError, match="long_text must be one of"):
         add_predictions(df, trained_run, options=LoadOptions(long_text="windows"))
+
+
+def test_a_run_with_a_deferral_rule_marks_deferred_texts_on_spark(spark, tiny_model, tmp_path):
+    from medclf.inference.spark import add_predictions
+
+    data = write_csv(tmp_path / "notes.csv", make_rows(40))
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--method", "embeddings", "--data", str(data), "--model", tiny_model,
+                                 "--output", str(out), "--precision", "fp32", "--calibration-size", "0.3",
+                                 "--target-precision", "0.8"])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(data)
+    scored = add_predictions(spark.createDataFrame(frame), out, text_column="text").toPandas()
+    routed = TextClassifier.load(out).predict_or_defer(frame["text"].tolist())
+    assert scored["deferred"].tolist() == [r.deferred for r in routed]

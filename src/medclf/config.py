@@ -34,9 +34,26 @@ CHUNK_ROWS = 10_000
 outputs take tens of MB, and the classifier's own working memory does not grow with the chunk."""
 
 MAX_WINDOW_TOKENS_PER_STEP = 65_536
+CALIBRATION_AUTO = 0.1
+"""The calibration part's share when --target-precision asks for one and --calibration-size is not given. Not carved
+otherwise: on the abstracts (2,310 rows) holding 10% out cost test macro-F1 0.034 (0.003-0.064; docs/benchmarks.md,
+"Conformal label sets"), so the rows are taken only where the user asks for what they buy."""
 """chunk: most tokens one training step may hold (batch_size x max_chunks x max_length). The default step
 (16 x 256 tokens, no chunking) peaked at 2.7 GiB on MiniLM; activations grow with tokens per step."""
 
+
+
+def slice_column_list(value: str | list[str] | None) -> list[str] | None:
+    """--slice-columns as given (one name, 'site,sex', or a list of either) -> the column names, each once."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+        raise MedclfError(f"slice_columns must be column names, got {value!r}.")
+    names = list(dict.fromkeys(name.strip() for item in items for name in item.split(",")))
+    if not names or any(not name for name in names):
+        raise MedclfError("--slice-columns takes column names separated by commas (site,sex); one is empty.")
+    return names
 
 
 @dataclass(kw_only=True)
@@ -58,6 +75,12 @@ class TrainConfig:
     group_column: str | None = None
     """Column naming each row's group (patient, trial): the test and validation parts (and the folds of
     `medclf cv`) never share a group with the training part. None: rows are independent."""
+    slice_columns: list[str] | None = None
+    """Columns to report the test figures by (site, sex, age band, note type; never model inputs): every value's
+    figures with intervals and its gap to the whole part (core/subgroups.py). None: no subgroups."""
+    slice_min_count: int = 10
+    """A slice value seen fewer times than this in the part reported is folded into '(other)' (rare values can
+    identify people)."""
     test_data: str | None = None
     """Separate test table. None: a stratified split of `data` (test_size)."""
     val_data: str | None = None
@@ -124,6 +147,17 @@ class TrainConfig:
     (run/tracking.py); 'none': only the run directory."""
     test_size: float = 0.2
     val_size: float = 0.1
+    calibration_size: float | None = None
+    """Share of the rows left after the test part held out as the calibration part: rows that choose nothing (not the
+    weights, the temperature, the thresholds) and train nothing, on which the conformal label sets are calibrated
+    (core/conformal.py) and the deferral threshold (core/deferral.py). None: CALIBRATION_AUTO of them where
+    target_precision is set, else none; 0: none."""
+    target_precision: float | None = None
+    """Defer to a person every text whose calibrated top probability is below the lowest threshold at which the
+    automatic decisions reach this precision, guaranteed at level deferral_delta (core/deferral.py); chosen on the
+    calibration part (carved by default when this is set). None: no deferral."""
+    deferral_delta: float = 0.1
+    """The chance the precision guarantee may fail (over the calibration part)."""
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
@@ -166,6 +200,26 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 < value < 0.9:
                 raise MedclfError(f"{name} must be a fraction between 0 and 0.9, got {value!r}.")
+        if self.calibration_size is not None:
+            size = self.calibration_size
+            if not isinstance(size, (int, float)) or isinstance(size, bool) or not 0.0 <= size < 0.5:
+                raise MedclfError(f"calibration_size must be a fraction between 0 and 0.5 (0: no calibration part), "
+                                  f"got {size!r}.")
+            if size and self.multi_label:
+                raise MedclfError("The calibration part calibrates conformal label sets, which are single-label; leave "
+                                  "--calibration-size unset (or 0) for a multi-label run.")
+        for name in ("target_precision", "deferral_delta"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                      or not 0.0 < value < 1.0):
+                raise MedclfError(f"{name} must be a share between 0 and 1 (such as 0.9), got {value!r}.")
+        if self.target_precision is not None:
+            if self.multi_label:
+                raise MedclfError("Deferral at a target precision is built for single-label runs; drop "
+                                  "--target-precision for a multi-label run.")
+            if self.calibration_size == 0:
+                raise MedclfError("--target-precision chooses its threshold on the calibration part; drop "
+                                  "--calibration-size 0 (or pass a share such as 0.1).")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise MedclfError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
         if self.weight_decay < 0:
@@ -209,6 +263,12 @@ class TrainConfig:
         if not self.model or not isinstance(self.model, str):
             raise MedclfError("model must be 'default', a local model directory or a hub id.")
 
+    def calibration_share(self) -> float:
+        """The share of the rows left after the test part that forms the calibration part (0: none)."""
+        if self.calibration_size is not None:
+            return float(self.calibration_size)
+        return CALIBRATION_AUTO if self.target_precision is not None else 0.0
+
     def _check_labels(self) -> None:
         if not isinstance(self.multi_label, bool):
             raise MedclfError(f"multi_label must be true or false, got {self.multi_label!r}.")
@@ -229,6 +289,8 @@ class TrainConfig:
                 self.label_column = columns
         elif self.label_column is not None and (not isinstance(self.label_column, str) or not self.label_column):
             raise MedclfError(f"label_column must be a column name, got {self.label_column!r}.")
+        self.slice_columns = slice_column_list(self.slice_columns)
+        _positive_int("slice_min_count", self.slice_min_count)
         if self.group_column is not None:
             if not isinstance(self.group_column, str) or not self.group_column:
                 raise MedclfError(f"group_column must be a column name, got {self.group_column!r}.")

@@ -138,6 +138,14 @@ LabelColOpt = Annotated[
     list[str] | None,
     typer.Option("--label-column", help="Label column (strings or integers). Default: 'label' or the only label-like column. With --multi-label: one column of delimited labels, or repeat it for several 0/1 columns, one per label."),
 ]
+SliceColumnsOpt = Annotated[
+    list[str] | None,
+    typer.Option("--slice-columns", help="Column(s) to report the test figures by, comma-separated (site,sex,age_band; not model inputs): each value's figures with 95% intervals and its gap to the whole part, in metrics.json, the report and the card."),
+]
+SliceMinCountOpt = Annotated[
+    int,
+    typer.Option("--slice-min-count", help="A slice value seen fewer times than this in the part reported is folded into '(other)' (rare values can identify people); slices under 30 rows are listed, not judged."),
+]
 ModelOpt = Annotated[str, typer.Option("--model", help="'default' (packaged MiniLM), a local Hugging Face model directory, or a hub id.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing run at --output.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | mps.")]
@@ -159,8 +167,13 @@ class TrainOptions:
     multi_label: Annotated[bool, typer.Option("--multi-label", help="Several labels per text (or none): sigmoid outputs, BCE loss, one threshold per label tuned on validation for that label's F1.")] = D.multi_label
     label_sep: Annotated[str, typer.Option("--label-sep", help="--multi-label with one label column: the separator between a row's labels.")] = D.label_sep
     group_column: Annotated[str | None, typer.Option("--group-column", help="Column naming each row's patient or trial: no group is split between training and the test/validation parts (or the folds of `cv`).")] = D.group_column
+    slice_columns: SliceColumnsOpt = None
+    slice_min_count: SliceMinCountOpt = D.slice_min_count
     test_data: Annotated[str | None, typer.Option("--test-data", help="Separate test table. Default: a stratified 20% split of --data.")] = D.test_data
     val_data: Annotated[str | None, typer.Option("--val-data", help="Separate validation table. Default: a stratified 10% slice of the training part.")] = D.val_data
+    calibration_size: Annotated[float | None, typer.Option("--calibration-size", help="Share of the rows left after the test part kept as the calibration part (trains and selects nothing; calibrates the conformal label sets of `predict --sets`). Default: 0.1 with --target-precision, else none (the rows cost accuracy: docs/benchmarks.md).")] = D.calibration_size
+    target_precision: Annotated[float | None, typer.Option("--target-precision", help="Defer to a person each text whose calibrated top probability is below the lowest threshold at which the automatic decisions reach this precision, guaranteed at level --deferral-delta; chosen on the calibration part (kept by default when this is set). Single-label.")] = D.target_precision
+    deferral_delta: Annotated[float, typer.Option("--deferral-delta", help="--target-precision: the chance the precision guarantee may fail (over the calibration part).")] = D.deferral_delta
     model: ModelOpt = D.model
     output: Annotated[str | None, typer.Option("--output", "-o", help="Run directory to create. Default: runs/<timestamp>.")] = D.output
     method: Annotated[str, typer.Option("--method", help="finetune (train the encoder and a head) | embeddings (logistic regression on frozen mean-pooled embeddings: one pass per text, fast on CPU) | zero-shot (classes from --label-descriptions; no labelled row trains it, the data's validation part calibrates and its test part measures it).")] = D.method

@@ -9,6 +9,7 @@ import typer
 from medclf.cli._common import (
     BackendOpt,
     BatchOpt,
+    D,
     DropEmptyOpt,
     InferPrecisionOpt,
     InputOpt,
@@ -16,6 +17,8 @@ from medclf.cli._common import (
     LabelColOpt,
     LongTextOpt,
     RunDirArg,
+    SliceColumnsOpt,
+    SliceMinCountOpt,
     TextColOpt,
     TextsArg,
     app,
@@ -45,11 +48,19 @@ def predict(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted --input/--output job from its last complete chunk (same input, same options).")] = False,
     engine: Annotated[str, typer.Option("--engine", help="local (this process) | spark (a pandas UDF on Spark: --input and --output are read and written by Spark; needs `pip install 'medclf[spark]'` and Java).")] = "local",
     spark_master: Annotated[str, typer.Option("--spark-master", help="--engine spark: the Spark master URL (local[*] runs Spark on this machine; with a cluster's master, spark://host:7077 say, the run is shipped to the executors).")] = "local[*]",
+    sets: Annotated[float | None, typer.Option("--sets", help="Also give each text's conformal label set at this coverage (0.9: the set holds the true label for at least 90% of texts drawn as the run's calibration part was); single-label runs with a calibration part.")] = None,
+    set_score: Annotated[str, typer.Option("--set-score", help="--sets: lac (smallest sets) | aps (sets grow with how hard a text is).")] = "lac",
+    set_by_class: Annotated[bool, typer.Option("--set-by-class", help="--sets: calibrate per class, so every class keeps the coverage (imbalanced classes).")] = False,
 ) -> None:
     """Label new texts: the predicted label and the probability of every class, for each text."""
 
     def run() -> None:
+        from medclf.core.conformal import SetRequest
         from medclf.inference.files import predict_file
+
+        request = None if sets is None else SetRequest(coverage=sets, score=set_score, by_class=set_by_class)
+        if request is None and (set_score != "lac" or set_by_class):
+            raise MedclfError("--set-score and --set-by-class shape the label sets of --sets; pass --sets 0.9 too.")
 
         if engine not in ("local", "spark"):
             raise MedclfError(f"--engine must be local or spark, not {engine!r}.")
@@ -60,7 +71,8 @@ def predict(
             if input is None or output is None:
                 raise MedclfError("--engine spark reads --input and writes --output; pass both.")
             local_only = [name for name, given in (("--top-k", top_k is not None), ("--drop-empty", drop_empty),
-                                                   ("--resume", resume), ("--chunk-rows", chunk_rows != CHUNK_ROWS)) if given]
+                                                   ("--resume", resume), ("--chunk-rows", chunk_rows != CHUNK_ROWS),
+                                                   ("--sets", request is not None)) if given]
             if local_only:  # Spark partitions, retries and writes by itself: these options have no meaning there
                 raise MedclfError(f"--engine spark does not take {', '.join(local_only)} (Spark splits, retries and "
                                   "writes the job itself); leave them out or use --engine local.")
@@ -72,6 +84,7 @@ def predict(
         count = predict_file(
             run_dir, texts=texts, input=input, output=output, text_columns=text_column, top_k=top_k,
             keep_text=keep_text, drop_empty=drop_empty, chunk_rows=chunk_rows, options=options, resume=resume, progress=progress() and output is not None,
+            sets=request,
         )
         if output:
             log.info("Wrote %d predictions to %s", count, output)
@@ -91,20 +104,32 @@ def evaluate(
     drop_empty: Annotated[bool, typer.Option("--drop-empty", help="Skip rows with an empty text or label.")] = False,
     backend: BackendOpt = L.backend,
     long_text: LongTextOpt = L.long_text,
+    slice_columns: SliceColumnsOpt = None,
+    slice_min_count: SliceMinCountOpt = D.slice_min_count,
 ) -> None:
     """Accuracy, macro/weighted F1, per-class figures, confusion matrix, loss and ROC-AUC on a labelled table
     (multi-label runs: micro/macro/samples F1, subset accuracy, Hamming loss, per-label figures)."""
 
     def run() -> None:
+        from medclf.core.conformal import set_lines
+        from medclf.core.deferral import deferral_lines
         from medclf.core.metrics import format_table
+        from medclf.core.subgroups import subgroup_lines
         from medclf.inference.evaluation import evaluate as evaluate_fn
 
         metrics = evaluate_fn(
             run_dir, data=data, text_columns=text_column, label_column=label_column,
             drop_empty=drop_empty, output=output,
             options=LoadOptions(backend=backend, batch_size=batch_size, precision=precision, long_text=long_text),
+            slice_columns=slice_columns, slice_min_count=slice_min_count,
         )
         typer.echo(format_table(metrics))
+        if "sets" in metrics:
+            typer.echo("\n".join(set_lines(metrics["sets"])))
+        if "deferral" in metrics:
+            typer.echo("\n".join(deferral_lines(metrics["deferral"])))
+        if "subgroups" in metrics:
+            typer.echo("\n".join(subgroup_lines(metrics["subgroups"])))
         if "confusion_matrix" in metrics:
             typer.echo("confusion matrix (rows: true, columns: predicted; order as above):")
             for row in metrics["confusion_matrix"]:

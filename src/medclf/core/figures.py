@@ -91,6 +91,117 @@ class Calibration(TypedDict, total=False):
     note: str
 
 
+class SliceRow(TypedDict, total=False):
+    """One value of a slice column in the figures by subgroup (core/subgroups.py)."""
+
+    value: str
+    n: int
+    judged: bool
+    reason: str
+    """Why a slice is not judged (too few rows)."""
+    figures: dict[str, float | None]
+    intervals: dict[str, Interval | None]
+    gap: dict[str, float | None]
+    """The slice's figure minus the whole part's."""
+
+
+class Subgroups(TypedDict):
+    """The figures by subgroup of a labelled part: the rules, the whole part's figures, the slices per column."""
+
+    rule: str
+    min_count: int
+    min_rows: int
+    level: float
+    method: str
+    keys: list[str]
+    overall: dict[str, float | None]
+    columns: dict[str, list[SliceRow]]
+
+
+class ClassCoverage(TypedDict):
+    n: int
+    coverage: float | None
+
+
+class SetRow(TypedDict):
+    """Label sets of one score, calibration and level on a test part (core/conformal.py)."""
+
+    score: str
+    by_class: bool
+    level: float
+    coverage: float
+    low: float
+    high: float
+    mean_size: float
+    singletons: float
+    """The share of sets with one label."""
+    unbounded: list[str]
+    """Classes whose quantile was infinite (too few calibration rows): their sets hold every label."""
+    per_class: dict[str, ClassCoverage]
+
+
+class TopKRow(TypedDict):
+    level: float
+    k: int
+    coverage: float
+    low: float
+    high: float
+
+
+class LabelSetFigures(TypedDict):
+    """Conformal label sets on the test part, calibrated on the calibration part."""
+
+    n_calibration: int
+    n_test: int
+    levels: list[float]
+    precision: str
+    interval: str
+    min_class_rows: int
+    rows: list[SetRow]
+    top_k: list[TopKRow]
+
+
+class DeferralRule(TypedDict):
+    """The threshold a run decides by (core/deferral.py) and how it was chosen; saved in the run (RunSpec)."""
+
+    target_precision: float
+    delta: float
+    threshold: float | None
+    """None: the target could not be shown on the calibration part (every text would be deferred)."""
+    n_calibration: int
+    n_order: int
+    """Validation rows that placed the start of the scan."""
+    tested: int
+    start: float | None
+    p_value: float | None
+    method: str
+    backend: str
+    precision: str
+    """What computed the probabilities the rule was chosen on (torch at the run's evaluation precision; an ONNX model)."""
+
+
+class ClassDeferral(TypedDict):
+    n: int
+    deferred: float | None
+    right: float | None
+    """The share right among the class's automatically decided texts."""
+
+
+class DeferralFigures(TypedDict):
+    """What a deferral rule did on a labelled part."""
+
+    rule: DeferralRule
+    n: int
+    decided: int
+    coverage: float
+    precision: float | None
+    low: float | None
+    high: float | None
+    per_class: dict[str, ClassDeferral]
+    curve: list[dict[str, float]]
+    """Risk-coverage: the precision of the most confident share of texts, for shares from 1/n to all."""
+
+
 Figures = TypedDict("Figures", {
     "task": str, "n": int, "loss": float | None, "labels": list[str], "per_class": dict[str, ClassFigures],
     "macro_f1": float, "macro_precision": float, "macro_recall": float,
@@ -103,7 +214,8 @@ Figures = TypedDict("Figures", {
     "predicted_labels_per_text": float, "texts_without_label": int, "thresholds": dict[str, float],
     "at_threshold_0.5": Headline,
     # the test part of a run
-    "intervals": Intervals, "calibration": Calibration,
+    "intervals": Intervals, "calibration": Calibration, "subgroups": Subgroups,
+    "sets": LabelSetFigures, "deferral": DeferralFigures,
     # `medclf evaluate` of a saved run
     "data_file": str, "backend": str, "long_text": str,
 }, total=False)
@@ -171,6 +283,7 @@ class DataFigures(TypedDict, total=False):
     n_train: int
     n_val: int
     n_test: int
+    n_calibration: int
     class_counts: dict[str, dict[str, int]]
     n_dropped_empty: int
     truncation: dict[str, Truncation]
@@ -219,8 +332,7 @@ class FoldRow(TypedDict, total=False):
     train_seconds: float
 
 
-class CVReport(TypedDict):
-    """cv.json."""
+class _CVReportCore(TypedDict):
 
     folds: int
     workers: int
@@ -231,3 +343,10 @@ class CVReport(TypedDict):
     interval: str
     seconds: float
     config: dict[str, object]
+
+
+class CVReport(_CVReportCore, total=False):
+    """cv.json."""
+
+    subgroups: Subgroups
+    """With slice columns: the figures by subgroup of every row's out-of-fold prediction."""

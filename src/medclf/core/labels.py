@@ -33,6 +33,9 @@ class LabeledData:
     n_dropped: int = 0
     groups: list[str] | None = None
     """With a group column: each row's group (a patient, a trial); splits never put one group on both sides."""
+    slices: dict[str, list[str]] | None = None
+    """With slice columns: each row's value in each (site, sex, age band; core/subgroups.py reports by them),
+    a missing cell as MISSING."""
 
     def subset(self, indices: list[int]) -> LabeledData:
         return LabeledData(
@@ -43,11 +46,15 @@ class LabeledData:
             label_column=self.label_column,
             rows=[self.rows[i] for i in indices],
             groups=None if self.groups is None else [self.groups[i] for i in indices],
+            slices=None if self.slices is None else {c: [v[i] for i in indices] for c, v in self.slices.items()},
         )
 
     def __len__(self) -> int:
         return len(self.texts)
 
+
+MISSING = "(missing)"
+"""A slice column's value where the cell is empty (a subgroup of its own: core/subgroups.py)."""
 
 MISSING_MARKERS = {"nan", "null", "none"}
 """Label cells that programs write for a missing value (pandas' NaN, SQL's NULL, Python's None): counted as missing
@@ -134,8 +141,10 @@ def load_labeled(
     multi_label: bool = False,
     label_sep: str = "|",
     group_column: str | None = None,
+    slice_columns: list[str] | None = None,
 ) -> LabeledData:
     """Read a labelled table and validate every row. None reads the embedded demo.
+    slice_columns: columns to report subgroups by (read_slices), kept beside each row.
 
     multi_label: each row's labels come back as a tuple, from one column of delimited labels
     (`label_sep`; an empty cell is a text with no label) or from several 0/1 columns (a list)."""
@@ -165,6 +174,7 @@ def load_labeled(
         if missing:
             raise MedclfError(f"{source} ({role}) has {len(missing)} row(s) without a group in '{group_column}' (data rows "
                               f"{row_numbers(missing)}, counting from 1); fill them in (a patient or trial id per row).")
+    slices = read_slices(frame, slice_columns, text_columns=text_columns, label_column=label_column, source=source)
     empty_text = [i for i, t in enumerate(texts) if t is None]
     bad = sorted(set(empty_text) | set(empty_label))
     if bad and not drop_empty:
@@ -183,6 +193,7 @@ def load_labeled(
         texts = [texts[i] for i in keep]
         labels = [labels[i] for i in keep]
         groups = None if groups is None else [groups[i] for i in keep]
+        slices = None if slices is None else {c: [v[i] for i in keep] for c, v in slices.items()}
     if not texts:
         raise MedclfError(f"{source} ({role}) has no usable rows after skipping empty ones.")
     return LabeledData(
@@ -194,7 +205,30 @@ def load_labeled(
         rows=keep,
         n_dropped=len(bad),
         groups=None if groups is None else [g for g in groups if g is not None],
+        slices=slices,
     )
+
+
+def read_slices(frame: pd.DataFrame, slice_columns: list[str] | None, *, text_columns: list[str],
+                label_column: str | list[str], source: str) -> dict[str, list[str]] | None:
+    """Each row's value in each slice column, as a string (a missing cell: MISSING). A column that is not
+    in the table, is a text or label column, or holds no value at all is refused with the fix."""
+    if not slice_columns:
+        return None
+    labels = set(label_column) if isinstance(label_column, list) else {label_column}
+    out: dict[str, list[str]] = {}
+    for column in slice_columns:
+        if column not in frame.columns:
+            raise MedclfError(f"Slice column '{column}' is not in {source}; its columns are: {', '.join(frame.columns)}.")
+        if column in text_columns or column in labels:
+            raise MedclfError(f"Slice column '{column}' is a text or label column of {source}; slice by a column that "
+                              "names a group of rows (site, sex, age band, note type).")
+        values = [_as_label(v) for v in frame[column].tolist()]
+        if all(v is None for v in values):
+            raise MedclfError(f"Slice column '{column}' of {source} is empty; fill it in or leave it out of "
+                              "--slice-columns.")
+        out[column] = [MISSING if v is None else v for v in values]
+    return out
 
 
 def check_classes(labels: list[str], *, source: str) -> list[str]:

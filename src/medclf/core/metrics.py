@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -194,48 +195,64 @@ def _f1_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarra
     return np.divide(2 * tp, denom, out=np.zeros_like(denom, dtype=float), where=denom > 0)
 
 
-def bootstrap_intervals(
-    y_true: np.ndarray, y_pred: np.ndarray, *, multi_label: bool, resamples: int = BOOTSTRAP_RESAMPLES,
-    seed: int = 0, level: float = 0.95,
-) -> Intervals:
-    """Paired percentile bootstrap intervals (scipy.stats.bootstrap): the test texts resampled with replacement
-    `resamples` times, truth and prediction together, and the figures recomputed on each resample. Single-label:
-    accuracy and macro-F1 (over the classes present in the resample); multi-label: micro- and macro-F1 and subset
-    accuracy. `y_pred`: class ids, or 0/1 rows."""
-    import warnings
-
-    from scipy.stats import bootstrap
-
+def decision_figures_fn(y_true: np.ndarray, y_pred: np.ndarray, *, multi_label: bool
+                        ) -> Callable[[np.ndarray], np.ndarray]:
+    """idx -> the decision figures of the rows idx (the order of SINGLE_INTERVAL_KEYS or MULTI_INTERVAL_KEYS):
+    single-label accuracy and macro-F1 over the classes present in those rows; multi-label micro- and macro-F1 and
+    subset accuracy. `y_pred`: class ids, or 0/1 rows."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    n = len(y_true)
-    if n == 0:
-        return {}
-    names = MULTI_INTERVAL_KEYS if multi_label else SINGLE_INTERVAL_KEYS
     if multi_label:
         t_all, p_all = y_true.astype(bool), y_pred.astype(bool)
 
-        def figures(idx: np.ndarray) -> np.ndarray:
+        def multi(idx: np.ndarray) -> np.ndarray:
             t, p = t_all[idx], p_all[idx]
             tp, fp, fn = (t & p).sum(0), (~t & p).sum(0), (t & ~p).sum(0)
             present = t.sum(0) > 0
             micro = _f1_from_counts(tp.sum(keepdims=True), fp.sum(keepdims=True), fn.sum(keepdims=True))[0]
             macro = _f1_from_counts(tp, fp, fn)[present].mean() if present.any() else 0.0
             return np.array([micro, macro, (t == p).all(axis=1).mean()])
-    else:
-        k = int(max(y_true.max(), y_pred.max())) + 1
 
-        def figures(idx: np.ndarray) -> np.ndarray:
-            t, p = y_true[idx], y_pred[idx]
-            tp = np.bincount(t[t == p], minlength=k)
-            present = np.bincount(t, minlength=k) > 0
-            f1 = _f1_from_counts(tp, np.bincount(p, minlength=k) - tp, np.bincount(t, minlength=k) - tp)
-            return np.array([(t == p).mean(), f1[present].mean()])
+        return multi
+    k = int(max(y_true.max(), y_pred.max())) + 1 if len(y_true) else 1
 
-    with warnings.catch_warnings():  # a perfect or constant test part has a degenerate bootstrap distribution
+    def single(idx: np.ndarray) -> np.ndarray:
+        t, p = y_true[idx], y_pred[idx]
+        tp = np.bincount(t[t == p], minlength=k)
+        present = np.bincount(t, minlength=k) > 0
+        f1 = _f1_from_counts(tp, np.bincount(p, minlength=k) - tp, np.bincount(t, minlength=k) - tp)
+        return np.array([(t == p).mean(), f1[present].mean()])
+
+    return single
+
+
+def percentile_bootstrap(figures: Callable[[np.ndarray], np.ndarray], n: int, *, resamples: int, seed: int,
+                         level: float) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) of each figure: paired percentile bootstrap (scipy.stats.bootstrap) over n rows, `figures(idx)`
+    recomputed on each resample of the row indices; a figure undefined on some resample gets NaN bounds."""
+    import warnings
+
+    from scipy.stats import bootstrap
+
+    with warnings.catch_warnings():  # a perfect or constant part has a degenerate bootstrap distribution
         warnings.simplefilter("ignore")
         result = bootstrap((np.arange(n),), figures, n_resamples=resamples, confidence_level=level,
                            method="percentile", vectorized=False, random_state=np.random.default_rng(seed))
-    low, high = np.atleast_1d(result.confidence_interval.low), np.atleast_1d(result.confidence_interval.high)
+    return np.atleast_1d(result.confidence_interval.low), np.atleast_1d(result.confidence_interval.high)
+
+
+def bootstrap_intervals(
+    y_true: np.ndarray, y_pred: np.ndarray, *, multi_label: bool, resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0, level: float = 0.95,
+) -> Intervals:
+    """Paired percentile bootstrap intervals (percentile_bootstrap): the test texts resampled with replacement
+    `resamples` times, truth and prediction together, and the decision figures recomputed on each resample
+    (decision_figures_fn). `y_pred`: class ids, or 0/1 rows."""
+    n = len(y_true)
+    if n == 0:
+        return {}
+    names = MULTI_INTERVAL_KEYS if multi_label else SINGLE_INTERVAL_KEYS
+    low, high = percentile_bootstrap(decision_figures_fn(y_true, y_pred, multi_label=multi_label), n,
+                                     resamples=resamples, seed=seed, level=level)
     out: Intervals = {"method": f"paired percentile bootstrap (scipy), {resamples} resamples of the {n} test texts, "
                                 f"seed {seed}", "level": level}
     for i, name in enumerate(names):

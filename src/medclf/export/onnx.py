@@ -48,9 +48,11 @@ from medclf.inference.onnx_runtime import (
 from medclf.model.batching import Batching
 from medclf.model.modeling import run_batches
 from medclf.run.artifacts import (
+    CALIBRATION_PREDICTIONS_FILE,
     CONFIG_FILE,
     MODEL_DIR,
     PREDICTIONS_FILE,
+    VALIDATION_PREDICTIONS_FILE,
     StagedRun,
     atomic_write_json,
     file_sha256,
@@ -152,8 +154,10 @@ def export_onnx(
             _quantize_checked(run.path / FP32_FILE, run.path / INT8_FILE, encoded, clf.pad_id, reference, result, clf,
                               int8_recipe)
         _copy_model_files(run_dir / MODEL_DIR, run.path)
+        deferral = _deferral_checks(clf, run.path, [FP32_FILE, *([result.int8_file] if result.int8_file else [])])
         result.seconds = round(time.perf_counter() - started, 1)
-        atomic_write_json(run.path / EXPORT_INFO, _export_info(clf, result))
+        atomic_write_json(run.path / EXPORT_INFO, {**_export_info(clf, result),
+                                                   **({"deferral": deferral} if deferral else {})})
     return result
 
 
@@ -209,23 +213,70 @@ def _check_texts(clf: TextClassifier, data: str | None, text_columns: list[str] 
 
 
 def _test_part_texts(clf: TextClassifier) -> list[str] | None:
-    """The texts of the run's test part, in its order, or None where its table is gone or changed. The run keeps no
-    text: predictions_test.csv keeps each test row's number in the table it came from."""
+    """The texts of the run's test part, in its order, or None where its table is gone or changed."""
+    spec = clf.spec
+    found = _part_rows(clf, PREDICTIONS_FILE, "test_data" if spec is not None and spec.config.test_data else "data")
+    return None if found is None else [t for t in found[0] if t is not None] or None
+
+
+def _part_rows(clf: TextClassifier, predictions: str, table: str) -> tuple[list[str | None], list[str]] | None:
+    """The texts and given labels of one of the run's parts, in its order, or None where its table is gone or changed
+    since training (its SHA-256). The run keeps no text: its predictions files keep each row's number in the table it
+    came from. table: the option that named that table ('data', 'test_data' or 'val_data')."""
     import pandas as pd
 
     from medclf.core.columns import join_texts
     from medclf.core.tables import read_table
 
     spec, run_dir = clf.spec, clf.run_dir
-    if spec is None or run_dir is None or not (run_dir / PREDICTIONS_FILE).is_file():
+    if spec is None or run_dir is None or not (run_dir / predictions).is_file():
         return None
-    source = spec.config.test_data or spec.data_file
-    expected = spec.data_sha256.get("test_data" if spec.config.test_data else "data")
+    source = spec.data_file if table == "data" else getattr(spec.config, table)
+    expected = spec.data_sha256.get(table)
     if not source or not expected or not Path(source).is_file() or file_sha256(source) != expected:
         return None
-    rows = pd.read_csv(run_dir / PREDICTIONS_FILE, usecols=["row"])["row"].tolist()
-    texts = join_texts(read_table(source).iloc[rows], spec.text_columns)
-    return [t for t in texts if t is not None] or None
+    frame = pd.read_csv(run_dir / predictions, dtype={"label": str}, keep_default_na=False)
+    texts = join_texts(read_table(source).iloc[frame["row"].tolist()], spec.text_columns)
+    return list(texts), frame["label"].tolist() if "label" in frame.columns else []
+
+
+def _deferral_checks(clf: TextClassifier, staging: Path, files: list[str]) -> dict[str, Any] | None:
+    """The run's deferral rule chosen again, as training chose it (core.deferral), on each exported model's own
+    calibrated probabilities of the run's calibration part (the scan's start from its validation part): an ONNX
+    model's probabilities differ a little from PyTorch's, so its threshold is its own. None for a run without a rule;
+    `checked` False (and no model's rule) where those parts' texts cannot be read back unchanged."""
+    from medclf.core.deferral import DeferralRequest, choose_threshold, rule_sentence
+
+    rule = clf.spec.deferral if clf.spec is not None else None
+    if rule is None:
+        return None
+    parts = {"calibration": _part_rows(clf, CALIBRATION_PREDICTIONS_FILE, "data"),
+             "validation": _part_rows(clf, VALIDATION_PREDICTIONS_FILE,
+                                      "val_data" if clf.spec is not None and clf.spec.config.val_data else "data")}
+    if any(part is None or any(t is None for t in part[0]) for part in parts.values()):
+        log.warning("The run's calibration or validation texts are not where it was trained from, or they changed: "
+                    "its deferral threshold was not re-checked, and the ONNX models will refuse predict_or_defer.")
+        return {"checked": False, "torch": rule, "models": {}}
+    index = {lab: k for k, lab in enumerate(clf.labels)}
+    models: dict[str, Any] = {}
+    for name in files:
+        runner = OnnxRunner(staging / name)
+        probs, right = {}, {}
+        for part, found in parts.items():
+            assert found is not None
+            texts = [t for t in found[0] if t is not None]
+            encoded = clf.encode(texts)
+            window = run_batches(runner, encoded.input_ids, batching=Batching(CHECK_BATCH), pad_id=clf.pad_id,
+                                 width=len(clf.labels))
+            probs[part] = clf.task.probabilities(clf.document_logits(window, encoded.doc_of, encoded.n_docs))
+            right[part] = probs[part].argmax(axis=1) == np.array([index[lab] for lab in found[1]])
+        models[name] = choose_threshold(probs["calibration"].max(axis=1), right["calibration"],
+                                        DeferralRequest(rule["target_precision"], rule["delta"]),
+                                        n_labels=len(clf.labels), order_confidence=probs["validation"].max(axis=1),
+                                        order_correct=right["validation"], backend=runner.backend,
+                                        precision="int8" if runner.backend == "onnx-int8" else "fp32")
+        log.info("Deferral with %s: %s", name, rule_sentence(models[name]))
+    return {"checked": True, "torch": rule, "models": models}
 
 
 def _onnx_logits(runner: OnnxRunner, input_ids: list[list[int]], clf: TextClassifier) -> np.ndarray:

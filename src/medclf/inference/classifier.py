@@ -11,10 +11,11 @@ import numpy as np
 import torch
 
 from medclf.config import BACKENDS, INFER_BATCH_SIZE, TRAIN_DEFAULTS, LoadOptions
-from medclf.core.figures import Decision
+from medclf.core.conformal import ConformalSets, SetRequest
+from medclf.core.figures import Decision, DeferralRule
 from medclf.core.tasks import softmax, task_for
 from medclf.errors import MedclfError
-from medclf.inference.onnx_runtime import OnnxRunner, onnx_file
+from medclf.inference.onnx_runtime import OnnxRunner, exported_deferral, onnx_file
 from medclf.inference.runners import Runner, TorchRunner
 from medclf.model.batching import Batching, Encoded, encode, pool_logits, unpaired_surrogate
 from medclf.model.modeling import (
@@ -25,7 +26,7 @@ from medclf.model.modeling import (
     load_tokenizer,
     run_batches,
 )
-from medclf.run.artifacts import CONFIG_FILE, MODEL_DIR, is_run_dir, read_json
+from medclf.run.artifacts import CALIBRATION_PREDICTIONS_FILE, CONFIG_FILE, MODEL_DIR, is_run_dir, read_json
 from medclf.run.runspec import RunSpec
 
 if TYPE_CHECKING:
@@ -61,6 +62,19 @@ class Predictions:
 
     def __getitem__(self, rows: slice) -> Predictions:
         return Predictions(self.probabilities[rows], self.decided[rows], self.windows[rows], self.multi_label)
+
+
+@dataclass(frozen=True)
+class Routed:
+    """predict_or_defer's answer for one text: decided automatically (its label), or deferred to a person, and why."""
+
+    label: str | None
+    """The label decided automatically; None when the text is deferred."""
+    deferred: bool
+    score: float
+    """The calibrated top probability the rule compared with its threshold."""
+    reason: str | None
+    """Why the text was deferred (never the text itself); None when decided."""
 
 
 class TextClassifier:
@@ -102,6 +116,7 @@ class TextClassifier:
         self.run_dir: Path | None = None
         """The run directory this classifier was loaded from (None when built in memory)."""
         self._torch_twin: torch.nn.Module | None = None
+        self._conformal: ConformalSets | None = None
         self.multi_label = multi_label
         self.task = task_for(multi_label)
         if not (isinstance(temperature, (int, float)) and 0 < temperature < float("inf")):
@@ -324,6 +339,105 @@ class TextClassifier:
         decided = self.decide(np.atleast_2d(probs))
         return decided[0] if probs.ndim == 1 else decided
 
+    @overload
+    def predict_set(self, texts: str, *, coverage: float = 0.9, score: str = "lac", by_class: bool = False,
+                    batch_size: int | None = None) -> list[str]: ...
+    @overload
+    def predict_set(self, texts: list[str], *, coverage: float = 0.9, score: str = "lac", by_class: bool = False,
+                    batch_size: int | None = None) -> list[list[str]]: ...
+
+    def predict_set(self, texts: str | list[str], *, coverage: float = 0.9, score: str = "lac", by_class: bool = False,
+                    batch_size: int | None = None) -> list[str] | list[list[str]]:
+        """The labels still possible for each text at `coverage` (a conformal set, most probable first): where new
+        texts are drawn as the run's calibration part was, a set holds the true label at least that often.
+        score: 'lac' (smallest sets) or 'aps' (sets that grow with how hard a text is); by_class: calibrated per class
+        (each class keeps the coverage; core/conformal.py). A list for a string, a list of lists for a list."""
+        request = SetRequest(coverage=coverage, score=score, by_class=by_class)
+        sets = self.conformal_sets()  # before the model runs: a run without a calibration part says so at once
+        probs = self.predict_proba(texts, batch_size=batch_size)
+        found = sets.sets(np.atleast_2d(probs), self._labels, request)
+        return found[0] if probs.ndim == 1 else found
+
+    @property
+    def deferral(self) -> DeferralRule | None:
+        """The run's deferral rule (`train --target-precision`): its threshold and how it was chosen, for this backend
+        (PyTorch: as trained; an ONNX model: as `medclf export` re-chose it on that model's probabilities); None for
+        a run without one. A run with a rule whose ONNX model was not re-checked is refused in one sentence."""
+        rule = self.spec.deferral if self.spec is not None else None
+        if rule is None or not isinstance(self.runner, OnnxRunner):
+            return rule
+        found = exported_deferral(self.runner.path)
+        if found is None:
+            raise MedclfError(f"The run's deferral threshold was not re-checked for {self.runner.path.name}; run "
+                              "`medclf export` again with the training table where it was trained from, or load the "
+                              "run with --backend torch.")
+        return found
+
+    @overload
+    def predict_or_defer(self, texts: str, *, batch_size: int | None = None) -> Routed: ...
+    @overload
+    def predict_or_defer(self, texts: list[str], *, batch_size: int | None = None) -> list[Routed]: ...
+
+    def predict_or_defer(self, texts: str | list[str], *, batch_size: int | None = None) -> Routed | list[Routed]:
+        """Each text decided automatically (its label) where its calibrated top probability reaches the run's
+        threshold, else deferred to a person with the reason: the automatic decisions keep the precision the run
+        was trained for (`--target-precision`), with its stated guarantee. `predict` and `decide` are unchanged."""
+        self._rule()  # a run without a rule says so before the model runs
+        probs = self.predict_proba(texts, batch_size=batch_size)
+        found = self.route(np.atleast_2d(probs))
+        return found[0] if probs.ndim == 1 else found
+
+    def route(self, probs: np.ndarray) -> list[Routed]:
+        """predict_proba's rows decided or deferred by the run's rule (predict_or_defer without the model pass)."""
+        rule = self._rule()
+        threshold = rule["threshold"]
+        out = []
+        for row in probs:
+            k = int(row.argmax())
+            score = float(row[k])
+            if threshold is not None and score >= threshold:
+                out.append(Routed(label=self._labels[k], deferred=False, score=score, reason=None))
+            else:
+                reason = (f"top probability {score:.3f} is below the threshold {threshold:.3f} at which the automatic "
+                          f"decisions reach precision {rule['target_precision']:.0%}" if threshold is not None else
+                          f"precision {rule['target_precision']:.0%} could not be shown on the calibration part")
+                out.append(Routed(label=None, deferred=True, score=score, reason=reason))
+        return out
+
+    def _rule(self) -> DeferralRule:
+        rule = self.deferral
+        if rule is None:
+            raise MedclfError("This run has no deferral rule; train it with --target-precision 0.9 (single-label) to "
+                              "defer the texts it cannot decide at that precision.")
+        return rule
+
+    def label_sets(self, probs: np.ndarray, request: SetRequest) -> list[list[str]]:
+        """predict_proba's rows turned into conformal label sets (predict_set without the model pass)."""
+        return self.conformal_sets().sets(probs, self._labels, request)
+
+    def conformal_sets(self) -> ConformalSets:
+        """The run's label-set calibration: its calibration part's true labels and calibrated probabilities."""
+        if self._conformal is not None:
+            return self._conformal
+        if self.multi_label:
+            raise MedclfError("Label sets are for single-label runs; a multi-label run decides each label on its own "
+                              "(predict gives the labels at or above their thresholds).")
+        path = None if self.run_dir is None else self.run_dir / CALIBRATION_PREDICTIONS_FILE
+        if path is None or not path.is_file():
+            raise MedclfError("This run has no calibration part, so it cannot give label sets; train it again with "
+                              "--calibration-size 0.1 (10% of the training rows held out to calibrate the sets).")
+        import pandas as pd
+
+        frame = pd.read_csv(path, dtype={"label": str}, keep_default_na=False)
+        index = {lab: k for k, lab in enumerate(self._labels)}
+        columns = [f"prob_{lab}" for lab in self._labels]
+        if "label" not in frame.columns or any(c not in frame.columns for c in columns) or \
+                not frame["label"].isin(list(index)).all():
+            raise MedclfError(f"{path} does not match the run's labels; the run is damaged, train it again.")
+        self._conformal = ConformalSets(frame[columns].to_numpy(dtype=float),
+                                        frame["label"].map(index).to_numpy(dtype=int))
+        return self._conformal
+
     def explain(self, text: str, *, method: str = "integrated-gradients", target: str | None = None,
                 steps: int = 32) -> Explanation:
         """Per-word attribution scores for the predicted label (or `target`): a medclf.inference.explain.Explanation
@@ -375,4 +489,4 @@ def _config_labels(model_dir: Path) -> list[str]:
     return [str(id2label[str(i)]) for i in range(len(id2label))]
 
 
-__all__ = ["BACKENDS", "DEFAULT_BATCH_SIZE", "TextClassifier", "softmax"]
+__all__ = ["BACKENDS", "DEFAULT_BATCH_SIZE", "Routed", "TextClassifier", "softmax"]

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 
-from medclf.config import TRAIN_DEFAULTS, LoadOptions
+from medclf.config import TRAIN_DEFAULTS, LoadOptions, slice_column_list
+from medclf.core.conformal import set_figures
+from medclf.core.deferral import deferral_figures
 from medclf.core.figures import Figures
 from medclf.core.labels import load_labeled
+from medclf.core.subgroups import subgroup_figures
 from medclf.errors import MedclfError
 from medclf.inference.classifier import TextClassifier
-from medclf.run.artifacts import atomic_write_json
+from medclf.run.artifacts import CALIBRATION_PREDICTIONS_FILE, atomic_write_json
 
 
 def evaluate(
@@ -24,6 +28,8 @@ def evaluate(
     output: str | Path | None = None,
     options: LoadOptions | None = None,
     classifier: TextClassifier | None = None,
+    slice_columns: list[str] | str | None = None,
+    slice_min_count: int = TRAIN_DEFAULTS["slice_min_count"],
 ) -> Figures:
     """Accuracy, macro/weighted F1, per-class figures, confusion matrix, loss and ROC-AUC on `data`;
     for a multi-label run, micro/macro/samples F1, subset accuracy, Hamming loss and per-label figures
@@ -31,7 +37,12 @@ def evaluate(
 
     Column names (and the label separator) default to the ones the run was trained with; `options` say how the
     run is loaded (backend, batch size, long_text: how it cuts or windows long texts, default as trained).
+    slice_columns: columns of `data` to report the figures by as well (metrics["subgroups"], core/subgroups.py);
+    values seen fewer than slice_min_count times are folded into '(other)'.
     """
+    slice_columns = slice_column_list(slice_columns)
+    if not isinstance(slice_min_count, int) or isinstance(slice_min_count, bool) or slice_min_count < 1:
+        raise MedclfError(f"--slice-min-count must be a positive integer, got {slice_min_count!r}.")
     clf = classifier or TextClassifier.load(run_dir, options)
     spec = clf.spec
     part = load_labeled(
@@ -42,6 +53,7 @@ def evaluate(
         role="evaluation data",
         multi_label=clf.multi_label,
         label_sep=spec.label_sep if spec else TRAIN_DEFAULTS["label_sep"],
+        slice_columns=slice_columns,
     )
     labels = clf.labels
     seen = set(clf.task.counts(part.labels))
@@ -56,6 +68,15 @@ def evaluate(
     probs = clf.predict_proba(part.texts)
     thresholds = None if clf.thresholds is None else np.array([clf.thresholds[lab] for lab in labels])
     metrics = clf.task.metrics(y, probs, labels, thresholds)
+    rule = clf.deferral
+    if rule is not None:  # what the run's deferral rule does on this table
+        metrics["deferral"] = deferral_figures(probs, y, rule, labels)
+    if not clf.multi_label and clf.run_dir is not None and (clf.run_dir / CALIBRATION_PREDICTIONS_FILE).is_file():
+        metrics["sets"] = set_figures(clf.conformal_sets(), probs, y, labels, precision=clf.precision.name)
+    if part.slices:
+        defer_below = None if rule is None else math.inf if rule["threshold"] is None else rule["threshold"]
+        metrics["subgroups"] = subgroup_figures(clf.task, y, probs, clf.task.decide(probs, thresholds), part.slices,
+                                                min_count=slice_min_count, defer_below=defer_below)
     metrics["data_file"] = str(data)
     metrics["backend"] = clf.backend
     metrics["long_text"] = clf.long_text

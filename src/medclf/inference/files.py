@@ -20,9 +20,10 @@ import pandas as pd
 
 from medclf.config import CHUNK_ROWS, LoadOptions
 from medclf.core.columns import join_texts, resolve_columns
+from medclf.core.conformal import SetRequest
 from medclf.core.tables import iter_table, read_table, row_numbers, table_format
 from medclf.errors import MedclfError
-from medclf.inference.classifier import Predictions, TextClassifier
+from medclf.inference.classifier import Predictions, Routed, TextClassifier
 from medclf.inference.explain import DEFAULT_STEPS
 from medclf.run.artifacts import atomic_write_text
 
@@ -96,10 +97,12 @@ def read_inputs(
                             drop_empty=drop_empty))
 
 
-def prediction_records(labels: list[str], predictions: Predictions, top_k: int | None) -> list[dict[str, Any]]:
+def prediction_records(labels: list[str], predictions: Predictions, top_k: int | None,
+                       sets: list[list[str]] | None = None, routed: list[Routed] | None = None) -> list[dict[str, Any]]:
     """One JSON-ready record per text: label, score, every probability (or the top k); in chunk mode the character
-    span of the window that weighed most for the label. Multi-label: `labels` (those at or above their thresholds)
-    instead of label and score."""
+    span of the window that weighed most for the label; with `sets`, each text's conformal label set; with `routed`
+    (a run with a deferral rule), whether the text goes to a person (`deferred`). Multi-label:
+    `labels` (those at or above their thresholds) instead of label and score."""
     records = []
     for n, row in enumerate(predictions.probabilities):
         order = np.argsort(-row, kind="stable")
@@ -111,6 +114,10 @@ def prediction_records(labels: list[str], predictions: Predictions, top_k: int |
             record["probabilities"] = {labels[i]: float(row[i]) for i in range(len(labels))}
         else:
             record["top_k"] = [{"label": labels[i], "probability": float(row[i])} for i in order[:top_k]]
+        if sets is not None:
+            record["set"] = sets[n]
+        if routed is not None:
+            record["deferred"] = routed[n].deferred
         span = predictions.windows[n]
         if span is not None:
             record["window"] = {"start": span[0], "end": span[1]}
@@ -133,6 +140,7 @@ def predict_file(
     chunk_rows: int = CHUNK_ROWS,
     resume: bool = False,
     progress: bool = False,
+    sets: SetRequest | None = None,
 ) -> int:
     """Classify texts from arguments or a file; write CSV, JSONL or Parquet to `output`, or JSONL to stdout.
 
@@ -140,7 +148,9 @@ def predict_file(
     Each finished chunk is kept as a part in a hidden folder beside the output (.NAME.parts/); the output
     appears under its name only once every chunk is done (the parts are joined into a temporary file that is
     renamed). After an interruption, `resume` continues from the last complete chunk (the same input file,
-    unchanged, and the same options); without it, leftover parts are discarded. Returns the rows written."""
+    unchanged, and the same options); without it, leftover parts are discarded. `sets`: also each text's conformal
+    label set (`label_set`, joined with the run's label separator in CSV and Parquet, and `set_size`). Returns the
+    rows written."""
     if top_k is not None and top_k < 1:
         raise MedclfError(f"--top-k must be at least 1, got {top_k}.")
     if not isinstance(chunk_rows, int) or chunk_rows < 1:
@@ -149,10 +159,12 @@ def predict_file(
     if resume and (output is None or input is None):
         raise MedclfError("--resume continues an interrupted --input file job with an --output file; pass both.")
     clf = classifier or TextClassifier.load(run_dir, options)
+    if sets is not None:
+        clf.conformal_sets()  # a run without a calibration part says so before any input is read
     chunks = iter_inputs(input, texts, text_columns=text_columns, drop_empty=drop_empty,
                          default_columns=clf.spec.text_columns if clf.spec else None, chunk_rows=chunk_rows)
     k = None if top_k is None else min(top_k, len(clf.labels))
-    render = functools.partial(_render_chunk, clf, fmt=fmt, top_k=k, keep_text=keep_text)
+    render = functools.partial(_render_chunk, clf, fmt=fmt, top_k=k, keep_text=keep_text, sets=sets)
     if output is None:  # stdout: each chunk as soon as it is done
         count = 0
         for frame, batch, columns in chunks:
@@ -162,7 +174,8 @@ def predict_file(
         return count
     job = {"input": _file_signature(input), "run_dir": str(Path(run_dir).resolve()), "chunk_rows": chunk_rows,
            "format": fmt, "options": {"text_columns": text_columns, "top_k": top_k, "keep_text": keep_text,
-                                      "drop_empty": drop_empty, "long_text": clf.long_text, "backend": clf.backend}}
+                                      "drop_empty": drop_empty, "long_text": clf.long_text, "backend": clf.backend,
+                                      "sets": None if sets is None else sets.describe()}}
     parts = _Parts(Path(output), job, resume=resume)
     bar = _row_bar(input, progress)
     count = 0
@@ -182,15 +195,18 @@ def predict_file(
 
 def _render_chunk(
     clf: TextClassifier, frame: pd.DataFrame, batch: list[str], columns: list[str], *, fmt: str, top_k: int | None,
-    keep_text: bool,
+    keep_text: bool, sets: SetRequest | None = None,
 ) -> Any:
     """One chunk's predictions: JSONL text, CSV text, or (Parquet) a DataFrame."""
     labels = clf.labels
     predictions = clf.predictions(batch)
     probs = predictions.probabilities
-    records = prediction_records(labels, predictions, top_k)
+    found = None if sets is None else clf.label_sets(probs, sets)
+    routed = None if clf.deferral is None else clf.route(probs)
+    records = prediction_records(labels, predictions, top_k, found, routed)
     kept = frame if keep_text else frame.drop(columns=[c for c in columns if c in frame.columns])
-    outputs = {"label", "labels", "score", "window_start", "window_end", "probabilities", "top_k", "window"}
+    outputs = {"label", "labels", "score", "window_start", "window_end", "probabilities", "top_k", "window", "set",
+               "label_set", "set_size", "deferred"}
     clash = [c for c in kept.columns if c in outputs or re.fullmatch(r"prob_.*|top\d+_(label|prob)", str(c))]
     if clash:  # an input column named like an output one (a true `label`, say) is kept as input_<name>
         kept = kept.rename(columns={c: f"input_{c}" for c in clash})
@@ -204,6 +220,11 @@ def _render_chunk(
     else:
         table["label"] = [r["label"] for r in records]
         table["score"] = [r["score"] for r in records]
+        if routed is not None:
+            table["deferred"] = [r.deferred for r in routed]
+        if found is not None:
+            table["label_set"] = [(clf.spec.label_sep if clf.spec else "|").join(labs) for labs in found]
+            table["set_size"] = [len(labs) for labs in found]
     if clf.long_text == "chunk":
         table["window_start"] = [r.get("window", {}).get("start") for r in records]
         table["window_end"] = [r.get("window", {}).get("end") for r in records]

@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 
+from medclf.core.figures import DeferralRule
 from medclf.errors import MedclfError
 from medclf.model.modeling import PrecisionChoice
 
@@ -78,6 +80,17 @@ def int8_trusted(folder: Path) -> bool:
     agreement = check.get("int8_agreement")
     return bool(check.get("checked_on_test_part")) and isinstance(agreement, (int, float)) \
         and agreement >= MIN_INT8_AGREEMENT
+
+
+def exported_deferral(path: Path) -> DeferralRule | None:
+    """The deferral rule `medclf export` re-chose for the ONNX model at `path` on the run's calibration part (its own
+    probabilities), or None where the export did not re-check it (no rule, texts gone, an export from before)."""
+    try:
+        found = json.loads((path.parent / EXPORT_INFO).read_text(encoding="utf-8")).get("deferral") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    rule = (found.get("models") or {}).get(path.name) if isinstance(found, dict) else None
+    return cast("DeferralRule", rule) if isinstance(rule, dict) else None
 
 
 def onnx_file(run_dir: Path, backend: str, device: str) -> Path | None:

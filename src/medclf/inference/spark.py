@@ -61,14 +61,15 @@ def _classifier(run_dir: str, options: LoadOptions) -> TextClassifier:
     return _LOADED[key]
 
 
-def _run_labels(run_dir: str) -> tuple[list[str], bool]:
+def _run_labels(run_dir: str) -> tuple[list[str], bool, bool]:
+    """The run's labels, whether it is multi-label, whether it has a deferral rule."""
     from medclf.run.artifacts import is_run_dir
     from medclf.run.runspec import RunSpec
 
     if not is_run_dir(run_dir):
         raise MedclfError(f"{run_dir} is not a medclf run directory; pass the --output of `medclf train`.")
     spec = RunSpec.read(run_dir)
-    return [str(lab) for lab in spec.labels], spec.multi_label
+    return [str(lab) for lab in spec.labels], spec.multi_label, spec.deferral is not None
 
 
 def prob_column(label: str) -> str:
@@ -86,12 +87,14 @@ def predict_udf(run_dir: str | Path, options: LoadOptions | None = None, *, ship
     _require_pyspark()
     import pandas as pd
     from pyspark.sql.functions import pandas_udf
-    from pyspark.sql.types import ArrayType, DoubleType, StringType, StructField, StructType
+    from pyspark.sql.types import ArrayType, BooleanType, DoubleType, StringType, StructField, StructType
 
     run = str(Path(run_dir).resolve())
-    labels, multi = _run_labels(run)
+    labels, multi, defers = _run_labels(run)
     head = ([StructField("labels", ArrayType(StringType()))] if multi
             else [StructField("label", StringType()), StructField("score", DoubleType())])
+    if defers:  # a run trained with --target-precision: whether each text goes to a person
+        head.append(StructField("deferred", BooleanType()))
     schema = StructType(head + [StructField(prob_column(lab), DoubleType()) for lab in labels])
 
     def predict(texts: pd.Series) -> pd.DataFrame:
@@ -103,6 +106,8 @@ def predict_udf(run_dir: str | Path, options: LoadOptions | None = None, *, ship
             out.insert(0, "labels", clf.decide(probs))
         else:
             top = probs.argmax(axis=1)
+            if defers:
+                out.insert(0, "deferred", [r.deferred for r in clf.route(probs)])
             out.insert(0, "score", probs[range(len(batch)), top].astype(float))
             out.insert(0, "label", [clf.labels[i] for i in top])
         return out

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from medclf.core.conformal import set_summary
+from medclf.core.deferral import rule_sentence
 from medclf.core.figures import FIGURE_NAMES, FigureKey, Figures, Headline, Intervals, RunMetrics
 from medclf.core.methods import method_of
 from medclf.core.metrics import INTERVAL_KEYS
+from medclf.core.subgroups import subgroup_lines, worse_slices
 from medclf.core.tasks import task_of
 from medclf.run.artifacts import METRICS_FILE, MODEL_DIR, atomic_write_text, read_json
 from medclf.run.runspec import RunSpec
@@ -117,6 +120,22 @@ def model_card(spec: RunSpec, metrics: RunMetrics, *, name: str) -> str:
                   f"Temperature {spec.calibration_temperature:.3f} fitted on the validation part ({cal.get('note', '')}); "
                   f"test expected calibration error {cal['ece_before']:.4f} -> {cal['ece_after']:.4f}, Brier score "
                   f"{cal['brier_before']:.4f} -> {cal['brier_after']:.4f}.", ""]
+    summary = set_summary(test["sets"]) if "sets" in test else None
+    if summary is not None:
+        lines += ["## Label sets", "", summary, ""]
+    if "deferral" in test:
+        found = test["deferral"]
+        lines += ["## When a person decides", "", rule_sentence(found["rule"])]
+        if found["precision"] is not None:
+            lines += ["", f"On the {found['n']} test texts it decided {found['coverage']:.1%} automatically at a "
+                          f"realised precision of {found['precision']:.3f} (95% interval {found['low']:.3f}-"
+                          f"{found['high']:.3f}) and sent {found['n'] - found['decided']} to a person; "
+                          "`TextClassifier.predict_or_defer` and the server's `deferred` field apply it."]
+        lines += [""]
+    if "subgroups" in test:
+        lines += ["## Performance by subgroup", "",
+                  f"Test figures for each value of {', '.join(f'`{c}`' for c in test['subgroups']['columns'])} "
+                  "(those rows only), with the gap to the whole test part:", "", *subgroup_lines(test["subgroups"]), ""]
     lines += ["## Known limits", "", *_limits(spec, metrics, multi), ""]
     lines += _loading(spec, name)
     lines += ["", f"*Written by medclf {spec.medclf_version or ''} from the run's files; `medclf card RUN` rewrites it.*"]
@@ -174,6 +193,11 @@ def _limits(spec: RunSpec, metrics: RunMetrics, multi: bool) -> list[str]:
                     key=lambda x: x[1], default=None)
         if worst:
             out.append(f"- Lowest recall: `{worst[0]}` {worst[1]:.2f}.")
+    if "subgroups" in test:
+        worse = worse_slices(test["subgroups"])
+        if worse:
+            out.append("- Works less well for some subgroups (macro-F1 interval entirely below the whole test part's "
+                       f"{test['subgroups']['overall']['macro_f1']:.3f}): " + "; ".join(worse) + ".")
     cut = data.get("truncation", {}).get("test")
     if cut:
         how = ("read in windows; " + f"{cut['share_texts_cut']:.0%} of test texts were longer than the windows cover"

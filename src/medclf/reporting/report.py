@@ -10,24 +10,31 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from medclf.config import TrainConfig
+from medclf.core.conformal import set_lines
+from medclf.core.deferral import deferral_lines
 from medclf.core.figures import (
     FIGURE_NAMES,
     Calibration,
     DataFigures,
+    DeferralFigures,
     FigureKey,
     Figures,
     Headline,
     HistoryRow,
     RunMetrics,
+    Subgroups,
 )
 from medclf.core.methods import method_of
 from medclf.core.metrics import format_table
+from medclf.core.subgroups import KEY_NAMES, subgroup_lines
 from medclf.core.tasks import task_of
 from medclf.run.artifacts import (
     CALIBRATION_FILE,
     CONFUSION_FILE,
+    DEFERRAL_FILE,
     REPORT_FILE,
     REPORT_HTML_FILE,
+    SUBGROUPS_FILE,
     TRAINING_FILE,
     atomic_write_bytes,
     atomic_write_text,
@@ -160,6 +167,81 @@ def reliability_png(summary: Calibration, *, title: str) -> bytes:
     return figure_png(fig)
 
 
+def subgroups_png(subgroups: Subgroups, *, title: str) -> bytes:
+    """Forest plot: one row per slice of every slice column, its macro-F1 with the interval, the whole part's
+    macro-F1 as a vertical line; slices too small to judge are named with their row count and no point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = "macro_f1"
+    names: list[str] = []
+    points: list[tuple[int, float, float, float]] = []
+    for column, rows in subgroups["columns"].items():
+        for row in rows:
+            figure = row.get("figures", {}).get(key)
+            band = row.get("intervals", {}).get(key)
+            if row["judged"] and figure is not None and band is not None:
+                names.append(f"{column} = {row['value']} (n={row['n']})")
+                points.append((len(names) - 1, figure, band["low"], band["high"]))
+            else:
+                names.append(f"{column} = {row['value']} (n={row['n']}, not judged)")
+    fig, ax = plt.subplots(figsize=(8, 1.3 + 0.35 * len(names)))
+    for y, figure, low, high in points:
+        ax.errorbar(figure, y, xerr=[[figure - low], [high - figure]], fmt="s", color="tab:blue", capsize=3)
+    whole = subgroups["overall"][key]
+    label = f"{KEY_NAMES[key]}, {subgroups['level']:.0%} interval"
+    if whole is not None:  # named under the axis: a legend box would cover a row
+        ax.axvline(whole, color="grey", linestyle="--")
+        label += f"; dashed: whole part {whole:.3f}"
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(label)
+    ax.set_title(title)
+    return figure_png(fig)
+
+
+def deferral_png(figures: DeferralFigures, *, title: str) -> bytes:
+    """Risk-coverage on the test part: the precision of the most confident share of texts for every share, the
+    target precision, and the share the run's threshold decides with its realised precision."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    curve = figures["curve"]
+    ax.plot([p["coverage"] for p in curve], [p["precision"] for p in curve], color="tab:blue",
+            label="precision of the most confident share")
+    target = figures["rule"]["target_precision"]
+    ax.axhline(target, color="grey", linestyle="--", label=f"target {target:.0%}")
+    if figures["precision"] is not None and figures["low"] is not None and figures["high"] is not None:
+        ax.errorbar(figures["coverage"], figures["precision"], color="tab:red", fmt="o", capsize=3,
+                    yerr=[[figures["precision"] - figures["low"]], [figures["high"] - figures["precision"]]],
+                    label="the run's threshold (95% interval)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("share of texts decided automatically (coverage)")
+    ax.set_ylabel("precision of those decisions")
+    ax.legend(loc="lower left")
+    ax.set_title(title)
+    return figure_png(fig)
+
+
+def _deferral_lines(figures: DeferralFigures) -> list[str]:
+    return ["## Deferral to a person", "", f"![risk and coverage]({DEFERRAL_FILE})", "", *deferral_lines(figures), ""]
+
+
+def _subgroup_lines(subgroups: Subgroups) -> list[str]:
+    return ["## Performance by subgroup", "",
+            "The test figures for every value of each slice column (its rows only), with the gap to the whole test "
+            "part; a gap whose interval is wide says little, one that holds across figures says the model works "
+            "less well there.", "", f"![performance by subgroup]({SUBGROUPS_FILE})", "", *subgroup_lines(subgroups),
+            ""]
+
+
 def markdown_html(text: str, directory: Path, images: list[str]) -> str:
     """The report's markdown as one self-contained HTML page, rendered by markdown-it-py (CommonMark and tables; raw
     HTML in the markdown is not passed through): the run's PNGs are inlined as data: URIs, any other image is left
@@ -249,6 +331,12 @@ def _write_plots(directory: Path, metrics: RunMetrics, *, multi: bool, history: 
             cal, title=f"Test reliability ({'every label' if multi else 'top label'}, n={test['n']})"))
     if history is not None:  # a method that trains nothing has no history to plot
         atomic_write_bytes(directory / TRAINING_FILE, training_png(metrics["history"], per=history))
+    if "deferral" in test:
+        atomic_write_bytes(directory / DEFERRAL_FILE, deferral_png(test["deferral"],
+                                                                   title=f"Test part: deferral (n={test['n']})"))
+    if "subgroups" in test:
+        atomic_write_bytes(directory / SUBGROUPS_FILE, subgroups_png(test["subgroups"],
+                                                                     title=f"Test part by subgroup (n={test['n']})"))
 
 
 def _summary_lines(metrics: RunMetrics, spec: RunSpec) -> list[str]:
@@ -302,13 +390,11 @@ def _history_lines(history: list[HistoryRow], per: str | None) -> list[str]:
 
 def _data_lines(data: DataFigures, labels: list[str], config: TrainConfig, multi: bool) -> list[str]:
     """Rows per class and part, and how long the texts were and how much of them the model read."""
-    lines = ["", "## Data", "", f"| {'label' if multi else 'class'} | train | validation | test |", "|---|---|---|---|"]
     counts = data["class_counts"]
+    parts = [p for p in ("train", "validation", "test", "calibration") if p in counts]
+    lines = ["", "## Data", "", f"| {'label' if multi else 'class'} | {' | '.join(parts)} |", "|---" * (len(parts) + 1) + "|"]
     for label in labels:
-        lines.append(
-            f"| {label} | {counts['train'].get(label, 0)} | {counts['validation'].get(label, 0)} | "
-            f"{counts['test'].get(label, 0)} |"
-        )
+        lines.append(f"| {label} | " + " | ".join(str(counts[p].get(label, 0)) for p in parts) + " |")
     if config.long_text == "chunk":
         lines += ["", f"Long texts: windows of {config.max_length} tokens, at most {config.max_chunks} per text, "
                       f"window logits pooled by {config.pool}.", "",
@@ -344,7 +430,8 @@ def write_report(directory: Path, *, metrics: RunMetrics, spec: RunSpec, plots: 
     method = method_of(spec.method)
     if plots:
         _write_plots(directory, metrics, multi=multi, history=method.history)
-    images = [name for name in (CONFUSION_FILE, CALIBRATION_FILE, TRAINING_FILE) if (directory / name).is_file()]
+    images = [name for name in (CONFUSION_FILE, CALIBRATION_FILE, TRAINING_FILE, SUBGROUPS_FILE, DEFERRAL_FILE)
+              if (directory / name).is_file()]
     cal = test.get("calibration")
     lines = [
         *_summary_lines(metrics, spec),
@@ -363,6 +450,9 @@ def write_report(directory: Path, *, metrics: RunMetrics, spec: RunSpec, plots: 
         ]),
         "",
         *(_calibration_lines(cal, config, multi) if cal is not None else []),
+        *(["## Label sets (conformal)", "", *set_lines(test["sets"]), ""] if "sets" in test else []),
+        *(_deferral_lines(test["deferral"]) if "deferral" in test else []),
+        *(_subgroup_lines(test["subgroups"]) if "subgroups" in test else []),
         *_history_lines(metrics["history"], method.history),
         *_data_lines(metrics["data"], test["labels"], config, multi),
         *_environment_lines(spec),

@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from medclf.core.figures import Subgroups
 from medclf.core.methods import method_of
 from medclf.core.tasks import task_of
 from medclf.errors import MedclfError
@@ -19,7 +20,7 @@ from medclf.run.artifacts import CV_FILE, METRICS_FILE, is_run_dir, read_json
 from medclf.run.runspec import RunSpec
 
 COLUMNS = ["run", "kind", "created", "data", "data_sha256", "encoder", "method", "task", "options", "macro_f1",
-           "macro_f1_low", "macro_f1_high", "accuracy", "train_seconds"]
+           "macro_f1_low", "macro_f1_high", "accuracy", "worst_slice", "train_seconds"]
 
 
 def find_runs(root: str | Path) -> pd.DataFrame:
@@ -54,7 +55,8 @@ def _train_row(path: Path, root: Path) -> dict[str, Any]:
             "encoder": spec.config.model, "method": spec.method, "task": spec.task,
             "options": method_of(spec.method).runs_options(spec.config) + (", few labels" if metrics.get("few_shot") else ""),
             "macro_f1": test["macro_f1"], "macro_f1_low": band.get("low"), "macro_f1_high": band.get("high"),
-            "accuracy": test.get(accuracy_key), "train_seconds": metrics["timing"]["train_seconds"]}
+            "accuracy": test.get(accuracy_key), "worst_slice": worst_slice(test.get("subgroups")),
+            "train_seconds": metrics["timing"]["train_seconds"]}
 
 
 def _cv_row(path: Path, root: Path) -> dict[str, Any] | None:
@@ -73,18 +75,30 @@ def _cv_row(path: Path, root: Path) -> dict[str, Any] | None:
             "data_sha256": (spec.data_sha256.get("data") or "")[:12], "encoder": config.model, "method": spec.method,
             "task": spec.task, "options": method_of(spec.method).runs_options(config), "macro_f1": summary["macro_f1"]["mean"],
             "macro_f1_low": summary["macro_f1"]["low"], "macro_f1_high": summary["macro_f1"]["high"],
-            "accuracy": accuracy.get("mean"), "train_seconds": sum(r.get("train_seconds", 0.0) for r in report["rows"])}
+            "accuracy": accuracy.get("mean"), "worst_slice": None, "train_seconds": sum(r.get("train_seconds", 0.0) for r in report["rows"])}
+
+
+def worst_slice(subgroups: Subgroups | None) -> str | None:
+    """The judged slice with the largest macro-F1 shortfall against the whole test part, 'column = value -0.081'."""
+    if not subgroups:
+        return None
+    gaps = [(row["gap"]["macro_f1"], column, row["value"]) for column, rows in subgroups["columns"].items()
+            for row in rows if row["judged"] and row["gap"].get("macro_f1") is not None]
+    if not gaps:
+        return None
+    gap, column, value = min(gaps, key=lambda g: (g[0] or 0.0, g[1], g[2]))
+    return f"{column} = {value} {gap:+.3f}"
 
 
 def format_runs(frame: pd.DataFrame) -> str:
     """A markdown table of find_runs' rows."""
     lines = ["| run | kind | created | data (sha256) | encoder | method | options | test macro-F1 (95% interval) | "
-             "accuracy | training s |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "accuracy | worst subgroup (macro-F1 gap) | training s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in frame.itertuples(index=False):
         band = (f" ({row.macro_f1_low:.3f}-{row.macro_f1_high:.3f})"
                 if pd.notna(row.macro_f1_low) and pd.notna(row.macro_f1_high) else "")
         accuracy = f"{row.accuracy:.3f}" if pd.notna(row.accuracy) else ""
         lines.append(f"| {row.run} | {row.kind} | {str(row.created)[:19]} | {row.data} ({row.data_sha256}) | "
                      f"{row.encoder} | {row.method}{' multi-label' if row.task == 'multi-label' else ''} | {row.options} | "
-                     f"{row.macro_f1:.3f}{band} | {accuracy} | {row.train_seconds:.0f} |")
+                     f"{row.macro_f1:.3f}{band} | {accuracy} | {row.worst_slice or ''} | {row.train_seconds:.0f} |")
     return "\n".join(lines) + "\n"

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medclf.config import TrainConfig
+from medclf.core.figures import DeferralRule
 from medclf.errors import MedclfError
 from medclf.run.artifacts import CONFIG_FILE, atomic_write_json, read_json
 
@@ -37,6 +38,9 @@ class RunSpec:
     """The temperature fitted on the validation part (folded or not)."""
     thresholds: dict[str, float] | None = None
     """multi-label: the decision threshold per label, tuned on the validation part."""
+    deferral: DeferralRule | None = None
+    """--target-precision: the threshold on the top probability below which a text goes to a person, and how it was
+    chosen (on the calibration part, with PyTorch at `evaluation_precision`); threshold None: the target was not shown."""
     text_columns: list[str] = field(default_factory=lambda: ["text"])
     label_column: str | list[str] = "label"
     model_source: str = ""

@@ -115,7 +115,13 @@ def log_job(*, kind: str, name: str, directory: Path, params: Mapping[str, objec
 
 
 RUN_ARTIFACTS = ["report.md", "report.html", "metrics.json", "train_config.json", "train.log", "confusion_matrix.png",
-                 "calibration.png", "training.png", "model/README.md"]
+                 "calibration.png", "training.png", "subgroups.png", "deferral.png", "model/README.md"]
+
+
+def metric_name(name: str) -> str:
+    """`name` with the characters MLflow refuses in a metric name (it allows letters, digits, _ - . space /)
+    replaced by '_'."""
+    return re.sub(r"[^0-9A-Za-z_\-. /]", "_", name)
 
 
 def track_train(run_dir: Path) -> str:
@@ -130,6 +136,17 @@ def track_train(run_dir: Path) -> str:
     cal = test.get("calibration") or {}
     final.update({f"test_{k}": v for k, v in cal.items() if k.startswith(("ece", "brier"))})
     final.update({f"baseline_tfidf_{k}": v for k, v in (metrics.get("baseline_tfidf") or {}).items()})
+    for column, rows in (test.get("subgroups") or {}).get("columns", {}).items():  # the judged slices' figures
+        for row in rows:
+            for key, value in (row.get("figures") or {}).items():
+                final[metric_name(f"test_slice.{column}.{row['value']}.{key}")] = value
+    for row in (test.get("sets") or {}).get("rows", []):  # conformal label sets: coverage and size per level
+        name = f"test_sets.{row['score']}{'_by_class' if row['by_class'] else ''}.{row['level']}"
+        final[f"{name}.coverage"], final[f"{name}.mean_size"] = row["coverage"], row["mean_size"]
+    deferral = test.get("deferral")
+    if deferral:
+        final.update({"test_deferral.coverage": deferral["coverage"], "test_deferral.precision": deferral["precision"],
+                      "test_deferral.threshold": deferral["rule"]["threshold"]})
     final.update({k: v for k, v in metrics["timing"].items()})
     # step = the epoch (embeddings: the i-th C tried); the history's optimizer step count goes along as a metric
     steps = [{**{k: v for k, v in row.items() if k != "step"}, "optimizer_step": row.get("step"),

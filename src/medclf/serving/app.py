@@ -180,6 +180,11 @@ class PredictRequest(BaseModel):
     text: str | None = Field(None, description="One text; the answer is one prediction.")
     texts: list[str] | None = Field(None, description="Several texts; the answer is a list of predictions in order.")
     top_k: int | None = Field(None, ge=1, description="Give only the K most probable classes per text.")
+    sets: float | None = Field(None, gt=0, lt=1, description="Also give each text's conformal label set at this "
+                               "coverage (0.9: the set holds the true label for at least 90% of texts drawn as the "
+                               "run's calibration part was); single-label runs with a calibration part.")
+    set_score: str = Field("lac", description="sets: lac (smallest sets) | aps (sets grow with how hard a text is).")
+    set_by_class: bool = Field(False, description="sets: calibrated per class (every class keeps the coverage).")
 
 
 class ExplainRequest(BaseModel):
@@ -216,16 +221,28 @@ async def predict(body: PredictRequest, served: Served = Depends(_served)) -> An
         problem = _text_problem(text, ["text"] if single else ["texts", i], settings)
         if problem is not None:
             return problem
-    assert served.batcher is not None
+    clf = served.clf
+    assert clf is not None and served.batcher is not None  # _served answers 503 until the model is loaded
+    request = None
+    if body.sets is not None:
+        from medclf.core.conformal import SetRequest
+
+        try:
+            request = SetRequest(coverage=body.sets, score=body.set_score, by_class=body.set_by_class)
+            clf.conformal_sets()
+        except MedclfError as error:  # no text in it: the run or the option is at fault
+            return _field_error(422, ["sets"], str(error), "value_error")
     try:
         predictions = await served.batcher.submit(texts)
     except Overloaded:
         return _error(503, f"The server is at capacity ({settings.max_queue} texts queued); retry shortly.",
                       headers={"Retry-After": "1"})
-    clf = served.clf
-    assert clf is not None  # _served answers 503 until the model is loaded
     k = None if body.top_k is None else min(body.top_k, len(clf.labels))
-    records = prediction_records(clf.labels, predictions, k)
+    sets = None if request is None else clf.label_sets(predictions.probabilities, request)
+    routed = None if clf.deferral is None else clf.route(predictions.probabilities)
+    if routed is not None:
+        served.metrics.deferred.inc(sum(r.deferred for r in routed))
+    records = prediction_records(clf.labels, predictions, k, sets, routed)
     return records[0] if single else {"predictions": records}
 
 
@@ -392,6 +409,7 @@ def _model_info(clf: "TextClassifier", settings: ServeSettings, version: str) ->
         "labels": clf.labels,
         "multi_label": clf.multi_label,
         "thresholds": clf.thresholds,
+        "deferral": clf.deferral,
         "backend": clf.backend,
         "max_length": clf.max_length,
         "trained": spec.created if spec else None,

@@ -42,6 +42,8 @@ class Metrics:
                                            "Time per batch in the model (tokenization included).",
                                            buckets=LATENCY_BUCKETS, **where)
         self.texts = Counter("medclf_texts", "Texts classified.", **where)
+        self.deferred = Counter("medclf_deferred_texts", "Texts sent to a person by the run's deferral rule "
+                                "(--target-precision).", **where)
         self.rejected_overload = Counter("medclf_rejected_overload", "Requests refused with 503 because the queue "
                                          "was full.", **where)
         self.queue = Gauge("medclf_queue_texts", "Texts waiting for the model.", multiprocess_mode="livesum", **where)

@@ -22,7 +22,8 @@ import numpy as np
 from medclf.config import TrainConfig
 from medclf.core.figures import FIGURE_NAMES, Band, CVReport, FigureKey, FoldRow, Headline, Label
 from medclf.core.labels import LabeledData
-from medclf.core.tasks import headline_figures, task_for
+from medclf.core.subgroups import subgroup_figures, subgroup_lines
+from medclf.core.tasks import headline_figures, task_for, task_of
 from medclf.errors import MedclfError
 from medclf.run.artifacts import CV_FILE, StagedRun, atomic_write_json, atomic_write_text
 from medclf.run.tracking import log_job
@@ -68,6 +69,8 @@ class FoldResult:
     train_seconds: float
     probs: np.ndarray
     """The fold's test rows' calibrated probabilities, in the test part's order."""
+    decided: np.ndarray
+    """The fold's decisions on them (multi-label: at the fold's own thresholds)."""
 
 
 def mean_interval(values: list[float], level: float = 0.95) -> Band:
@@ -101,8 +104,11 @@ def _run_fold(fold: _Fold, progress: bool, threads: int | None = None) -> FoldRe
 
         torch.set_num_threads(threads)
     result = train(fold.config, progress=progress, splits=fold.splits, plots=False)
+    task, thresholds = task_of(result.test_metrics), result.test_metrics.get("thresholds")
+    decided = task.decide(result.probs, None if thresholds is None else np.array([thresholds[lab] for lab in
+                                                                                   result.test_metrics["labels"]]))
     return FoldResult(figures={key: float(value) for key, value in headline_figures(result.test_metrics).items()},
-                      train_seconds=result.metrics["timing"]["train_seconds"], probs=result.probs)
+                      train_seconds=result.metrics["timing"]["train_seconds"], probs=result.probs, decided=decided)
 
 
 def _fold_jobs(config: TrainConfig, data: LabeledData, labels: list[str], pairs: list[tuple[list[int], list[int]]],
@@ -159,6 +165,9 @@ def cross_validate(config: TrainConfig, *, folds: int = 5, progress: bool = Fals
 
     if config.test_data is not None:
         raise MedclfError("--test-data does not apply to cross-validation: every row is tested once, in its fold.")
+    if config.target_precision is not None or config.calibration_size:
+        raise MedclfError("Cross-validation keeps no calibration part, so it reports no label sets or deferral; drop "
+                          "--calibration-size and --target-precision (train the run you deploy with them).")
     job = open_job(config, prefix="cv-", distributed=False)
     started, output = job.started, job.output
     data, labels = read_training_data(config)
@@ -179,9 +188,16 @@ def cross_validate(config: TrainConfig, *, folds: int = 5, progress: bool = Fals
                             "rows": rows, "summary": summary,
                             "interval": "95% Student t interval for the mean over the folds", "seconds": seconds,
                             "config": config.to_dict()}
+        probs = out_of_fold(jobs, [result.probs for result in results], n_rows=len(data), n_labels=len(labels))
+        if data.slices:  # by subgroup: every row's out-of-fold prediction, as the folds decided them
+            task = task_for(config.multi_label)
+            decided = out_of_fold(jobs, [result.decided.astype(float) for result in results], n_rows=len(data),
+                                  n_labels=len(labels) if config.multi_label else 1)
+            decided = decided.astype(bool) if config.multi_label else decided[:, 0].astype(int)
+            report["subgroups"] = subgroup_figures(task, task.targets(data.labels, labels), probs, decided, data.slices,
+                                                   min_count=config.slice_min_count, seed=config.seed)
         atomic_write_json(run.path / CV_FILE, report)
         atomic_write_text(run.path / CV_TABLE, format_cv(report))
-        probs = out_of_fold(jobs, results, n_rows=len(data), n_labels=len(labels))
     final = run.final
     if config.track == "mlflow":
         figures = {f"{key}_{part}": band[part] for key, band in summary.items() for part in ("mean", "sd", "low", "high")}
@@ -203,11 +219,11 @@ def _fold_row(k: int, fold: _Fold, result: FoldResult) -> FoldRow:
     return row
 
 
-def out_of_fold(jobs: list[_Fold], results: list[FoldResult], *, n_rows: int, n_labels: int) -> np.ndarray:
-    """Every data row's probabilities from the fold that tested it, in data order."""
+def out_of_fold(jobs: list[_Fold], per_fold: list[np.ndarray], *, n_rows: int, n_labels: int) -> np.ndarray:
+    """Every data row's values (probabilities, decisions) from the fold that tested it, in data order."""
     probs = np.full((n_rows, n_labels), np.nan)
-    for fold, result in zip(jobs, results):
-        probs[fold.held] = result.probs
+    for fold, values in zip(jobs, per_fold):
+        probs[fold.held] = values.reshape(len(fold.held), n_labels)
     if np.isnan(probs).any():  # every row is in exactly one test fold; a gap means a fold run lost rows
         raise RuntimeError("cross-validation left rows without an out-of-fold prediction")
     return probs
@@ -225,5 +241,7 @@ def format_cv(report: CVReport) -> str:
     lines.append("| 95% interval | | " + " | ".join(f"[{summary[k]['low']:.4f}, {summary[k]['high']:.4f}]" for k in keys)
                  + " | |")
     grouped = f", grouped by {report['grouped_by']}" if report["grouped_by"] else ""
+    if "subgroups" in report:
+        lines += ["", "By subgroup, on every row's out-of-fold prediction:", "", *subgroup_lines(report["subgroups"])]
     return (f"{report['folds']}-fold cross-validation{grouped}, seed {report['seed']}, {report['seconds']:.0f} s\n\n"
             + "\n".join(lines) + "\n")

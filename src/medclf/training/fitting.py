@@ -158,6 +158,8 @@ class Prepared:
     """Whether the few-labels rule applies, and why: `FewLabels` says everything it changes."""
     evaluation: PrecisionChoice = field(default_factory=lambda: PrecisionChoice("fp32", "fp32 unless chosen"))
     """The precision of validation and test passes: inference's choice on this machine (`inference_precision`)."""
+    y_calibration: np.ndarray | None = None
+    """The calibration part's class ids (None: the run has no calibration part; its tokens are enc['calibration'])."""
 
 
 @dataclass

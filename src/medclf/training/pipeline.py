@@ -4,6 +4,7 @@ metrics, intervals, the TF-IDF baseline), then the run directory written in a st
 from __future__ import annotations
 
 import importlib
+import math
 import platform
 import time
 from collections.abc import Callable
@@ -19,11 +20,14 @@ from medclf._version import __version__
 from medclf.config import TrainConfig
 from medclf.core.baseline import start_tfidf
 from medclf.core.calibration import calibration_summary, fold_temperature, scale_thresholds, temperature_for
+from medclf.core.conformal import ConformalSets, set_figures
+from medclf.core.deferral import DeferralRequest, choose_threshold, deferral_figures, rule_sentence
 from medclf.core.descriptions import Descriptions, check_label_descriptions, read_label_descriptions
 from medclf.core.figures import Figures, RunMetrics, Truncation
 from medclf.core.labels import LabeledData
 from medclf.core.methods import FitMethod, method_of
 from medclf.core.metrics import bootstrap_intervals, headline
+from medclf.core.subgroups import subgroup_figures
 from medclf.core.tables import demo_data_path
 from medclf.core.tasks import Task, headline_figures, task_for
 from medclf.errors import MedclfError
@@ -32,10 +36,12 @@ from medclf.model.modeling import check_max_length, choose_device, inference_pre
 from medclf.reporting.card import write_card
 from medclf.reporting.report import write_report
 from medclf.run.artifacts import (
+    CALIBRATION_PREDICTIONS_FILE,
     LOG_FILE,
     METRICS_FILE,
     MODEL_DIR,
     PREDICTIONS_FILE,
+    VALIDATION_PREDICTIONS_FILE,
     StagedRun,
     atomic_write_json,
     atomic_write_text,
@@ -98,6 +104,10 @@ class Tested:
     thresholds: np.ndarray | None
     note: str
     seconds: float
+    calibration_probs: np.ndarray | None = None
+    """The calibration part's calibrated probabilities (None: no calibration part)."""
+    validation_probs: np.ndarray | None = None
+    """The validation part's, where the run has a calibration part (they place the deferral scan's start)."""
 
 
 def train(config: TrainConfig, *, progress: bool = True, splits: Splits | None = None, plots: bool = True) -> TrainResult:
@@ -117,8 +127,9 @@ def train(config: TrainConfig, *, progress: bool = True, splits: Splits | None =
     source = resolve_model(config.model)
     check_max_length(source, config.max_length, trust_remote_code=config.trust_remote_code)
     runlog.info(
-        "Data: %d train / %d validation / %d test rows, %d %s (%s).",
-        len(splits.train), len(splits.val), len(splits.test), len(splits.labels),
+        "Data: %d train / %d validation / %d test%s rows, %d %s (%s).",
+        len(splits.train), len(splits.val), len(splits.test),
+        "" if splits.calibration is None else f" / {len(splits.calibration)} calibration", len(splits.labels),
         task.classes, splits.how,
     )
     set_seed(config.seed)
@@ -129,7 +140,7 @@ def train(config: TrainConfig, *, progress: bool = True, splits: Splits | None =
                            multi_label=task.multi_label, background=prep.device.type == "cuda")
     fitted = fit_function(method_of(config.method))(config, source=source, labels=splits.labels, prep=prep,
                                                     runlog=runlog, progress=progress and dist.is_main)
-    tested = _test(fitted, prep, splits.labels, config)
+    tested = _test(fitted, prep, splits.labels, config, slices=splits.test.slices)
     metrics = _metrics(config, splits, prep, fitted, tested, baseline())
     spec = _run_spec(config, splits, task, source, prep, fitted, tested)
     if not dist.is_main:  # the main process writes the run; the others wait for it and report the same figures
@@ -152,10 +163,13 @@ def _prepare(config: TrainConfig, splits: Splits, task: Task, *, tokenizer: PreT
                     "(effective batch %d with gradient accumulation %d); --lr is used as given, not scaled.",
                     dist.world, config.batch_size, dist.world, config.batch_size * dist.world * config.grad_accum,
                     config.grad_accum)
+    parts = [("train", splits.train), ("val", splits.val), ("test", splits.test)]
+    if splits.calibration is not None:
+        parts.append(("calibration", splits.calibration))
     enc = {
         name: encode(tokenizer, part.texts, max_length=config.max_length, long_text=config.long_text,
                      stride=config.stride, max_chunks=config.max_chunks)
-        for name, part in (("train", splits.train), ("val", splits.val), ("test", splits.test))
+        for name, part in parts
     }
     for name, e in enc.items():
         if e.doc_of is not None:
@@ -198,19 +212,23 @@ def _prepare(config: TrainConfig, splits: Splits, task: Task, *, tokenizer: PreT
         descriptions=rows,
         few_labels=few_labels,
         evaluation=evaluation,
+        y_calibration=None if splits.calibration is None else task.targets(splits.calibration.labels, labels),
     )
 
 
-def _test(fitted: Fitted, prep: Prepared, labels: list[str], config: TrainConfig) -> Tested:
-    """Calibrate on validation (temperature scaling: changes no decision), then the test figures of the kept model."""
+def _test(fitted: Fitted, prep: Prepared, labels: list[str], config: TrainConfig, *,
+          slices: dict[str, list[str]] | None = None) -> Tested:
+    """Calibrate on validation (temperature scaling: changes no decision), then the test figures of the kept model
+    (with slices: by subgroup too)."""
     model, task, y_test = fitted.model, prep.task, prep.y_test
 
     def logits(part: str) -> np.ndarray:
         return document_logits(model, prep.enc[part], config, prep)
 
     temperature, note = 1.0, "off (--no-calibrate)"
-    if config.calibrate:
-        temperature, note = temperature_for(logits("val"), prep.y_val, task)
+    val_logits = logits("val") if config.calibrate or prep.y_calibration is not None else None
+    if config.calibrate and val_logits is not None:
+        temperature, note = temperature_for(val_logits, prep.y_val, task)
     start = time.perf_counter()
     test_logits = logits("test")
     probs = task.probabilities(test_logits / temperature)
@@ -224,6 +242,25 @@ def _test(fitted: Fitted, prep: Prepared, labels: list[str], config: TrainConfig
     test["calibration"] = calibration_summary(test_logits, y_test, task, temperature)
     test["intervals"] = bootstrap_intervals(y_test, task.decide(probs, thresholds), multi_label=task.multi_label,
                                             seed=config.seed)
+    calibration_probs = val_probs = None
+    if prep.y_calibration is not None and val_logits is not None:  # sets and deferral, on rows that chose nothing
+        calibration_probs = task.probabilities(logits("calibration") / temperature)
+        val_probs = task.probabilities(val_logits / temperature)
+        test["sets"] = set_figures(ConformalSets(calibration_probs, prep.y_calibration), probs, y_test, labels,
+                                   precision=prep.evaluation.name)
+        if config.target_precision is not None:
+            rule = choose_threshold(calibration_probs.max(axis=1), calibration_probs.argmax(axis=1) == prep.y_calibration,
+                                    DeferralRequest(config.target_precision, config.deferral_delta),
+                                    n_labels=len(labels), order_confidence=val_probs.max(axis=1),
+                                    order_correct=val_probs.argmax(axis=1) == prep.y_val, backend="torch",
+                                    precision=prep.evaluation.name)
+            test["deferral"] = deferral_figures(probs, y_test, rule, labels)
+    if slices:
+        kept_rule = test["deferral"]["rule"] if "deferral" in test else None
+        defer_below = (None if kept_rule is None else math.inf if kept_rule["threshold"] is None
+                       else kept_rule["threshold"])
+        test["subgroups"] = subgroup_figures(task, y_test, probs, task.decide(probs, thresholds), slices,
+                                             min_count=config.slice_min_count, seed=config.seed, defer_below=defer_below)
     # The saved model gives calibrated logits itself where its last layer is linear; otherwise the run keeps T
     # and TextClassifier divides by it.
     folded = temperature != 1.0 and fold_temperature(model, temperature)
@@ -232,7 +269,7 @@ def _test(fitted: Fitted, prep: Prepared, labels: list[str], config: TrainConfig
     if task.multi_label:
         test["at_threshold_0.5"] = headline_figures(task.metrics(y_test, task.probabilities(test_logits), labels))
     return Tested(metrics=test, probs=probs, temperature=temperature, folded=folded, thresholds=thresholds, note=note,
-                  seconds=seconds)
+                  seconds=seconds, calibration_probs=calibration_probs, validation_probs=val_probs)
 
 
 def _metrics(config: TrainConfig, splits: Splits, prep: Prepared, fitted: Fitted, tested: Tested,
@@ -255,9 +292,11 @@ def _metrics(config: TrainConfig, splits: Splits, prep: Prepared, fitted: Fitted
             "n_train": len(splits.train),
             "n_val": len(splits.val),
             "n_test": len(splits.test),
+            "n_calibration": 0 if splits.calibration is None else len(splits.calibration),
             "class_counts": {
                 name: task.counts(part.labels) for name, part in
-                (("train", splits.train), ("validation", splits.val), ("test", splits.test))
+                (("train", splits.train), ("validation", splits.val), ("test", splits.test),
+                 ("calibration", splits.calibration)) if part is not None
             },
             "n_dropped_empty": splits.train.n_dropped,
             "truncation": {name: _truncation(e, config.max_length) for name, e in prep.enc.items()},
@@ -284,6 +323,7 @@ def _run_spec(config: TrainConfig, splits: Splits, task: Task, source: str, prep
         temperature=1.0 if tested.folded else tested.temperature,
         calibration_temperature=tested.temperature,
         thresholds=None if tested.thresholds is None else {lab: float(t) for lab, t in zip(labels, tested.thresholds)},
+        deferral=tested.metrics["deferral"]["rule"] if "deferral" in tested.metrics else None,
         text_columns=splits.train.text_columns,
         label_column=splits.train.label_column,
         model_source=source,
@@ -324,9 +364,16 @@ def _write_run(output: Path, config: TrainConfig, splits: Splits, task: Task, to
         runlog.info("Calibration: temperature %.3f (%s%s); test ECE %.4f -> %.4f, Brier %.4f -> %.4f.", tested.temperature,
                     tested.note, ", folded into the saved head" if tested.folded else "", cal["ece_before"],
                     cal["ece_after"], cal["brier_before"], cal["brier_after"])
+        if "deferral" in test:
+            runlog.info("Deferral: %s", rule_sentence(test["deferral"]["rule"]))
         atomic_write_text(stage / LOG_FILE, runlog.text())
         atomic_write_text(stage / PREDICTIONS_FILE, _predictions_csv(splits.test, splits.labels, task, tested.probs,
                                                                      tested.thresholds, config.label_sep))
+        for name, part, part_probs in ((CALIBRATION_PREDICTIONS_FILE, splits.calibration, tested.calibration_probs),
+                                       (VALIDATION_PREDICTIONS_FILE, splits.val, tested.validation_probs)):
+            if part is not None and part_probs is not None:
+                atomic_write_text(stage / name, _predictions_csv(part, splits.labels, task, part_probs, None,
+                                                                 config.label_sep))
         metrics["timing"]["total_seconds"] = time.perf_counter() - started
         write_report(stage, metrics=metrics, spec=spec, plots=plots)
         atomic_write_json(stage / METRICS_FILE, metrics)

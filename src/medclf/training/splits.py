@@ -22,11 +22,16 @@ class Splits:
     test: LabeledData
     labels: list[str]
     how: str
+    calibration: LabeledData | None = None
+    """Rows held out from training and selection, on which conformal label sets are calibrated (None: none)."""
 
 
 def read_training_data(config: TrainConfig) -> tuple[LabeledData, list[str]]:
     """The training table, read and validated, and its label names."""
-    data = load_labeled(config.data, role="training data", **_columns(config))
+    columns = _columns(config)
+    if config.test_data is not None:  # subgroups are reported on the test part: the slice columns are its to have
+        columns["slice_columns"] = None
+    data = load_labeled(config.data, role="training data", **columns)
     if config.multi_label:
         declared = data.label_column if isinstance(data.label_column, list) else None
         labels = check_label_sets(label_sets(data.labels), source=data.source, declared=declared,
@@ -43,11 +48,13 @@ class _Columns(TypedDict):
     multi_label: bool
     label_sep: str
     group_column: str | None
+    slice_columns: list[str] | None
 
 
 def _columns(config: TrainConfig) -> _Columns:
     return {"text_columns": config.text_columns, "label_column": config.label_column, "drop_empty": config.drop_empty,
-            "multi_label": config.multi_label, "label_sep": config.label_sep, "group_column": config.group_column}
+            "multi_label": config.multi_label, "label_sep": config.label_sep, "group_column": config.group_column,
+            "slice_columns": config.slice_columns}
 
 
 def split_off(pool: LabeledData, *, fraction: float, seed: int, part: str, option: str) -> tuple[LabeledData, LabeledData]:
@@ -68,13 +75,14 @@ def prepare_splits(config: TrainConfig) -> Splits:
     data, labels = read_training_data(config)
     columns = _columns(config)  # the other parts are read with the columns the training table resolved to
     columns["text_columns"], columns["label_column"], columns["group_column"] = data.text_columns, data.label_column, None
+    unsliced: _Columns = {**columns, "slice_columns": None}  # subgroups are reported on the test part only
     how = []
     grouped = f", grouped by {config.group_column}" if config.group_column else ""
 
     def part(path: str | None, pool: LabeledData, fraction: float, name: str) -> tuple[LabeledData, LabeledData]:
         """(rest of pool, the named part): read from `path`, or a stratified slice of `pool`."""
         if path is not None:
-            held = load_labeled(path, role=f"{name} data", **columns)
+            held = load_labeled(path, role=f"{name} data", **(columns if name == "test" else unsliced))
             _check_known(held, labels, name)
             how.append(f"{name} from {path}")
             return pool, held
@@ -83,9 +91,15 @@ def prepare_splits(config: TrainConfig) -> Splits:
         return split_off(pool, fraction=fraction, seed=config.seed, part=name, option=option)
 
     train, test = part(config.test_data, data, config.test_size, "test")
+    calibration = None
+    share = config.calibration_share()
+    if share:
+        train, calibration = split_off(train, fraction=share, seed=config.seed, part="calibration",
+                                       option="--calibration-size 0")
+        how.append(f"stratified {share:.0%} calibration part{grouped}")
     train, val = part(config.val_data, train, config.val_size, "validation")
     check_training_labels(train, labels)
-    return Splits(train=train, val=val, test=test, labels=labels, how="; ".join(how))
+    return Splits(train=train, val=val, test=test, labels=labels, how="; ".join(how), calibration=calibration)
 
 
 def _label_names(values: Sequence[Label]) -> set[str]:
