@@ -240,7 +240,10 @@ def test_export_rechooses_the_threshold_for_each_onnx_model_and_refuses_an_unche
     export_onnx(run, quantize="none")
     assert not json.loads((run / "onnx" / "export.json").read_text())["deferral"]["checked"]
     with pytest.raises(MedclfError, match="medclf export"):
-        _ = TextClassifier.load(run, backend="onnx").deferral
+        TextClassifier.load(run, backend="onnx")
+    auto = TextClassifier.load(run)  # auto never uses a model without its rule: PyTorch, and predict still works
+    assert auto.backend == "torch" and auto.deferral == spec["run"]["deferral"]
+    assert runner.invoke(app, ["predict", str(run), "chest pain"]).exit_code == 0
 
 
 def test_cv_refuses_the_options_it_cannot_honour(tiny_model, small_csv, tmp_path):

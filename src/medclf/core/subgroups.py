@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 OTHER = "(other)"
 MIN_COUNT = 10
 """Values seen fewer times than this in the part reported are folded into OTHER."""
+ECE_BLOCK = 50
+"""Consistency resamples drawn at a time (the same random stream as all at once)."""
 MIN_ROWS = 30
 """Slices with fewer rows than this are named, with their row count, and not judged."""
 SINGLE_SLICE_KEYS = ("accuracy", "macro_f1", "ece", "auc")
@@ -124,9 +126,11 @@ def calibrated_ece_range(task: Task, probs: np.ndarray, *, draws: int, seed: int
     confidence, bins = _confidence_bins(task, probs)
     c, b = confidence.ravel(), bins.ravel()
     rng = np.random.default_rng(seed)
-    outcomes = rng.random((draws, len(c))) < c  # draws x values
     onehot = np.eye(ECE_BINS)[b]  # values x bins
-    eces = np.abs(outcomes @ onehot - c @ onehot).sum(axis=1) / max(1, len(c))
+    expected = c @ onehot
+    eces = np.concatenate([  # in blocks of draws, so memory stays ~100 x values whatever the number of draws
+        np.abs((rng.random((k, len(c))) < c).astype(float) @ onehot - expected).sum(axis=1) / max(1, len(c))
+        for k in [min(ECE_BLOCK, draws - i) for i in range(0, draws, ECE_BLOCK)]])
     tail = (1 - level) / 2
     return float(np.quantile(eces, tail)), float(np.quantile(eces, 1 - tail))
 

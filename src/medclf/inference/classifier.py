@@ -221,6 +221,14 @@ class TextClassifier:
                   "thresholds": spec.threshold_list(_config_labels(model_dir))}
         tokenizer = load_tokenizer(str(model_dir), trust_remote_code=trust_remote_code)
         onnx_path = onnx_file(model_dir.parent, backend, device)
+        if onnx_path is not None and spec.deferral is not None and exported_deferral(onnx_path) is None:
+            # a run that defers is never used without its rule: an ONNX model whose export did not re-check it
+            if backend != "auto":
+                raise MedclfError(f"The run's deferral threshold was not re-checked for {onnx_path.name}; run "
+                                  "`medclf export` again with the training table where it was trained from, or use "
+                                  "--backend torch.")
+            log.info("Backend auto: %s has no re-checked deferral threshold; PyTorch instead.", onnx_path.name)
+            onnx_path = None
         if onnx_path is not None:
             if options.precision == "bf16":
                 raise MedclfError("precision bf16 is for the PyTorch backend; pass --backend torch, or leave precision "

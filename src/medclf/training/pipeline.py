@@ -371,9 +371,9 @@ def _write_run(output: Path, config: TrainConfig, splits: Splits, task: Task, to
                                                                      tested.thresholds, config.label_sep))
         for name, part, part_probs in ((CALIBRATION_PREDICTIONS_FILE, splits.calibration, tested.calibration_probs),
                                        (VALIDATION_PREDICTIONS_FILE, splits.val, tested.validation_probs)):
-            if part is not None and part_probs is not None:
+            if part is not None and part_probs is not None:  # full precision: label sets are calibrated on them
                 atomic_write_text(stage / name, _predictions_csv(part, splits.labels, task, part_probs, None,
-                                                                 config.label_sep))
+                                                                 config.label_sep, float_format="%.10g"))
         metrics["timing"]["total_seconds"] = time.perf_counter() - started
         write_report(stage, metrics=metrics, spec=spec, plots=plots)
         atomic_write_json(stage / METRICS_FILE, metrics)
@@ -399,7 +399,8 @@ def _truncation(e: Encoded, max_length: int) -> Truncation:
 
 
 def _predictions_csv(
-    test: LabeledData, labels: list[str], task: Task, probs: np.ndarray, thresholds: np.ndarray | None, sep: str
+    test: LabeledData, labels: list[str], task: Task, probs: np.ndarray, thresholds: np.ndarray | None, sep: str,
+    *, float_format: str = "%.6f",
 ) -> str:
     """Test predictions by source row index; the texts are left out (they may hold patient data).
     Multi-label: the true and predicted label sets joined with the run's label separator."""
@@ -415,7 +416,7 @@ def _predictions_csv(
         frame["score"] = probs[np.arange(len(decided)), decided]
     for i, lab in enumerate(labels):
         frame[f"prob_{lab}"] = probs[:, i]
-    return frame.to_csv(index=False, float_format="%.6f")
+    return frame.to_csv(index=False, float_format=float_format)
 
 
 def _versions() -> dict[str, str]:

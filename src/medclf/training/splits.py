@@ -95,7 +95,7 @@ def prepare_splits(config: TrainConfig) -> Splits:
     share = config.calibration_share()
     if share:
         train, calibration = split_off(train, fraction=share, seed=config.seed, part="calibration",
-                                       option="--calibration-size 0")
+                                       option="a smaller --calibration-size")
         how.append(f"stratified {share:.0%} calibration part{grouped}")
     train, val = part(config.val_data, train, config.val_size, "validation")
     check_training_labels(train, labels)
