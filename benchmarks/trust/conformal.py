@@ -55,7 +55,7 @@ def redraws(probs: Any, y: Any, labels: list[str], *, n_cal: int, draws: int, se
     """Coverage, set size and per-class coverage of each variant and level, and the top-k baseline, per re-draw."""
     import numpy as np
 
-    from medclf.core.conformal import ConformalSets, SetRequest, topk_baseline
+    from medclf.core.conformal import ConformalSets, SetRequest, topk_baseline, true_ranks
 
     rng = np.random.default_rng(seed)
     rows: dict[str, list[dict[str, Any]]] = {f"{s}{'-by-class' if b else ''}@{lv}": [] for s, b in VARIANTS for lv in LEVELS}
@@ -64,7 +64,7 @@ def redraws(probs: Any, y: Any, labels: list[str], *, n_cal: int, draws: int, se
         order = rng.permutation(len(y))
         cal, test = order[:n_cal], order[n_cal:]
         sets = ConformalSets(probs[cal], y[cal])
-        ranks = (probs[test] > probs[test, y[test]][:, None]).sum(axis=1)
+        ranks = true_ranks(probs[test], y[test])
         curve = [0.0] + [float((ranks < k).mean()) for k in range(1, probs.shape[1] + 1)]  # top-k coverage, k = 0..K
         for score, by_class in VARIANTS:
             for level in LEVELS:

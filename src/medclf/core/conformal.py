@@ -85,6 +85,11 @@ def true_scores(probs: np.ndarray, y: np.ndarray, score: str) -> np.ndarray:
     return label_scores(probs, score)[np.arange(len(y)), y]
 
 
+def true_ranks(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Each row's true label's rank among its probabilities (0: the most probable): top-k holds it where rank < k."""
+    return (probs > probs[np.arange(len(y)), y][:, None]).sum(axis=1)
+
+
 def conformal_quantile(scores: np.ndarray, coverage: float) -> float:
     """The ceil((n + 1) * coverage)-th smallest score (inf where that rank exceeds n)."""
     n = len(scores)
@@ -103,7 +108,7 @@ class ConformalSets:
         self.n_labels = probs.shape[1]
         self.y = np.asarray(y, dtype=int)
         self.scores = {name: true_scores(probs, self.y, name) for name in SCORES}
-        self.ranks = (probs > probs[np.arange(len(self.y)), self.y][:, None]).sum(axis=1)
+        self.ranks = true_ranks(probs, self.y)
         """Each row's true label's rank among its probabilities (0: the most probable): what top-k needs."""
 
     @property
@@ -181,7 +186,7 @@ def set_figures(sets: ConformalSets, probs_test: np.ndarray, y_test: np.ndarray,
                              "low": low, "high": high, "mean_size": float(sizes.mean()),
                              "singletons": float((sizes == 1).mean()),
                              "unbounded": [labels[k] for k in sets.unbounded(request)], "per_class": per_class})
-    ranks = (probs_test > probs_test[np.arange(n), y_test][:, None]).sum(axis=1)
+    ranks = true_ranks(probs_test, y_test)
     top_k: list[TopKRow] = []
     for level in levels:
         k = topk_baseline(sets, level)

@@ -36,6 +36,7 @@ the run; the binomial tail from scipy is the whole test.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,6 +106,14 @@ def choose_threshold(confidence: np.ndarray, correct: np.ndarray, request: Defer
     return rule
 
 
+def defer_below(rule: DeferralRule | None) -> float | None:
+    """The top probability below which a rule defers a text: its threshold, inf where none was shown (every text
+    deferred), None without a rule."""
+    if rule is None:
+        return None
+    return math.inf if rule["threshold"] is None else rule["threshold"]
+
+
 def clopper_pearson(hits: int, n: int, level: float = 0.95) -> tuple[float | None, float | None]:
     from scipy.stats import binomtest
 
@@ -119,8 +128,7 @@ def deferral_figures(probs: np.ndarray, y: np.ndarray, rule: DeferralRule, label
     Clopper-Pearson interval, the deferral rate per true class, and the risk-coverage curve."""
     confidence, predicted = probs.max(axis=1), probs.argmax(axis=1)
     right = predicted == y
-    threshold = rule["threshold"]
-    decided = confidence >= threshold if threshold is not None else np.zeros(len(y), dtype=bool)
+    decided = confidence >= defer_below(rule)
     low, high = clopper_pearson(int(right[decided].sum()), int(decided.sum()))
     per_class: dict[str, ClassDeferral] = {}
     for k, lab in enumerate(labels):

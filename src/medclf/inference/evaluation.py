@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 
 from medclf.config import TRAIN_DEFAULTS, LoadOptions, slice_column_list
 from medclf.core.conformal import set_figures
-from medclf.core.deferral import deferral_figures
+from medclf.core.deferral import defer_below, deferral_figures
 from medclf.core.figures import Figures
 from medclf.core.labels import load_labeled
 from medclf.core.subgroups import subgroup_figures
@@ -74,9 +73,8 @@ def evaluate(
     if not clf.multi_label and clf.run_dir is not None and (clf.run_dir / CALIBRATION_PREDICTIONS_FILE).is_file():
         metrics["sets"] = set_figures(clf.conformal_sets(), probs, y, labels, precision=clf.precision.name)
     if part.slices:
-        defer_below = None if rule is None else math.inf if rule["threshold"] is None else rule["threshold"]
         metrics["subgroups"] = subgroup_figures(clf.task, y, probs, clf.task.decide(probs, thresholds), part.slices,
-                                                min_count=slice_min_count, defer_below=defer_below)
+                                                min_count=slice_min_count, defer_below=defer_below(rule))
     metrics["data_file"] = str(data)
     metrics["backend"] = clf.backend
     metrics["long_text"] = clf.long_text

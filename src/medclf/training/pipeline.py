@@ -4,7 +4,6 @@ metrics, intervals, the TF-IDF baseline), then the run directory written in a st
 from __future__ import annotations
 
 import importlib
-import math
 import platform
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from medclf.config import TrainConfig
 from medclf.core.baseline import start_tfidf
 from medclf.core.calibration import calibration_summary, fold_temperature, scale_thresholds, temperature_for
 from medclf.core.conformal import ConformalSets, set_figures
-from medclf.core.deferral import DeferralRequest, choose_threshold, deferral_figures, rule_sentence
+from medclf.core.deferral import DeferralRequest, choose_threshold, defer_below, deferral_figures, rule_sentence
 from medclf.core.descriptions import Descriptions, check_label_descriptions, read_label_descriptions
 from medclf.core.figures import Figures, RunMetrics, Truncation
 from medclf.core.labels import LabeledData
@@ -256,11 +255,9 @@ def _test(fitted: Fitted, prep: Prepared, labels: list[str], config: TrainConfig
                                     precision=prep.evaluation.name)
             test["deferral"] = deferral_figures(probs, y_test, rule, labels)
     if slices:
-        kept_rule = test["deferral"]["rule"] if "deferral" in test else None
-        defer_below = (None if kept_rule is None else math.inf if kept_rule["threshold"] is None
-                       else kept_rule["threshold"])
-        test["subgroups"] = subgroup_figures(task, y_test, probs, task.decide(probs, thresholds), slices,
-                                             min_count=config.slice_min_count, seed=config.seed, defer_below=defer_below)
+        test["subgroups"] = subgroup_figures(
+            task, y_test, probs, task.decide(probs, thresholds), slices, min_count=config.slice_min_count,
+            seed=config.seed, defer_below=defer_below(test["deferral"]["rule"] if "deferral" in test else None))
     # The saved model gives calibrated logits itself where its last layer is linear; otherwise the run keeps T
     # and TextClassifier divides by it.
     folded = temperature != 1.0 and fold_temperature(model, temperature)
