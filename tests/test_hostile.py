@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import httpx
 import pandas as pd
@@ -132,12 +133,13 @@ def test_a_lone_surrogate_from_the_python_api_is_a_user_error(trained_run):
 # ---------------------------------------------------------------- HTTP, against a real server process
 
 
-def _exchange(port: int, request: bytes, body_chunks=()) -> tuple[str, bytes]:
+def _exchange(port: int, request: bytes, body_chunks=(), pause_s: float = 0.0) -> tuple[str, bytes]:
     """Send raw bytes, read the whole answer; 'DROPPED' when the connection was reset or closed without one."""
     with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
         try:
             sock.sendall(request)
             for chunk in body_chunks:
+                time.sleep(pause_s)
                 sock.sendall(chunk)
             data = b""
             while True:
@@ -201,6 +203,9 @@ HTTP_CASES = {
     "chunked, 200 MB": (lambda p: _chunked(p, 200_000_000, 1 << 20), 413),
     "a TLS hello": (lambda p: _exchange(p, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"), 400),
     "a 60 kB header": (lambda p: _exchange(p, b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-A: " + b"a" * 60_000 + b"\r\n\r\n"), 200),
+    # the same header in two pieces: the server parses the first before the second arrives, as a slow link makes it
+    "a 60 kB header in two pieces": (lambda p: _exchange(p, b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-A: " + b"a" * 30_000,
+                                                         [b"a" * 30_000 + b"\r\n\r\n"], pause_s=0.3), 200),
     "explain with 100000 steps": (lambda p: _post(p, b'{"text": "chest pain", "steps": 100000}', "/v1/explain"), 422),
 }
 

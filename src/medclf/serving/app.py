@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 SURROGATE_MESSAGE = ("The text holds an unpaired surrogate code point (\\ud800-\\udfff), which is not valid Unicode; "
                      "encode the text correctly.")
 DRAIN_LIMIT = 256 * 2**20
+# The request line and headers together, whether they arrive in one piece or several (h11's own default, 16 KiB,
+# refused a 60 kB header only when the kernel delivered it in pieces, and then closed before the client read the 400).
+HEADER_LIMIT = 64 * 2**10
 """A refused body is read on and thrown away, up to this many bytes past the limit, so that a client that sends it
 whole still reads the 413 (closing at once would reset the connection under its feet); a body longer than that (or a
 Content-Length that says so) gets the 413 at once and the connection is closed."""
@@ -450,7 +453,8 @@ def serve(settings: ServeSettings) -> None:
         log.warning("Listening on %s without an API key: anyone who can reach this port can send texts. "
                     "Set --api-key-env, or keep the default host 127.0.0.1.", settings.host)
     common: dict[str, Any] = {"host": settings.host, "port": settings.port, "timeout_graceful_shutdown": settings.graceful_timeout_s,
-              "server_header": False}
+              "server_header": False,
+              "http": "h11", "h11_max_incomplete_event_size": HEADER_LIMIT}
     if settings.workers > 1:
         import shutil
         import tempfile
