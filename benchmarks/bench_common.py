@@ -105,6 +105,41 @@ def demo_frame(quick: int | None = None) -> Any:
     return frame
 
 
+URGENT = [
+    "Seen urgently today.",
+    "Urgent review requested by the on-call team.",
+    "Needs same-day assessment.",
+    "Priority: urgent.",
+    "Escalated as an emergency referral.",
+    "Flagged for immediate review.",
+    "Sent straight to the emergency department.",
+    "Red-flag pathway; see within 24 hours.",
+]
+ROUTINE = [
+    "Routine follow-up.",
+    "Non-urgent; next available clinic.",
+    "Routine referral.",
+    "Review at the usual interval.",
+    "No need for an early appointment.",
+    "Added to the standard waiting list.",
+    "Planned review in three months.",
+    "Routine outpatient appointment booked.",
+]
+
+
+def multilabel_frame(frame: Any, rng: Any, urgent_share: float) -> Any:
+    """A multi-label set from the demo snippets (text, specialty): each keeps its specialty as one label and gets,
+    independently (a seeded coin, `urgent_share` of the rows), the label 'urgent' through one of URGENT's sentences
+    placed before or after it; the others get one of ROUTINE's. Columns text and labels ('|'-separated)."""
+    texts, labels = [], []
+    for text, specialty in zip(frame["text"], frame["specialty"]):
+        urgent = rng.random() < urgent_share
+        sentence = rng.choice(URGENT if urgent else ROUTINE)
+        texts.append(f"{sentence} {text}" if rng.random() < 0.5 else f"{text} {sentence}")
+        labels.append(specialty + ("|urgent" if urgent else ""))
+    return frame.assign(text=texts, labels=labels)[["text", "labels"]]
+
+
 def write_result(path: str | Path, result: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,13 +193,21 @@ def train_on_split(args: Any, split: Path, run: Path, *options: str) -> tuple[st
     return " ".join(["medclf", *cmd[3:]]), time.perf_counter() - start
 
 
-def read_part(path: Path, labels: list[str]) -> tuple[Any, Any]:
-    """(calibrated probabilities, class ids in `labels`' order) of one of a run's predictions_*.csv files."""
+def read_part(path: Path, labels: list[str], sep: str = "|") -> tuple[Any, Any]:
+    """(calibrated probabilities, class ids in `labels`' order) of one of a run's predictions_*.csv files; for a
+    multi-label run (a `labels` column, joined with `sep`), a 0/1 matrix of the labels each row holds."""
+    import numpy as np
     import pandas as pd
 
-    frame = pd.read_csv(path, dtype={"label": str, "predicted": str}, keep_default_na=False)
+    frame = pd.read_csv(path, dtype={"label": str, "labels": str, "predicted": str}, keep_default_na=False)
     index = {lab: k for k, lab in enumerate(labels)}
-    return frame[[f"prob_{lab}" for lab in labels]].to_numpy(float), frame["label"].map(index).to_numpy(int)
+    probs = frame[[f"prob_{lab}" for lab in labels]].to_numpy(float)
+    if "labels" in frame.columns:
+        y = np.zeros((len(frame), len(labels)))
+        for row, cell in enumerate(frame["labels"]):
+            y[row, [index[lab] for lab in cell.split(sep) if lab]] = 1.0
+        return probs, y
+    return probs, frame["label"].map(index).to_numpy(int)
 
 
 def timed(name: str, cmd: list[str], out: Path) -> dict[str, Any]:

@@ -371,3 +371,19 @@ def test_deferral_benchmark_redraws_the_unseen_rows_at_both_targets(tmp_path, ti
         assert len(row["draws"]) == 4 and 0 <= row["mean_coverage"] <= 1 and row["short"] <= row["shown"]
     assert result["run_deferral"]["rule"]["target_precision"] == 0.8
     assert "draws short of the target" in (out / "results.md").read_text()
+
+
+def test_deferral_benchmark_defers_per_label_on_a_multi_label_set(tmp_path, tiny_model):
+    out = tmp_path / "dfml"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "trust" / "deferral.py"), "--multi-label", "--quick",
+         "--model", tiny_model, "--method", "embeddings", "--draws", "3", "--targets", "0.9", "0.95",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "results.json").read_text())
+    assert result["task"] == "multi-label" and set(result["redraws"]) == {"0.9", "0.95"}
+    assert set(result["run_deferral"]["rule"]["per_label"]) == set(result["labels"])
+    for row in result["redraws"].values():
+        assert len(row["draws"]) == 3 and all(set(x["per_label"]) == set(result["labels"]) for x in row["draws"])
+    assert "Per label, each at its own threshold" in (out / "results.md").read_text()

@@ -383,3 +383,71 @@ def test_a_test_file_with_an_unknown_label_is_refused(tmp_path, tiny_model):
     result = runner.invoke(app, ["train", "--data", str(train_file), "--test-data", str(test_file), "--model", tiny_model,
                                  "--multi-label", "--label-column", "labels", "--output", str(tmp_path / "run")])
     assert result.exit_code == 2 and "'oncology'" in result.output
+
+
+def test_a_multilabel_run_defers_a_text_when_any_label_is_undecided(tmp_path, tiny_model):
+    """--target-precision on a multi-label run: one threshold per label (Bonferroni over the labels), chosen on the
+    calibration part; predict_or_defer, `medclf predict`, evaluate, the report, the card and the ONNX re-check."""
+    data = write_csv(tmp_path / "notes.csv", ml_rows(30))
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--method", "embeddings", "--multi-label", "--label-column", "labels",
+                                 "--data", str(data), "--model", tiny_model, "--output", str(out),
+                                 "--calibration-size", "0.3", "--target-precision", "0.8"])
+    assert result.exit_code == 0, result.output
+    test = json.loads((out / "metrics.json").read_text())["test"]
+    rule, found = test["deferral"]["rule"], test["deferral"]
+    labels = ["cardio", "derm", "urgent"]
+    assert set(rule["per_label"]) == set(labels) and rule["n_calibration"] > 0 and "sets" not in test
+    assert set(found["per_label"]) == set(labels) and set(found["per_class"]) == set(labels)
+    clf = TextClassifier.load(out)
+    texts = pd.read_csv(data)["text"].tolist()
+    routed = clf.predict_or_defer(texts)
+    predicted = clf.predict(texts)
+    probs = clf.predict_proba(texts)
+    thresholds = np.array([clf.thresholds[lab] for lab in labels])
+    confidence = np.where(probs >= thresholds, probs, 1 - probs)
+    limits = np.array([np.inf if rule["per_label"][lab]["threshold"] is None else rule["per_label"][lab]["threshold"]
+                       for lab in labels])
+    for r, p, conf in zip(routed, predicted, confidence, strict=True):
+        assert r.deferred == (not (conf >= limits).all()) and r.score == pytest.approx(conf.min())
+        if r.deferred:
+            assert r.label is None and SECRET not in r.reason
+            assert "could not be shown" in r.reason or any(lab in r.reason for lab in labels)
+        else:
+            assert r.label == p and isinstance(r.label, list)
+    result = runner.invoke(app, ["predict", str(out), "--input", str(data), "--output", str(tmp_path / "p.csv")])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
+    assert table["deferred"].tolist() == [r.deferred for r in routed]
+    result = runner.invoke(app, ["evaluate", str(out), "--data", str(data), "--output", str(tmp_path / "e.json")])
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads((tmp_path / "e.json").read_text())["deferral"]
+    assert evaluated["decided"] == sum(not r.deferred for r in routed)
+    report, card = (out / "report.md").read_text(), (out / "model" / "README.md").read_text()
+    assert "test texts holding it" in report and "any of its labels" in report
+    assert "When a person decides" in card
+    for text in (report, card, (out / "metrics.json").read_text()):
+        assert SECRET not in text
+    pytest.importorskip("onnxruntime")
+    from medclf.export.onnx import export_onnx
+
+    export_onnx(out, quantize="none")
+    info = json.loads((out / "onnx" / "export.json").read_text())["deferral"]
+    assert info["checked"] and set(info["models"]["model.onnx"]["per_label"]) == set(labels)
+    onnx = TextClassifier.load(out, backend="onnx")
+    assert [r.deferred for r in onnx.predict_or_defer(texts)] == [r.deferred for r in routed] or \
+        rule["per_label"] != onnx.deferral["per_label"]  # ONNX keeps its own thresholds; equal ones route equally
+
+
+def test_multilabel_cv_reports_each_folds_deferral_out_of_fold(tmp_path, tiny_model):
+    data = write_csv(tmp_path / "notes.csv", ml_rows(20))
+    out = tmp_path / "cv"
+    result = runner.invoke(app, ["cv", "--method", "embeddings", "--multi-label", "--label-column", "labels",
+                                 "--data", str(data), "--model", tiny_model, "--output", str(out), "--folds", "2",
+                                 "--workers", "1", "--target-precision", "0.8"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "cv.json").read_text())
+    folds = [json.loads((out / f"fold-{k}" / "metrics.json").read_text())["test"]["deferral"] for k in (1, 2)]
+    assert all(set(f["rule"]["per_label"]) == {"cardio", "derm", "urgent"} for f in folds)
+    assert report["deferral"]["decided"] == sum(f["decided"] for f in folds) and "sets" not in report
+    assert SECRET not in result.output

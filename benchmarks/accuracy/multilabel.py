@@ -25,38 +25,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(BENCH))  # the benchmarks folder: bench_common, the helpers every script shares
 
-from bench_common import demo_frame, write_result  # noqa: E402
-
-URGENT = [
-    "Seen urgently today.",
-    "Urgent review requested by the on-call team.",
-    "Needs same-day assessment.",
-    "Priority: urgent.",
-    "Escalated as an emergency referral.",
-    "Flagged for immediate review.",
-    "Sent straight to the emergency department.",
-    "Red-flag pathway; see within 24 hours.",
-]
-ROUTINE = [
-    "Routine follow-up.",
-    "Non-urgent; next available clinic.",
-    "Routine referral.",
-    "Review at the usual interval.",
-    "No need for an early appointment.",
-    "Added to the standard waiting list.",
-    "Planned review in three months.",
-    "Routine outpatient appointment booked.",
-]
-
-
-def build(frame, rng: random.Random, urgent_share: float):
-    texts, labels = [], []
-    for text, specialty in zip(frame["text"], frame["specialty"]):
-        urgent = rng.random() < urgent_share
-        sentence = rng.choice(URGENT if urgent else ROUTINE)
-        texts.append(f"{sentence} {text}" if rng.random() < 0.5 else f"{text} {sentence}")
-        labels.append(specialty + ("|urgent" if urgent else ""))
-    return frame.assign(text=texts, labels=labels)[["text", "labels"]]
+from bench_common import demo_frame, multilabel_frame, write_result  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -74,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     frame = demo_frame(args.quick)
     data = out / "multilabel.csv"
-    build(frame, random.Random(args.seed), args.urgent_share).to_csv(data, index=False)
+    multilabel_frame(frame, random.Random(args.seed), args.urgent_share).to_csv(data, index=False)
 
     rows = {}
     for method in args.methods.split(","):

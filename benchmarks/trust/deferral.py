@@ -7,6 +7,9 @@ precision fell short, and the coverage a threshold chosen in hindsight on the dr
   python benchmarks/trust/deferral.py --out bench-out/deferral                 # trains the run (about 14 min)
   python benchmarks/trust/deferral.py --run RUN --out bench-out/deferral       # a run with predictions_calibration.csv
                                                                                # and predictions_validation.csv
+  python benchmarks/trust/deferral.py --multi-label --targets 0.9 0.95 --out bench-out/deferral-ml
+      # multi-label, per label: the demo snippets with an independent 'urgent' label (bench_common.multilabel_frame),
+      # fine-tuned with --multi-label --target-precision 0.9 --calibration-size 0.25, the same re-draws
   python benchmarks/trust/deferral.py --simulate --out bench-out/deferral-sim  # the docstring of core/deferral.py:
       # a calibrated synthetic model, 300 draws per setting, the population's precision at each chosen threshold
 
@@ -49,10 +52,17 @@ def hindsight_coverage(confidence: Any, right: Any, target: float) -> float:
 
 
 def redraws(pool_p: Any, pool_y: Any, val_p: Any, val_y: Any, labels: list[str], *, n_cal: int, draws: int,
-            delta: float, targets: tuple[float, ...] = TARGETS) -> dict[str, Any]:
+            delta: float, targets: tuple[float, ...] = TARGETS, task: Any = None,
+            thresholds: Any = None) -> dict[str, Any]:
+    """Per target: the rule chosen on each re-draw's calibration rows, what it did on the draw's test rows, the fixed
+    cut-off at the target (every decision's calibrated probability at least the target) and the hindsight coverage.
+    task: SINGLE_LABEL (default) or MULTI_LABEL (thresholds: the run's tuned ones, which decide each label)."""
     import numpy as np
 
-    from medclf.core.deferral import DeferralRequest, choose_threshold, deferral_figures
+    from medclf.core.deferral import DeferralRequest, choose_rule, deferral_figures
+    from medclf.core.tasks import SINGLE_LABEL
+
+    task = task or SINGLE_LABEL
 
     out: dict[str, Any] = {}
     for target in targets:
@@ -61,19 +71,23 @@ def redraws(pool_p: Any, pool_y: Any, val_p: Any, val_y: Any, labels: list[str],
         for _ in range(draws):
             order = rng.permutation(len(pool_y))
             cal, test = order[:n_cal], order[n_cal:]
-            rule = choose_threshold(pool_p[cal].max(1), pool_p[cal].argmax(1) == pool_y[cal],
-                                    DeferralRequest(target, delta), n_labels=len(labels),
-                                    order_confidence=val_p.max(1), order_correct=val_p.argmax(1) == val_y)
-            found = deferral_figures(pool_p[test], pool_y[test], rule, labels)
-            cut = pool_p[test].max(1) >= target  # the fixed cut-off a user would try: top probability >= the target
-            right = pool_p[test].argmax(1) == pool_y[test]
-            rows.append({"threshold": rule["threshold"], "coverage": found["coverage"], "precision": found["precision"],
-                         "cut_coverage": float(cut.mean()),
-                         "cut_precision": float(right[cut].mean()) if cut.any() else None,
-                         "low": found["low"], "high": found["high"],
-                         "hindsight": hindsight_coverage(pool_p[test].max(1), pool_p[test].argmax(1) == pool_y[test],
-                                                         target),
-                         "deferred_by_class": {lab: c["deferred"] for lab, c in found["per_class"].items()}})
+            rule = choose_rule(task, pool_p[cal], pool_y[cal], DeferralRequest(target, delta), labels=labels,
+                               order_probs=val_p, order_y=val_y, thresholds=thresholds)
+            found = deferral_figures(task, pool_p[test], pool_y[test], rule, labels, thresholds)
+            confidence = task.decision_confidence(pool_p[test], thresholds)
+            right = task.decisions_right(pool_p[test], pool_y[test], thresholds).mean(axis=1)
+            cut = (confidence >= target).all(axis=1)  # the fixed cut-off a user would try: probability >= the target
+            row = {"threshold": rule["threshold"], "coverage": found["coverage"], "precision": found["precision"],
+                   "cut_coverage": float(cut.mean()),
+                   "cut_precision": float(right[cut].mean()) if cut.any() else None,
+                   "low": found["low"], "high": found["high"],
+                   "hindsight": hindsight_coverage(confidence.min(axis=1), right, target),
+                   "deferred_by_class": {lab: c["deferred"] for lab, c in found["per_class"].items()}}
+            if "per_label" in rule:
+                row["per_label"] = {lab: {"threshold": rule["per_label"][lab]["threshold"],
+                                          "decided": found["per_label"][lab]["decided"],
+                                          "precision": found["per_label"][lab]["precision"]} for lab in labels}
+            rows.append(row)
         shown = [r for r in rows if r["threshold"] is not None]
         out[str(target)] = {
             "draws": rows, "shown": len(shown),
@@ -95,7 +109,7 @@ def simulate(draws: int = 300) -> list[dict[str, Any]]:
     start, 231 or 600 calibration rows test; the population precision at each chosen threshold against the target."""
     import numpy as np
 
-    from medclf.core.deferral import DeferralRequest, choose_threshold
+    from medclf.core.deferral import choose_threshold
 
     rng = np.random.default_rng(0)
     found = []
@@ -111,7 +125,7 @@ def simulate(draws: int = 300) -> list[dict[str, Any]]:
                 for _ in range(draws):
                     idx = rng.choice(len(conf), n + 231, replace=False)
                     cal, val = idx[:n], idx[n:]
-                    rule = choose_threshold(conf[cal], right[cal], DeferralRequest(target), n_labels=5,
+                    rule = choose_threshold(conf[cal], right[cal], target_precision=target, delta=0.1, lowest=0.2,
                                             order_confidence=conf[val], order_correct=right[val])
                     if rule["threshold"] is None:
                         none += 1
@@ -132,6 +146,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--delta", type=float, default=0.1)
     parser.add_argument("--run", default=None, help="an existing run with a calibration part")
     parser.add_argument("--simulate", action="store_true")
+    parser.add_argument("--multi-label", action="store_true",
+                        help="the demo snippets with an independent 'urgent' label, deferral per label")
+    parser.add_argument("--calibration-size", default="0.25", help="the multi-label run's calibration part")
     parser.add_argument("--targets", type=float, nargs="+", default=list(TARGETS))
     parser.add_argument("--n-calibration", type=int, default=None,
                         help="calibration rows per re-draw (default: as many as the run's calibration part)")
@@ -154,6 +171,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.run:
         run = Path(args.run)
         split = {"split": f"the run's ({run})"}
+    elif args.multi_label:
+        import random
+        import subprocess
+
+        from bench_common import demo_frame, multilabel_frame
+
+        args.data = str(out / "multilabel.csv")
+        multilabel_frame(demo_frame(120 if args.quick else None), random.Random(0), 0.3).to_csv(args.data, index=False)
+        run = out / "run"
+        cmd = [sys.executable, "-m", "medclf", "train", "--data", args.data, "--text-column", "text", "--multi-label",
+               "--label-column", "labels", "--method", args.method, "--model", args.model, "--output", str(run),
+               "--overwrite", "--target-precision", str(args.targets[0]), "--calibration-size", args.calibration_size,
+               *args.extra]
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True)
+        train_command, seconds = " ".join(["medclf", *cmd[3:]]), time.perf_counter() - start
+        split = {"split": "the demo snippets with an independent 'urgent' label (bench_common.multilabel_frame, "
+                          "seed 0, 30% urgent), split by the run (iterative stratification)"}
     else:
         split = write_split(args.data, args.text_column, args.label_column, out / "split", quick=args.quick,
                             quick_rows=900)
@@ -161,8 +196,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         train_command, seconds = train_on_split(args, out / "split", run, "--target-precision", "0.8")
     import numpy as np
 
+    from medclf.core.tasks import MULTI_LABEL, SINGLE_LABEL
+
     metrics = read_json(run / "metrics.json")
     labels = metrics["test"]["labels"]
+    multi = metrics["test"]["task"] == "multi-label"
+    task = MULTI_LABEL if multi else SINGLE_LABEL
+    tuned = metrics["test"].get("thresholds")
+    thresholds = None if tuned is None else np.array([tuned[lab] for lab in labels])
     p_cal, y_cal = read_part(run / "predictions_calibration.csv", labels)
     p_test, y_test = read_part(run / "predictions_test.csv", labels)
     p_val, y_val = read_part(run / "predictions_validation.csv", labels)
@@ -174,10 +215,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                                      "pool": len(pool_y),
                                                                      "n_validation": len(y_val)},
         "draws": args.draws, "delta": args.delta, "labels": labels,
-        "test": {k: metrics["test"].get(k) for k in ("n", "accuracy", "macro_f1")},
+        "task": metrics["test"]["task"],
+        "test": {k: metrics["test"].get(k) for k in ("n", "accuracy", "macro_f1", "micro_f1", "subset_accuracy")},
         "run_deferral": metrics["test"].get("deferral"),
         "redraws": redraws(pool_p, pool_y, p_val, y_val, labels, n_cal=args.n_calibration or len(y_cal),
-                           draws=args.draws, delta=args.delta, targets=tuple(args.targets)),
+                           draws=args.draws, delta=args.delta, targets=tuple(args.targets), task=task,
+                           thresholds=thresholds),
     }
     found = results["redraws"]
     results["targets"] = {
@@ -191,8 +234,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         d = r["data"]
         lines = [f"Deferral at a target precision, {r['date']}: {r['cpu_flags']}. Data {Path(d['file']).name}: "
                  f"{d['split']}" + (f"; `{r['train_command']}` ({r['seconds']:.0f} s)" if r["train_command"] else "")
-                 + f". Test part: accuracy {r['test']['accuracy']:.3f}, macro-F1 {r['test']['macro_f1']:.3f}. "
-                 f"{r['draws']} re-draws of {d['n_calibration']} calibration and {d['pool'] - d['n_calibration']} test "
+                 + (f". Test part: accuracy {r['test']['accuracy']:.3f}, macro-F1 {r['test']['macro_f1']:.3f}. "
+                    if r["task"] != "multi-label" else
+                    f". Test part: micro-F1 {r['test']['micro_f1']:.3f}, macro-F1 {r['test']['macro_f1']:.3f}, subset "
+                    f"accuracy {r['test']['subset_accuracy']:.3f}; a text is decided when all {len(r['labels'])} "
+                    "labels are, precision is that of the label decisions (present or absent). ")
+                 + f"{r['draws']} re-draws of {d['n_calibration']} calibration and {d['pool'] - d['n_calibration']} test "
                  f"rows from the {d['pool']} the model never saw; the scan's start placed by the run's "
                  f"{d['n_validation']} validation rows; delta {r['delta']}.", ""]
         run_rule = r["run_deferral"]
@@ -223,6 +270,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     cells.append(f"{x['threshold']:.3f}: {x['coverage']:.2f}, {x['precision']:.3f} "
                                  f"({x['low']:.3f}-{x['high']:.3f})")
             lines.append(f"- {float(target):.0%}: " + "; ".join(cells))
+        if r["task"] == "multi-label":
+            lines += ["", "Per label, each at its own threshold (mean over the draws that showed one): threshold, "
+                      "decisions taken, their realised precision:", "",
+                      "| label | " + " | ".join(f"{float(t):.0%}" for t in r["redraws"]) + " |",
+                      "|---|" + "---|" * len(r["redraws"])]
+            for lab in r["labels"]:
+                cells = []
+                for row in r["redraws"].values():
+                    own = [x["per_label"][lab] for x in row["draws"] if x["per_label"][lab]["threshold"] is not None]
+                    prec = [o["precision"] for o in own if o["precision"] is not None]
+                    cells.append("none shown" if not own else
+                                 f"{sum(o['threshold'] for o in own) / len(own):.3f}, "
+                                 f"{sum(o['decided'] for o in own) / len(own):.0f}, "
+                                 + (f"{sum(prec) / len(prec):.3f}" if prec else "-") + f" ({len(own)} draws)")
+                lines.append(f"| {lab} | " + " | ".join(cells) + " |")
         lines += ["", "Deferred share by true class (mean over draws):", "",
                   "| class | " + " | ".join(f"{float(t):.0%}" for t in r["redraws"]) + " |",
                   "|---|" + "---|" * len(r["redraws"])]

@@ -205,18 +205,16 @@ class TrainConfig:
             if not isinstance(size, (int, float)) or isinstance(size, bool) or not 0.0 <= size < 0.5:
                 raise MedclfError(f"calibration_size must be a fraction between 0 and 0.5 (0: no calibration part), "
                                   f"got {size!r}.")
-            if size and self.multi_label:
-                raise MedclfError("The calibration part calibrates conformal label sets, which are single-label; leave "
-                                  "--calibration-size unset (or 0) for a multi-label run.")
+            if size and self.multi_label and self.target_precision is None:
+                raise MedclfError("For a multi-label run the calibration part serves deferral only (conformal label "
+                                  "sets are single-label); pass --target-precision with it, or leave "
+                                  "--calibration-size unset.")
         for name in ("target_precision", "deferral_delta"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
                                       or not 0.0 < value < 1.0):
                 raise MedclfError(f"{name} must be a share between 0 and 1 (such as 0.9), got {value!r}.")
         if self.target_precision is not None:
-            if self.multi_label:
-                raise MedclfError("Deferral at a target precision is built for single-label runs; drop "
-                                  "--target-precision for a multi-label run.")
             if self.calibration_size == 0:
                 raise MedclfError("--target-precision chooses its threshold on the calibration part; drop "
                                   "--calibration-size 0 (or pass a share such as 0.1).")

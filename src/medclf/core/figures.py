@@ -161,13 +161,30 @@ class LabelSetFigures(TypedDict):
     top_k: list[TopKRow]
 
 
-class DeferralRule(TypedDict):
+class LabelRule(TypedDict):
+    """One label's threshold in a multi-label rule, as the scan chose it for that label."""
+
+    threshold: float | None
+    """None: the target could not be shown for this label (every text would be deferred)."""
+    tested: int
+    start: float | None
+    p_value: float | None
+
+
+class _RuleOf(TypedDict, total=False):
+    per_label: dict[str, LabelRule]
+    """Multi-label: each label's threshold on the probability of its decision; a text is decided when every label
+    is (absent for a single-label rule)."""
+
+
+class DeferralRule(_RuleOf):
     """The threshold a run decides by (core/deferral.py) and how it was chosen; saved in the run (RunSpec)."""
 
     target_precision: float
     delta: float
     threshold: float | None
-    """None: the target could not be shown on the calibration part (every text would be deferred)."""
+    """Single-label: None where the target could not be shown on the calibration part (every text would be
+    deferred). Multi-label: the highest of the labels' thresholds (None where any label's could not be shown)."""
     n_calibration: int
     n_order: int
     """Validation rows that placed the start of the scan."""
@@ -187,7 +204,21 @@ class ClassDeferral(TypedDict):
     """The share right among the class's automatically decided texts."""
 
 
-class DeferralFigures(TypedDict):
+class LabelDeferral(TypedDict):
+    """Multi-label: one label's decisions at its own threshold (what its guarantee is about)."""
+
+    decided: int
+    precision: float | None
+    low: float | None
+    high: float | None
+
+
+class _FiguresOf(TypedDict, total=False):
+    per_label: dict[str, LabelDeferral]
+    """Multi-label: each label's decisions at its own threshold."""
+
+
+class DeferralFigures(_FiguresOf):
     """What a deferral rule did on a labelled part."""
 
     rule: DeferralRule
@@ -195,9 +226,11 @@ class DeferralFigures(TypedDict):
     decided: int
     coverage: float
     precision: float | None
+    """The share right of the decided texts' decisions (multi-label: of their label decisions, present or absent)."""
     low: float | None
     high: float | None
     per_class: dict[str, ClassDeferral]
+    """Per true class (multi-label: per label, among the texts holding it)."""
     curve: list[dict[str, float]]
     """Risk-coverage: the precision of the most confident share of texts, for shares from 1/n to all."""
 
@@ -345,8 +378,50 @@ class _CVReportCore(TypedDict):
     config: dict[str, object]
 
 
+class FoldDeferral(TypedDict):
+    fold: int
+    threshold: float | None
+    n: int
+    decided: int
+    coverage: float
+    precision: float | None
+
+
+class CVDeferral(TypedDict):
+    """Deferral across the folds: each fold's rule (chosen on its own calibration part) on its own test fold, and
+    every row's out-of-fold routing pooled."""
+
+    target_precision: float
+    delta: float
+    n: int
+    decided: int
+    coverage: float
+    precision: float | None
+    low: float | None
+    high: float | None
+    interval: str
+    folds: list[FoldDeferral]
+    folds_at_target: int
+    """Folds whose realised precision reached the target (a fold that decided nothing is not counted)."""
+    folds_deciding: int
+
+
+class CVSetRow(TypedDict):
+    score: str
+    by_class: bool
+    level: float
+    coverage: float
+    """Pooled over the folds' test rows."""
+    worst_fold: float
+    mean_size: float
+
+
 class CVReport(_CVReportCore, total=False):
     """cv.json."""
 
     subgroups: Subgroups
     """With slice columns: the figures by subgroup of every row's out-of-fold prediction."""
+    deferral: CVDeferral
+    """With --target-precision: what each fold's rule did on its test fold, and pooled."""
+    sets: list[CVSetRow]
+    """With a calibration part (single-label): the label sets' coverage and size, pooled and in the worst fold."""

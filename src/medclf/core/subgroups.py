@@ -75,10 +75,10 @@ def _auc_macro(onehot: np.ndarray, scores: np.ndarray) -> float:
 
 
 def slice_figures_fn(task: Task, y: np.ndarray, probs: np.ndarray, decided: np.ndarray,
-                     defer_below: float | None = None) -> Callable[[np.ndarray], np.ndarray]:
+                     routed: tuple[np.ndarray, np.ndarray] | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """idx -> the slice figures (slice_keys order) of the rows idx: the decision figures, ECE and macro AUC; with
-    `defer_below` (a deferral rule's threshold; inf: the rule decides nothing), the share decided automatically and
-    the precision of those decisions (single-label)."""
+    `routed` (core.deferral.routing: the texts a deferral rule decides, the share of each text's decisions that are
+    right), the share decided automatically and the precision of those decisions."""
     from medclf.core.calibration import ECE_BINS
     from medclf.core.metrics import decision_figures_fn
 
@@ -90,8 +90,6 @@ def slice_figures_fn(task: Task, y: np.ndarray, probs: np.ndarray, decided: np.n
         onehot = np.eye(probs.shape[1])[np.asarray(y, dtype=int)]
         outcome = (probs.argmax(axis=1) == np.asarray(y)).astype(float)
     confidence, bins = _confidence_bins(task, probs)
-    if defer_below is not None:  # single-label: a deferral rule compares the top probability with its threshold
-        top, right = probs.max(axis=1), probs.argmax(axis=1) == np.asarray(y)
 
     def figures(idx: np.ndarray) -> np.ndarray:
         b, c, o = bins[idx].ravel(), confidence[idx].ravel(), outcome[idx].ravel()
@@ -99,9 +97,9 @@ def slice_figures_fn(task: Task, y: np.ndarray, probs: np.ndarray, decided: np.n
         gap = np.abs(np.bincount(b, weights=o, minlength=ECE_BINS) - np.bincount(b, weights=c, minlength=ECE_BINS))
         ece = float(gap.sum() / max(1, count.sum()))
         out = [*decisions(idx)[:2], ece, _auc_macro(onehot[idx], probs[idx])]
-        if defer_below is not None:
-            kept = top[idx] >= defer_below
-            out += [float(kept.mean()), float(right[idx][kept].mean()) if kept.any() else float("nan")]
+        if routed is not None:
+            kept, right = routed[0][idx], routed[1][idx]
+            out += [float(kept.mean()), float(right[kept].mean()) if kept.any() else float("nan")]
         return np.asarray(out, dtype=float)
 
     return figures
@@ -147,16 +145,17 @@ def _difference(a: float | None, b: float | None) -> float | None:
 def subgroup_figures(
     task: Task, y: np.ndarray, probs: np.ndarray, decided: np.ndarray, slices: dict[str, list[str]], *,
     min_count: int = MIN_COUNT, min_rows: int = MIN_ROWS, seed: int = 0, level: float = 0.95,
-    resamples: int | None = None, defer_below: float | None = None,
+    resamples: int | None = None, routed: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Subgroups:
     """The figures of every slice of every slice column (each row's value in `slices`), folded and judged by the two
     rules above. `decided`: the task's decisions (class ids or 0/1 rows) at the thresholds the part is reported at;
-    `defer_below`: the run's deferral threshold, for each slice's coverage and precision of automatic decisions."""
+    `routed`: what the run's deferral rule decides (core.deferral.routing), for each slice's coverage and precision
+    of automatic decisions."""
     from medclf.core.metrics import BOOTSTRAP_RESAMPLES, percentile_bootstrap
 
     resamples = resamples or BOOTSTRAP_RESAMPLES
-    keys = slice_keys(task, deferral=defer_below is not None)
-    figures = slice_figures_fn(task, y, probs, decided, defer_below)
+    keys = slice_keys(task, deferral=routed is not None)
+    figures = slice_figures_fn(task, y, probs, decided, routed)
 
     def clean(values: np.ndarray) -> dict[str, float | None]:
         return {k: None if not np.isfinite(v) else float(v) for k, v in zip(keys, values, strict=True)}

@@ -100,6 +100,16 @@ class SingleLabel:
         return probs.argmax(axis=1)
 
     @staticmethod
+    def decision_confidence(probs: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarray:
+        """The calibrated probability that each decision is right, shape (n, 1): one decision a text (its top label)."""
+        return probs.max(axis=1, keepdims=True)
+
+    @staticmethod
+    def decisions_right(probs: np.ndarray, y: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarray:
+        """Whether each decision is right, shape (n, 1)."""
+        return (probs.argmax(axis=1) == np.asarray(y))[:, None]
+
+    @staticmethod
     def names(decided: np.ndarray | np.generic, labels: list[str]) -> str:
         return labels[int(decided)]
 
@@ -174,6 +184,15 @@ class MultiLabel:
         """Predicted label indicators: shape (n, n_labels), True where a probability reaches its threshold."""
         return probs >= (DEFAULT_THRESHOLD if thresholds is None else np.asarray(thresholds))
 
+    def decision_confidence(self, probs: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarray:
+        """The calibrated probability that each decision is right, shape (n, n_labels): one decision a label (present
+        or absent, at its threshold): the label's probability where it is given, one minus it where it is not."""
+        return np.where(self.decide(probs, thresholds), probs, 1.0 - probs)
+
+    def decisions_right(self, probs: np.ndarray, y: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarray:
+        """Whether each label's decision (present or absent) is right, shape (n, n_labels)."""
+        return self.decide(probs, thresholds) == np.asarray(y, dtype=bool)
+
     @staticmethod
     def names(decided: np.ndarray | np.generic, labels: list[str]) -> list[str]:
         return [labels[i] for i in np.flatnonzero(decided)]
@@ -243,6 +262,13 @@ class Task(Protocol):
 
     def decide(self, probs: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarray:
         """Probabilities -> decisions (class ids, or label indicators at the thresholds)."""
+
+    def decision_confidence(self, probs: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarray:
+        """The calibrated probability that each of a text's decisions is right: (n, 1) single-label (the top label),
+        (n, n_labels) multi-label (each label present or absent); what a deferral rule compares with its thresholds."""
+
+    def decisions_right(self, probs: np.ndarray, y: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarray:
+        """Whether each of decision_confidence's decisions is right against targets `y` (same shape)."""
 
     def names(self, decided: np.ndarray | np.generic, labels: list[str]) -> Decision:
         """One row's decision in label names (a name, or a list of names)."""

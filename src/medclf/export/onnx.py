@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from medclf.config import LoadOptions
+from medclf.core.figures import Label
 from medclf.errors import MedclfError
 from medclf.inference.onnx_runtime import (
     EXPORT_INFO,
@@ -219,10 +220,11 @@ def _test_part_texts(clf: TextClassifier) -> list[str] | None:
     return None if found is None else [t for t in found[0] if t is not None] or None
 
 
-def _part_rows(clf: TextClassifier, predictions: str, table: str) -> tuple[list[str | None], list[str]] | None:
+def _part_rows(clf: TextClassifier, predictions: str, table: str) -> tuple[list[str | None], list[Label]] | None:
     """The texts and given labels of one of the run's parts, in its order, or None where its table is gone or changed
     since training (its SHA-256). The run keeps no text: its predictions files keep each row's number in the table it
-    came from. table: the option that named that table ('data', 'test_data' or 'val_data')."""
+    came from. table: the option that named that table ('data', 'test_data' or 'val_data'). Labels: a name each, or
+    (multi-label) a list of names each."""
     import pandas as pd
 
     from medclf.core.columns import join_texts
@@ -235,8 +237,11 @@ def _part_rows(clf: TextClassifier, predictions: str, table: str) -> tuple[list[
     expected = spec.data_sha256.get(table)
     if not source or not expected or not Path(source).is_file() or file_sha256(source) != expected:
         return None
-    frame = pd.read_csv(run_dir / predictions, dtype={"label": str}, keep_default_na=False)
+    frame = pd.read_csv(run_dir / predictions, dtype={"label": str, "labels": str}, keep_default_na=False)
     texts = join_texts(read_table(source).iloc[frame["row"].tolist()], spec.text_columns)
+    if "labels" in frame.columns:  # multi-label: the label sets joined with the run's separator
+        sep = spec.config.label_sep
+        return list(texts), [value.split(sep) if value else [] for value in frame["labels"]]
     return list(texts), frame["label"].tolist() if "label" in frame.columns else []
 
 
@@ -245,7 +250,7 @@ def _deferral_checks(clf: TextClassifier, staging: Path, files: list[str]) -> di
     calibrated probabilities of the run's calibration part (the scan's start from its validation part): an ONNX
     model's probabilities differ a little from PyTorch's, so its threshold is its own. None for a run without a rule;
     `checked` False (and no model's rule) where those parts' texts cannot be read back unchanged."""
-    from medclf.core.deferral import DeferralRequest, choose_threshold, rule_sentence
+    from medclf.core.deferral import DeferralRequest, choose_rule, rule_sentence
 
     rule = clf.spec.deferral if clf.spec is not None else None
     if rule is None:
@@ -257,11 +262,11 @@ def _deferral_checks(clf: TextClassifier, staging: Path, files: list[str]) -> di
         log.warning("The run's calibration or validation texts are not where it was trained from, or they changed: "
                     "its deferral threshold was not re-checked, and the ONNX models will refuse predict_or_defer.")
         return {"checked": False, "torch": rule, "models": {}}
-    index = {lab: k for k, lab in enumerate(clf.labels)}
+    thresholds = None if clf.thresholds is None else np.array([clf.thresholds[lab] for lab in clf.labels])
     models: dict[str, Any] = {}
     for name in files:
         runner = OnnxRunner(staging / name)
-        probs, right = {}, {}
+        probs, targets = {}, {}
         for part, found in parts.items():
             assert found is not None
             texts = [t for t in found[0] if t is not None]
@@ -269,12 +274,12 @@ def _deferral_checks(clf: TextClassifier, staging: Path, files: list[str]) -> di
             window = run_batches(runner, encoded.input_ids, batching=Batching(CHECK_BATCH), pad_id=clf.pad_id,
                                  width=len(clf.labels))
             probs[part] = clf.task.probabilities(clf.document_logits(window, encoded.doc_of, encoded.n_docs))
-            right[part] = probs[part].argmax(axis=1) == np.array([index[lab] for lab in found[1]])
-        models[name] = choose_threshold(probs["calibration"].max(axis=1), right["calibration"],
-                                        DeferralRequest(rule["target_precision"], rule["delta"]),
-                                        n_labels=len(clf.labels), order_confidence=probs["validation"].max(axis=1),
-                                        order_correct=right["validation"], backend=runner.backend,
-                                        precision="int8" if runner.backend == "onnx-int8" else "fp32")
+            targets[part] = clf.task.targets(found[1], clf.labels)
+        models[name] = choose_rule(clf.task, probs["calibration"], targets["calibration"],
+                                   DeferralRequest(rule["target_precision"], rule["delta"]), labels=clf.labels,
+                                   order_probs=probs["validation"], order_y=targets["validation"],
+                                   thresholds=thresholds, backend=runner.backend,
+                                   precision="int8" if runner.backend == "onnx-int8" else "fp32")
         log.info("Deferral with %s: %s", name, rule_sentence(models[name]))
     return {"checked": True, "torch": rule, "models": models}
 

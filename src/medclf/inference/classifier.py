@@ -68,11 +68,12 @@ class Predictions:
 class Routed:
     """predict_or_defer's answer for one text: decided automatically (its label), or deferred to a person, and why."""
 
-    label: str | None
-    """The label decided automatically; None when the text is deferred."""
+    label: Decision | None
+    """The label decided automatically (multi-label: the list of labels); None when the text is deferred."""
     deferred: bool
     score: float
-    """The calibrated top probability the rule compared with its threshold."""
+    """The calibrated probability the rule compared with its threshold: the top one (multi-label: that of the text's
+    least sure label decision)."""
     reason: str | None
     """Why the text was deferred (never the text itself); None when decided."""
 
@@ -389,7 +390,9 @@ class TextClassifier:
     def predict_or_defer(self, texts: str | list[str], *, batch_size: int | None = None) -> Routed | list[Routed]:
         """Each text decided automatically (its label) where its calibrated top probability reaches the run's
         threshold, else deferred to a person with the reason: the automatic decisions keep the precision the run
-        was trained for (`--target-precision`), with its stated guarantee. `predict` and `decide` are unchanged."""
+        was trained for (`--target-precision`), with its stated guarantee. Multi-label: decided (its list of labels)
+        where every label's decision, present or absent, reaches that label's threshold. `predict` and `decide` are
+        unchanged."""
         self._rule()  # a run without a rule says so before the model runs
         probs = self.predict_proba(texts, batch_size=batch_size)
         found = self.route(np.atleast_2d(probs))
@@ -397,25 +400,35 @@ class TextClassifier:
 
     def route(self, probs: np.ndarray) -> list[Routed]:
         """predict_proba's rows decided or deferred by the run's rule (predict_or_defer without the model pass)."""
+        from medclf.core.deferral import decided_labels, rule_thresholds
+
         rule = self._rule()
-        threshold = rule["threshold"]
+        target = rule["target_precision"]
+        limits = rule_thresholds(rule, self._labels)
+        confidence = self.task.decision_confidence(probs, self._thresholds)
+        taken = decided_labels(self.task, probs, rule, self._labels, self._thresholds)
         out = []
-        for row in probs:
-            k = int(row.argmax())
-            score = float(row[k])
-            if threshold is not None and score >= threshold:
-                out.append(Routed(label=self._labels[k], deferred=False, score=score, reason=None))
+        for row, conf, took in zip(self.decide(probs), confidence, taken, strict=True):
+            score = float(conf.min())
+            if took.all():
+                out.append(Routed(label=row, deferred=False, score=score, reason=None))
+                continue
+            if not np.isfinite(limits[~took]).all():
+                reason = f"precision {target:.0%} could not be shown on the calibration part"
+            elif not self.multi_label:
+                reason = (f"top probability {score:.3f} is below the threshold {limits[0]:.3f} at which the automatic "
+                          f"decisions reach precision {target:.0%}")
             else:
-                reason = (f"top probability {score:.3f} is below the threshold {threshold:.3f} at which the automatic "
-                          f"decisions reach precision {rule['target_precision']:.0%}" if threshold is not None else
-                          f"precision {rule['target_precision']:.0%} could not be shown on the calibration part")
-                out.append(Routed(label=None, deferred=True, score=score, reason=reason))
+                names = [self._labels[j] for j in np.flatnonzero(~took)]
+                reason = (f"undecided label(s) {', '.join(names)}: the probability of each one's decision is below "
+                          f"its threshold at which that label's automatic decisions reach precision {target:.0%}")
+            out.append(Routed(label=None, deferred=True, score=score, reason=reason))
         return out
 
     def _rule(self) -> DeferralRule:
         rule = self.deferral
         if rule is None:
-            raise MedclfError("This run has no deferral rule; train it with --target-precision 0.9 (single-label) to "
+            raise MedclfError("This run has no deferral rule; train it with --target-precision 0.9 to "
                               "defer the texts it cannot decide at that precision.")
         return rule
 

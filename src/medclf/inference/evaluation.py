@@ -8,7 +8,7 @@ import numpy as np
 
 from medclf.config import TRAIN_DEFAULTS, LoadOptions, slice_column_list
 from medclf.core.conformal import set_figures
-from medclf.core.deferral import defer_below, deferral_figures
+from medclf.core.deferral import deferral_figures, routing
 from medclf.core.figures import Figures
 from medclf.core.labels import load_labeled
 from medclf.core.subgroups import subgroup_figures
@@ -69,12 +69,13 @@ def evaluate(
     metrics = clf.task.metrics(y, probs, labels, thresholds)
     rule = clf.deferral
     if rule is not None:  # what the run's deferral rule does on this table
-        metrics["deferral"] = deferral_figures(probs, y, rule, labels)
+        metrics["deferral"] = deferral_figures(clf.task, probs, y, rule, labels, thresholds)
     if not clf.multi_label and clf.run_dir is not None and (clf.run_dir / CALIBRATION_PREDICTIONS_FILE).is_file():
         metrics["sets"] = set_figures(clf.conformal_sets(), probs, y, labels, precision=clf.precision.name)
     if part.slices:
         metrics["subgroups"] = subgroup_figures(clf.task, y, probs, clf.task.decide(probs, thresholds), part.slices,
-                                                min_count=slice_min_count, defer_below=defer_below(rule))
+                                                min_count=slice_min_count,
+                                                routed=routing(clf.task, probs, y, rule, labels, thresholds))
     metrics["data_file"] = str(data)
     metrics["backend"] = clf.backend
     metrics["long_text"] = clf.long_text

@@ -220,11 +220,11 @@ def _render_chunk(
     else:
         table["label"] = [r["label"] for r in records]
         table["score"] = [r["score"] for r in records]
-        if routed is not None:
-            table["deferred"] = [r.deferred for r in routed]
         if found is not None:
             table["label_set"] = [(clf.spec.label_sep if clf.spec else "|").join(labs) for labs in found]
             table["set_size"] = [len(labs) for labs in found]
+    if routed is not None:
+        table["deferred"] = [r.deferred for r in routed]
     if clf.long_text == "chunk":
         table["window_start"] = [r.get("window", {}).get("start") for r in records]
         table["window_end"] = [r.get("window", {}).get("end") for r in records]

@@ -39,8 +39,9 @@ class RunSpec:
     thresholds: dict[str, float] | None = None
     """multi-label: the decision threshold per label, tuned on the validation part."""
     deferral: DeferralRule | None = None
-    """--target-precision: the threshold on the top probability below which a text goes to a person, and how it was
-    chosen (on the calibration part, with PyTorch at `evaluation_precision`); threshold None: the target was not shown."""
+    """--target-precision: the threshold on the top probability below which a text goes to a person (multi-label: one
+    per label, on the probability of each label's decision, in `per_label`), and how it was chosen (on the
+    calibration part, with PyTorch at `evaluation_precision`); threshold None: the target was not shown."""
     text_columns: list[str] = field(default_factory=lambda: ["text"])
     label_column: str | list[str] = "label"
     model_source: str = ""

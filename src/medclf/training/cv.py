@@ -6,6 +6,13 @@ fold on two threads. Each fold is a normal run directory (OUTPUT/fold-K/: model,
 options on the other folds (less a validation slice, by groups where given) and tested on its fold.
 cv.json and cv.md give every fold's figures, their mean and a 95% interval for the mean (Student's t
 over the folds: mean +- t(0.975, k-1) x sd / sqrt(k)).
+
+With a calibration part (`--calibration-size`, or `--target-precision`), each fold carves its own from its training
+rows, as `train` does, and its run chooses its label sets and deferral rule there; cv then reports them out of fold:
+the sets' coverage pooled over every row and in the worst fold, and each fold's deferral rule on its own test fold
+(coverage, realised precision, whether it reached the target) with every row's routing pooled. That is the
+guarantee checked over k held-out parts; cross-validation still has no model to deploy, so train the run you
+deploy with the same options.
 """
 
 from __future__ import annotations
@@ -20,7 +27,21 @@ from pathlib import Path
 import numpy as np
 
 from medclf.config import TrainConfig
-from medclf.core.figures import FIGURE_NAMES, Band, CVReport, FigureKey, FoldRow, Headline, Label
+from medclf.core.deferral import clopper_pearson, routing
+from medclf.core.figures import (
+    FIGURE_NAMES,
+    Band,
+    CVDeferral,
+    CVReport,
+    CVSetRow,
+    DeferralFigures,
+    FigureKey,
+    FoldDeferral,
+    FoldRow,
+    Headline,
+    Label,
+    LabelSetFigures,
+)
 from medclf.core.labels import LabeledData
 from medclf.core.subgroups import subgroup_figures, subgroup_lines
 from medclf.core.tasks import headline_figures, task_for, task_of
@@ -71,6 +92,11 @@ class FoldResult:
     """The fold's test rows' calibrated probabilities, in the test part's order."""
     decided: np.ndarray
     """The fold's decisions on them (multi-label: at the fold's own thresholds)."""
+    deferral: DeferralFigures | None = None
+    """What the fold's deferral rule did on its test rows (with --target-precision)."""
+    routed: np.ndarray | None = None
+    """Per test row: 1 where the fold's rule decided it automatically, and the share of its decisions that are right."""
+    sets: LabelSetFigures | None = None
 
 
 def mean_interval(values: list[float], level: float = 0.95) -> Band:
@@ -104,11 +130,19 @@ def _run_fold(fold: _Fold, progress: bool, threads: int | None = None) -> FoldRe
 
         torch.set_num_threads(threads)
     result = train(fold.config, progress=progress, splits=fold.splits, plots=False)
-    task, thresholds = task_of(result.test_metrics), result.test_metrics.get("thresholds")
-    decided = task.decide(result.probs, None if thresholds is None else np.array([thresholds[lab] for lab in
-                                                                                   result.test_metrics["labels"]]))
-    return FoldResult(figures={key: float(value) for key, value in headline_figures(result.test_metrics).items()},
-                      train_seconds=result.metrics["timing"]["train_seconds"], probs=result.probs, decided=decided)
+    test = result.test_metrics
+    task, thresholds, labels = task_of(test), test.get("thresholds"), test["labels"]
+    limits = None if thresholds is None else np.array([thresholds[lab] for lab in labels])
+    decided = task.decide(result.probs, limits)
+    deferral, routed = test.get("deferral"), None
+    if deferral is not None:
+        found = routing(task, result.probs, task.targets(fold.splits.test.labels, labels), deferral["rule"], labels,
+                        limits)
+        assert found is not None
+        routed = np.stack([found[0].astype(float), found[1]], axis=1)
+    return FoldResult(figures={key: float(value) for key, value in headline_figures(test).items()},
+                      train_seconds=result.metrics["timing"]["train_seconds"], probs=result.probs, decided=decided,
+                      deferral=deferral, routed=routed, sets=test.get("sets"))
 
 
 def _fold_jobs(config: TrainConfig, data: LabeledData, labels: list[str], pairs: list[tuple[list[int], list[int]]],
@@ -117,16 +151,22 @@ def _fold_jobs(config: TrainConfig, data: LabeledData, labels: list[str], pairs:
     from medclf.training.splits import Splits, check_training_labels, split_off
 
     folds = len(pairs)
+    share = config.calibration_share()
     jobs: list[_Fold] = []
     for k, (rest, held) in enumerate(pairs, 1):
         pool, test = data.subset(rest), data.subset(held)
         train_part, val = split_off(pool, fraction=config.val_size, seed=config.seed, part="validation",
                                     option="a larger --val-size")
+        calibration, carved = None, ""
+        if share:  # as train carves it: from the rows left for training, by groups where given
+            train_part, calibration = split_off(train_part, fraction=share, seed=config.seed, part="calibration",
+                                                option="a smaller --calibration-size")
+            carved = f"; stratified {share:.0%} calibration part"
         check_training_labels(train_part, labels)
         grouped = f", grouped by {config.group_column}" if config.group_column else ""
-        splits = Splits(train=train_part, val=val, test=test, labels=labels,
+        splits = Splits(train=train_part, val=val, test=test, labels=labels, calibration=calibration,
                         how=f"fold {k} of {folds}{grouped} (seed {config.seed}) as test; stratified "
-                            f"{config.val_size:.0%} validation slice of the other folds")
+                            f"{config.val_size:.0%} validation slice of the other folds{carved}")
         # the folds are not tracked one by one: the cross-validation is logged as one run, the folds its steps
         jobs.append(_Fold(config=dataclasses.replace(config, output=str(stage / f"fold-{k}"), overwrite=False,
                                                      track="none"), splits=splits, held=held))
@@ -165,9 +205,6 @@ def cross_validate(config: TrainConfig, *, folds: int = 5, progress: bool = Fals
 
     if config.test_data is not None:
         raise MedclfError("--test-data does not apply to cross-validation: every row is tested once, in its fold.")
-    if config.target_precision is not None or config.calibration_size:
-        raise MedclfError("Cross-validation keeps no calibration part, so it reports no label sets or deferral; drop "
-                          "--calibration-size and --target-precision (train the run you deploy with them).")
     job = open_job(config, prefix="cv-", distributed=False)
     started, output = job.started, job.output
     data, labels = read_training_data(config)
@@ -189,18 +226,30 @@ def cross_validate(config: TrainConfig, *, folds: int = 5, progress: bool = Fals
                             "interval": "95% Student t interval for the mean over the folds", "seconds": seconds,
                             "config": config.to_dict()}
         probs = out_of_fold(jobs, [result.probs for result in results], n_rows=len(data), n_labels=len(labels))
-        if data.slices:  # by subgroup: every row's out-of-fold prediction, as the folds decided them
+        routed = None
+        if config.target_precision is not None:
+            pooled = out_of_fold(jobs, [_routed(result) for result in results], n_rows=len(data), n_labels=2)
+            routed = pooled[:, 0].astype(bool), pooled[:, 1]
+            report["deferral"] = cv_deferral(results, *routed)
+        if any(result.sets is not None for result in results):
+            report["sets"] = cv_sets([result.sets for result in results if result.sets is not None])
+        if data.slices:  # by subgroup: every row's out-of-fold prediction, as the folds decided them (and routed)
             task = task_for(config.multi_label)
             decided = out_of_fold(jobs, [result.decided.astype(float) for result in results], n_rows=len(data),
                                   n_labels=len(labels) if config.multi_label else 1)
             decided = decided.astype(bool) if config.multi_label else decided[:, 0].astype(int)
             report["subgroups"] = subgroup_figures(task, task.targets(data.labels, labels), probs, decided, data.slices,
-                                                   min_count=config.slice_min_count, seed=config.seed)
+                                                   min_count=config.slice_min_count, seed=config.seed, routed=routed)
         atomic_write_json(run.path / CV_FILE, report)
         atomic_write_text(run.path / CV_TABLE, format_cv(report))
     final = run.final
     if config.track == "mlflow":
         figures = {f"{key}_{part}": band[part] for key, band in summary.items() for part in ("mean", "sd", "low", "high")}
+        if "deferral" in report:
+            found = report["deferral"]
+            figures.update({"deferral_coverage": found["coverage"], "deferral_folds_at_target": found["folds_at_target"]})
+            if found["precision"] is not None:
+                figures["deferral_precision"] = found["precision"]
         log_job(kind="cv", name=final.name, directory=final, params={**config.to_dict(), "folds": folds,
                                                                      "workers": workers},
                 steps=[{"step": row["fold"], **row} for row in rows], final={**figures, "seconds": seconds},
@@ -217,6 +266,47 @@ def _fold_row(k: int, fold: _Fold, result: FoldResult) -> FoldRow:
         row[key] = value
     row["train_seconds"] = result.train_seconds
     return row
+
+
+def _routed(result: FoldResult) -> np.ndarray:
+    if result.routed is None:
+        raise RuntimeError("a fold of a cross-validation with --target-precision kept no deferral rule")
+    return result.routed
+
+
+def cv_deferral(results: list[FoldResult], decided: np.ndarray, right: np.ndarray) -> CVDeferral:
+    """Each fold's rule on its own test fold, and every row's out-of-fold routing pooled (`decided`, `right`: the
+    share of each row's decisions that are right), the pooled precision with its 95% Clopper-Pearson interval (over
+    the decisions; multi-label: label decisions)."""
+    rules = [result.deferral for result in results if result.deferral is not None]
+    first = rules[0]["rule"]
+    columns = 1 if "per_label" not in first else len(first["per_label"])
+    hits, count = int(round(float(right[decided].sum()) * columns)), int(decided.sum()) * columns
+    low, high = clopper_pearson(hits, count)
+    folds: list[FoldDeferral] = [
+        {"fold": k, "threshold": found["rule"]["threshold"], "n": found["n"], "decided": found["decided"],
+         "coverage": found["coverage"], "precision": found["precision"]} for k, found in enumerate(rules, 1)]
+    target = first["target_precision"]
+    return {"target_precision": target, "delta": first["delta"], "n": len(decided), "decided": int(decided.sum()),
+            "coverage": float(decided.mean()) if len(decided) else 0.0,
+            "precision": hits / count if count else None, "low": low, "high": high,
+            "interval": "95% Clopper-Pearson over the pooled decisions", "folds": folds,
+            "folds_at_target": sum(f["precision"] is not None and f["precision"] >= target for f in folds),
+            "folds_deciding": sum(f["decided"] > 0 for f in folds)}
+
+
+def cv_sets(per_fold: list[LabelSetFigures]) -> list[CVSetRow]:
+    """The label sets of every score, calibration and level: coverage pooled over the folds' test rows (weighted by
+    their size), the worst fold's, and the pooled mean size."""
+    rows: list[CVSetRow] = []
+    sizes = [figures["n_test"] for figures in per_fold]
+    for i, first in enumerate(per_fold[0]["rows"]):
+        same = [figures["rows"][i] for figures in per_fold]
+        rows.append({"score": first["score"], "by_class": first["by_class"], "level": first["level"],
+                     "coverage": float(np.average([r["coverage"] for r in same], weights=sizes)),
+                     "worst_fold": float(min(r["coverage"] for r in same)),
+                     "mean_size": float(np.average([r["mean_size"] for r in same], weights=sizes))})
+    return rows
 
 
 def out_of_fold(jobs: list[_Fold], per_fold: list[np.ndarray], *, n_rows: int, n_labels: int) -> np.ndarray:
@@ -241,7 +331,33 @@ def format_cv(report: CVReport) -> str:
     lines.append("| 95% interval | | " + " | ".join(f"[{summary[k]['low']:.4f}, {summary[k]['high']:.4f}]" for k in keys)
                  + " | |")
     grouped = f", grouped by {report['grouped_by']}" if report["grouped_by"] else ""
+    if "deferral" in report:
+        lines += ["", *cv_deferral_lines(report["deferral"])]
+    if "sets" in report:
+        lines += ["", "Label sets, calibrated in each fold on its own calibration part, on its test fold (coverage "
+                  "pooled over every row, and in the worst fold):", "",
+                  "| score | by class | level | coverage | worst fold | mean size |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['score']} | {'yes' if r['by_class'] else 'no'} | {r['level']:.0%} | {r['coverage']:.3f} | "
+                  f"{r['worst_fold']:.3f} | {r['mean_size']:.2f} |" for r in report["sets"]]
     if "subgroups" in report:
         lines += ["", "By subgroup, on every row's out-of-fold prediction:", "", *subgroup_lines(report["subgroups"])]
     return (f"{report['folds']}-fold cross-validation{grouped}, seed {report['seed']}, {report['seconds']:.0f} s\n\n"
             + "\n".join(lines) + "\n")
+
+
+def cv_deferral_lines(found: CVDeferral) -> list[str]:
+    """cv.md's deferral section: the pooled routing, then one row per fold."""
+    target = found["target_precision"]
+    lines = [f"Deferral at precision {target:.0%} (level {found['delta']}), each fold's rule chosen on its own "
+             f"calibration part and applied to its test fold: {found['folds_at_target']} of {len(found['folds'])} "
+             f"folds reached the target ({found['folds_deciding']} decided any text)."]
+    if found["precision"] is not None:
+        lines[0] += (f" Pooled over the {found['n']} rows: {found['decided']} decided automatically (coverage "
+                     f"{found['coverage']:.1%}), realised precision {found['precision']:.3f} ({found['interval']} "
+                     f"{found['low']:.3f}-{found['high']:.3f}).")
+    lines += ["", "| fold | threshold | test rows | decided | coverage | realised precision |", "|---|---|---|---|---|---|"]
+    for f in found["folds"]:
+        threshold = "none shown" if f["threshold"] is None else f"{f['threshold']:.3f}"
+        precision = "-" if f["precision"] is None else f"{f['precision']:.3f}"
+        lines.append(f"| {f['fold']} | {threshold} | {f['n']} | {f['decided']} | {f['coverage']:.1%} | {precision} |")
+    return lines

@@ -20,7 +20,7 @@ from medclf.config import TrainConfig
 from medclf.core.baseline import start_tfidf
 from medclf.core.calibration import calibration_summary, fold_temperature, scale_thresholds, temperature_for
 from medclf.core.conformal import ConformalSets, set_figures
-from medclf.core.deferral import DeferralRequest, choose_threshold, defer_below, deferral_figures, rule_sentence
+from medclf.core.deferral import DeferralRequest, choose_rule, deferral_figures, routing, rule_sentence
 from medclf.core.descriptions import Descriptions, check_label_descriptions, read_label_descriptions
 from medclf.core.figures import Figures, RunMetrics, Truncation
 from medclf.core.labels import LabeledData
@@ -245,19 +245,20 @@ def _test(fitted: Fitted, prep: Prepared, labels: list[str], config: TrainConfig
     if prep.y_calibration is not None and val_logits is not None:  # sets and deferral, on rows that chose nothing
         calibration_probs = task.probabilities(logits("calibration") / temperature)
         val_probs = task.probabilities(val_logits / temperature)
-        test["sets"] = set_figures(ConformalSets(calibration_probs, prep.y_calibration), probs, y_test, labels,
-                                   precision=prep.evaluation.name)
+        if not task.multi_label:  # label sets are single-label; a multi-label run keeps the part for deferral
+            test["sets"] = set_figures(ConformalSets(calibration_probs, prep.y_calibration), probs, y_test, labels,
+                                       precision=prep.evaluation.name)
         if config.target_precision is not None:
-            rule = choose_threshold(calibration_probs.max(axis=1), calibration_probs.argmax(axis=1) == prep.y_calibration,
-                                    DeferralRequest(config.target_precision, config.deferral_delta),
-                                    n_labels=len(labels), order_confidence=val_probs.max(axis=1),
-                                    order_correct=val_probs.argmax(axis=1) == prep.y_val, backend="torch",
-                                    precision=prep.evaluation.name)
-            test["deferral"] = deferral_figures(probs, y_test, rule, labels)
+            rule = choose_rule(task, calibration_probs, prep.y_calibration,
+                               DeferralRequest(config.target_precision, config.deferral_delta), labels=labels,
+                               order_probs=val_probs, order_y=prep.y_val, thresholds=thresholds, backend="torch",
+                               precision=prep.evaluation.name)
+            test["deferral"] = deferral_figures(task, probs, y_test, rule, labels, thresholds)
     if slices:
-        test["subgroups"] = subgroup_figures(
-            task, y_test, probs, task.decide(probs, thresholds), slices, min_count=config.slice_min_count,
-            seed=config.seed, defer_below=defer_below(test["deferral"]["rule"] if "deferral" in test else None))
+        routed = routing(task, probs, y_test, test["deferral"]["rule"] if "deferral" in test else None, labels,
+                         thresholds)
+        test["subgroups"] = subgroup_figures(task, y_test, probs, task.decide(probs, thresholds), slices,
+                                             min_count=config.slice_min_count, seed=config.seed, routed=routed)
     # The saved model gives calibrated logits itself where its last layer is linear; otherwise the run keeps T
     # and TextClassifier divides by it.
     folded = temperature != 1.0 and fold_temperature(model, temperature)
