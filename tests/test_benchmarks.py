@@ -387,3 +387,18 @@ def test_deferral_benchmark_defers_per_label_on_a_multi_label_set(tmp_path, tiny
     for row in result["redraws"].values():
         assert len(row["draws"]) == 3 and all(set(x["per_label"]) == set(result["labels"]) for x in row["draws"])
     assert "Per label, each at its own threshold" in (out / "results.md").read_text()
+
+
+def test_drift_benchmark_runs_the_mixes_the_cut_draws_and_the_timed_command(tmp_path, tiny_model):
+    data = write_csv(tmp_path / "notes.csv", make_rows(60))
+    out = tmp_path / "drift"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "trust" / "drift.py"), "--data", str(data), "--text-column", "text",
+         "--label-column", "label", "--model", tiny_model, "--method", "embeddings", "--draws", "3",
+         "--draw-size", "20", "--permutations", "99", "--big", "200", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "results.json").read_text())
+    assert len(result["prevalence"]) == 3 and [r["cut_share"] for r in result["covariate"]] == [0.0, 0.1, 0.25, 0.5]
+    assert result["big"]["exit"] in (0, 3) and result["big"]["texts"] == 200
+    assert "| texts cut |" in (out / "results.md").read_text() and len(result["targets"]) == 4

@@ -139,6 +139,10 @@ class TrainConfig:
     calibrate: bool = True
     """Fit temperature scaling on the validation part after training (one scalar, saved with the run and
     applied by every inference path); changes no prediction, only how far the probabilities can be trusted."""
+    drift_reference: bool = True
+    """Keep the validation part's embeddings and calibrated probabilities (never its text) in RUN/reference/, what
+    `medclf drift` compares new data with (run/reference.py); False: none is kept (embeddings derive from patient
+    text), and `medclf reference` can add one later."""
     drop_empty: bool = False
     """Skip rows with an empty text or label instead of refusing the file."""
     overwrite: bool = False
@@ -340,6 +344,12 @@ class LoadOptions:
     """Inference threads (ONNX Runtime's intra-op threads; PyTorch's are the process's). None: one per core."""
     long_text: str | None = None
     """truncate | head-tail | chunk at inference; None: as the run was trained."""
+    priors: str | None = None
+    """A priors.json of `medclf drift`: the calibrated probabilities moved to the class shares it estimated on new
+    data (Bayes' correction). None: the training shares, as trained."""
+    void_guarantees: bool = False
+    """Apply `priors` to a run with a deferral rule or label sets, whose guarantees were calibrated on the unchanged
+    probabilities and no longer hold (refused without it)."""
 
     def __post_init__(self) -> None:
         _choice("backend", self.backend, BACKENDS)
@@ -355,6 +365,51 @@ class LoadOptions:
     def replace(self, **changes: Any) -> LoadOptions:
         """These options with the given fields changed (None leaves a field as it is); validated again."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+@dataclass(kw_only=True)
+class DriftConfig:
+    """`medclf drift`: new data against a run's reference (inference/drift.py); saved in drift.json."""
+
+    data: str
+    """The new data: a table of texts (labels, a time column and slice columns are used where present)."""
+    output: str | None = None
+    """Folder for drift.json, drift.md, the plots and priors.json (default runs/drift-TIMESTAMP)."""
+    overwrite: bool = False
+    alpha: float = 0.05
+    """The false-alarm level of the decision (each of the two tests at alpha / 2)."""
+    text_columns: list[str] | None = None
+    label_column: str | list[str] | None = None
+    """Default: the run's label column, used where the data has it."""
+    time_column: str | None = None
+    windows: int = 4
+    """With time_column: windows of equal row count, in time order."""
+    slice_columns: list[str] | None = None
+    slice_min_count: int = 10
+    permutations: int = 1000
+    resamples: int = 200
+    seed: int = 0
+    drop_empty: bool = False
+    track: str = "none"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.data, str) or not self.data:
+            raise MedclfError("Pass the new data with --data FILE.")
+        if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool) or not 0.0 < self.alpha < 1.0:
+            raise MedclfError(f"--alpha must be a share between 0 and 1 (such as 0.05), got {self.alpha!r}.")
+        for name in ("windows", "slice_min_count", "resamples"):
+            _positive_int(name, getattr(self, name))
+        _positive_int("permutations", self.permutations)
+        needed = math.ceil(2 / self.alpha)  # the smallest p-value is 1 / (permutations + 1): it must fall below alpha/2
+        if self.permutations < max(99, needed):
+            raise MedclfError(f"--permutations must be at least {max(99, needed)} for --alpha {self.alpha} (the "
+                              f"smallest p-value a permutation test gives is 1 / (permutations + 1)); pass "
+                              f"--permutations {max(1000, math.ceil(10 / self.alpha))}.")
+        self.slice_columns = slice_column_list(self.slice_columns)
+        _choice("track", self.track, TRACKERS)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass

@@ -198,6 +198,7 @@ class TrainOptions:
     class_weights: Annotated[str, typer.Option("--class-weights", help="none | balanced (weight the loss by inverse class frequency; --multi-label: pos_weight = negatives/positives per label).")] = D.class_weights
     head_init: Annotated[str, typer.Option("--head-init", help="random | linear-probe (fit the head on frozen features before fine-tuning).")] = D.head_init
     calibrate: Annotated[bool, typer.Option("--calibrate/--no-calibrate", help="Fit temperature scaling on the validation part so that probabilities match observed frequencies (changes no predicted label).")] = D.calibrate
+    drift_reference: Annotated[bool, typer.Option("--reference/--no-reference", help="Keep the validation part's embeddings and calibrated probabilities (never its text) in RUN/reference/, what `medclf drift` compares new data with; --no-reference keeps none (they derive from patient text).")] = D.drift_reference
     drop_empty: Annotated[bool, typer.Option("--drop-empty", help="Skip rows with an empty text or label instead of refusing the file.")] = D.drop_empty
     overwrite: OverwriteOpt = D.overwrite
     device: DeviceOpt = D.device

@@ -51,6 +51,8 @@ def predict(
     sets: Annotated[float | None, typer.Option("--sets", help="Also give each text's conformal label set at this coverage (0.9: the set holds the true label for at least 90% of texts drawn as the run's calibration part was); single-label runs with a calibration part.")] = None,
     set_score: Annotated[str, typer.Option("--set-score", help="--sets: lac (smallest sets) | aps (sets grow with how hard a text is).")] = "lac",
     set_by_class: Annotated[bool, typer.Option("--set-by-class", help="--sets: calibrate per class, so every class keeps the coverage (imbalanced classes).")] = False,
+    priors: Annotated[str | None, typer.Option("--priors", help="A priors.json of `medclf drift`: move the calibrated probabilities to the class shares it estimated on new data (Bayes' correction), so that predictions on a shifted site improve.")] = None,
+    void_guarantees: Annotated[bool, typer.Option("--void-guarantees", help="--priors on a run with a deferral threshold or label sets: apply them anyway (those guarantees were calibrated on the unchanged probabilities and no longer hold).")] = False,
 ) -> None:
     """Label new texts: the predicted label and the probability of every class, for each text."""
 
@@ -64,7 +66,8 @@ def predict(
 
         if engine not in ("local", "spark"):
             raise MedclfError(f"--engine must be local or spark, not {engine!r}.")
-        options = LoadOptions(backend=backend, batch_size=batch_size, precision=precision, long_text=long_text)
+        options = LoadOptions(backend=backend, batch_size=batch_size, precision=precision, long_text=long_text,
+                              priors=priors, void_guarantees=void_guarantees)
         if engine == "spark":
             from medclf.inference.spark import predict_spark_file
 

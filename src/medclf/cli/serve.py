@@ -28,6 +28,7 @@ def serve(
     long_text: LongTextOpt = S.long_text,
     precision: InferPrecisionOpt = S.precision,
     device: DeviceOpt = S.device,
+    metrics_labels: Annotated[bool, typer.Option("--metrics-labels", help="Also count the predicted labels on /metrics (off by default: /metrics is open, and with this it carries how often each label is predicted).")] = S.metrics_labels,
 ) -> None:
     """Serve a run over HTTP: POST /v1/predict, GET /v1/model, /healthz, /readyz, /metrics, and a page at /."""
 
@@ -38,7 +39,7 @@ def serve(
         settings = ServeSettings(
             run_dir=run_dir, host=host, port=port, backend=backend, max_batch=max_batch, max_chars=max_chars,
             max_queue=max_queue, max_wait_ms=max_wait_ms, api_key_env=api_key_env, workers=workers, threads=threads,
-            long_text=long_text, precision=precision, device=device,
+            long_text=long_text, precision=precision, device=device, metrics_labels=metrics_labels,
         )
         serve_fn(settings)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -131,6 +130,19 @@ def indicator_labels(frame: pd.DataFrame, columns: list[str], *, source: str) ->
     return labels, empty
 
 
+def label_values(frame: pd.DataFrame, label_column: str | list[str], *, multi_label: bool, label_sep: str,
+                 source: str) -> tuple[list[Label | None], list[int]]:
+    """Each row's label as the table gives it (a name; multi-label a tuple, from delimited cells or 0/1 columns),
+    validated, and the rows whose label is missing (None there)."""
+    if isinstance(label_column, list):
+        found, empty = indicator_labels(frame, label_column, source=source)
+        return list(found), empty
+    if multi_label:
+        return list(split_labels(frame[label_column].tolist(), sep=label_sep, source=source, column=label_column)), []
+    labels: list[Label | None] = [_as_label(v) for v in frame[label_column].tolist()]
+    return labels, [i for i, lab in enumerate(labels) if lab is None]
+
+
 def load_labeled(
     path: str | None,
     *,
@@ -155,15 +167,7 @@ def load_labeled(
     text_columns, label_column = resolve_columns(frame, text_columns, label_column, source=source, need_label=True)
     assert label_column is not None
     texts = join_texts(frame, text_columns)
-    labels: Sequence[Label | None]
-    if isinstance(label_column, list):
-        labels, empty_label = indicator_labels(frame, label_column, source=source)
-    elif multi_label:
-        labels, empty_label = split_labels(frame[label_column].tolist(), sep=label_sep, source=source,
-                                           column=label_column), []
-    else:
-        labels = [_as_label(v) for v in frame[label_column].tolist()]
-        empty_label = [i for i, lab in enumerate(labels) if lab is None]
+    labels, empty_label = label_values(frame, label_column, multi_label=multi_label, label_sep=label_sep, source=source)
     groups: list[str | None] | None = None
     if group_column is not None:
         if group_column not in frame.columns:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
 from medclf.core.figures import Decision, FigureKey, Figures, Headline, Label, class_names
+from medclf.core.shift import as_binary, estimate_shares, prevalence_test, reweight
 
 if TYPE_CHECKING:  # torch is imported where a task's torch methods run, not with this module
     import torch
@@ -66,6 +68,22 @@ def tune_thresholds(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return thresholds
 
 
+PREVALENCE_TEST = ("permutation test of the mean calibrated probabilities, new data against the reference part "
+                   "(black-box shift detection, Lipton et al. 2018)")
+
+
+@dataclass(frozen=True)
+class PriorShift:
+    """Shares estimated without labels (one per class, or per label), their 95% bootstrap interval, and the p-value
+    of the test that the probabilities are drawn as the reference part's."""
+
+    shares: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    p_value: float
+    test: str
+
+
 class SingleLabel:
     """One class per text: softmax, cross-entropy, the most probable class."""
 
@@ -108,6 +126,20 @@ class SingleLabel:
     def decisions_right(probs: np.ndarray, y: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarray:
         """Whether each decision is right, shape (n, 1)."""
         return (probs.argmax(axis=1) == np.asarray(y))[:, None]
+
+    @staticmethod
+    def prior_shift(probs: np.ndarray, train: np.ndarray, *, reference: np.ndarray, permutations: int = 1000,
+                    resamples: int = 200, seed: int = 0) -> PriorShift:
+        """The class shares of the texts behind `probs`, estimated without labels (core.shift: EM, bootstrap
+        interval), and the permutation test of their probabilities against the `reference` part's."""
+        found = estimate_shares(probs, train, resamples=resamples, seed=seed)
+        _, p = prevalence_test(reference, probs, binary=False, permutations=permutations, seed=seed)
+        return PriorShift(shares=found.shares, low=found.low, high=found.high, p_value=p, test=PREVALENCE_TEST)
+
+    @staticmethod
+    def reweight(probs: np.ndarray, train: np.ndarray, new: np.ndarray) -> np.ndarray:
+        """Bayes' correction of calibrated probabilities learnt under shares `train` to shares `new`."""
+        return reweight(probs, train, new)
 
     @staticmethod
     def names(decided: np.ndarray | np.generic, labels: list[str]) -> str:
@@ -194,6 +226,24 @@ class MultiLabel:
         return self.decide(probs, thresholds) == np.asarray(y, dtype=bool)
 
     @staticmethod
+    def prior_shift(probs: np.ndarray, train: np.ndarray, *, reference: np.ndarray, permutations: int = 1000,
+                    resamples: int = 200, seed: int = 0) -> PriorShift:
+        """Each label's share of texts holding it, estimated without labels: one two-class problem per label
+        (core.shift); the permutation test compares all labels' probabilities with the `reference` part's at once."""
+        found = [estimate_shares(as_binary(probs[:, j]), np.array([1.0 - train[j], train[j]]), resamples=resamples,
+                                 seed=seed + j) for j in range(probs.shape[1])]
+        _, p = prevalence_test(reference, probs, binary=True, permutations=permutations, seed=seed)
+        return PriorShift(shares=np.array([f.shares[1] for f in found]), low=np.array([f.low[1] for f in found]),
+                          high=np.array([f.high[1] for f in found]), p_value=p, test=PREVALENCE_TEST)
+
+    @staticmethod
+    def reweight(probs: np.ndarray, train: np.ndarray, new: np.ndarray) -> np.ndarray:
+        """Bayes' correction of each label's calibrated probability from share `train` to share `new`."""
+        return np.stack([reweight(as_binary(probs[:, j]), np.array([1 - train[j], train[j]]),
+                                  np.array([1 - new[j], new[j]]))[:, 1] for j in range(probs.shape[1])], axis=1) \
+            if probs.shape[1] else probs
+
+    @staticmethod
     def names(decided: np.ndarray | np.generic, labels: list[str]) -> list[str]:
         return [labels[i] for i in np.flatnonzero(decided)]
 
@@ -269,6 +319,15 @@ class Task(Protocol):
 
     def decisions_right(self, probs: np.ndarray, y: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarray:
         """Whether each of decision_confidence's decisions is right against targets `y` (same shape)."""
+
+    def prior_shift(self, probs: np.ndarray, train: np.ndarray, *, reference: np.ndarray, permutations: int = 1000,
+                    resamples: int = 200, seed: int = 0) -> PriorShift:
+        """The class shares (multi-label: each label's share of texts) of the texts behind `probs`, estimated without
+        labels from the calibrated probabilities learnt under shares `train`, with intervals, and the test that the
+        probabilities are drawn as the `reference` part's."""
+
+    def reweight(self, probs: np.ndarray, train: np.ndarray, new: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities learnt under shares `train` moved to shares `new` (Bayes' rule)."""
 
     def names(self, decided: np.ndarray | np.generic, labels: list[str]) -> Decision:
         """One row's decision in label names (a name, or a list of names)."""

@@ -27,6 +27,7 @@ from medclf.model.modeling import (
     run_batches,
 )
 from medclf.run.artifacts import CALIBRATION_PREDICTIONS_FILE, CONFIG_FILE, MODEL_DIR, is_run_dir, read_json
+from medclf.run.reference import Priors, read_priors
 from medclf.run.runspec import RunSpec
 
 if TYPE_CHECKING:
@@ -118,6 +119,8 @@ class TextClassifier:
         """The run directory this classifier was loaded from (None when built in memory)."""
         self._torch_twin: torch.nn.Module | None = None
         self._conformal: ConformalSets | None = None
+        self.priors: Priors | None = None
+        """With LoadOptions.priors: the shares every probability is moved to (Bayes' correction; `medclf drift`)."""
         self.multi_label = multi_label
         self.task = task_for(multi_label)
         if not (isinstance(temperature, (int, float)) and 0 < temperature < float("inf")):
@@ -238,7 +241,7 @@ class TextClassifier:
             log.info("Backend: ONNX Runtime (%s).", onnx_path.name)
             clf = cls(OnnxRunner(onnx_path, threads=threads), tokenizer, labels=labels, **common)
             clf.run_dir = model_dir.parent
-            return clf
+            return clf.with_priors(options)
         from medclf.model.embeddings import EmbeddingClassifier, is_embedding_model
 
         if is_embedding_model(model_dir):  # --method embeddings: frozen encoder + linear head
@@ -248,7 +251,38 @@ class TextClassifier:
         precision = spec.config.inference_request(options.precision)
         clf = cls(model, tokenizer, device=choose_device(device), precision=precision, **common)
         clf.run_dir = model_dir.parent
-        return clf
+        return clf.with_priors(options)
+
+    def with_priors(self, options: LoadOptions) -> TextClassifier:
+        """This classifier with the priors `options` name (none: unchanged); a run whose deferral rule or label sets
+        the new shares would void is refused unless options.void_guarantees."""
+        if options.priors is None:
+            return self
+        from medclf.run.reference import model_fingerprint
+
+        priors = read_priors(options.priors, labels=self._labels, multi_label=self.multi_label,
+                             model_sha256=None if self.run_dir is None else model_fingerprint(self.run_dir))
+        guaranteed = [what for what, held in (
+            ("deferral threshold", self.spec is not None and self.spec.deferral is not None),
+            ("label sets", self.run_dir is not None and (self.run_dir / CALIBRATION_PREDICTIONS_FILE).is_file()))
+            if held]
+        if guaranteed and not options.void_guarantees:
+            raise MedclfError(f"New priors change the calibrated probabilities this run's {' and '.join(guaranteed)} "
+                              "were calibrated on, so their guarantees would no longer hold; pass --void-guarantees "
+                              "to apply the priors anyway, or predict without --priors.")
+        if guaranteed:
+            log.warning("Priors from %s applied: the run's %s no longer carry their guarantees.", options.priors,
+                        " and ".join(guaranteed))
+        self.priors = priors
+        return self
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated logits (one row per text) -> the probabilities every prediction reads: the task's, moved to the
+        loaded priors where there are any."""
+        probs = self.task.probabilities(logits)
+        if self.priors is None:
+            return probs
+        return self.task.reweight(probs, np.array(self.priors.train), np.array(self.priors.shares))
 
     def _logits(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
         window_logits, encoded = self._window_logits(texts, batch_size)
@@ -307,7 +341,7 @@ class TextClassifier:
         """Everything predict and predict_proba give, and in chunk mode the deciding window of each text, in one
         pass (files, the server)."""
         window_logits, encoded = self._window_logits(list(texts), batch_size)
-        probs = self.task.probabilities(self.document_logits(window_logits, encoded.doc_of, encoded.n_docs))
+        probs = self.probabilities(self.document_logits(window_logits, encoded.doc_of, encoded.n_docs))
         best: list[tuple[int, int] | None] = [None] * len(texts)
         if encoded.doc_of is not None and encoded.char_spans is not None:
             score = np.full(len(texts), -np.inf)
@@ -333,7 +367,7 @@ class TextClassifier:
         Multi-label: each label's own probability (rows need not sum to 1)."""
         single = isinstance(texts, str)
         batch: list[str] = [texts] if isinstance(texts, str) else list(texts)
-        probs = self.task.probabilities(self._logits(batch, batch_size))
+        probs = self.probabilities(self._logits(batch, batch_size))
         return probs[0] if single else probs
 
     @overload
@@ -472,22 +506,15 @@ class TextClassifier:
     def embed(self, texts: list[str], *, batch_size: int | None = None) -> np.ndarray:
         """Each text's vector in the run's encoder space (texts x hidden size): the mean of the encoder's last hidden
         states, pads left out, L2-normalised; a text read in windows gets the mean of its windows'. For a fine-tuned
-        run, the fine-tuned encoder's space; for an embeddings run, the space its head reads."""
-        from medclf.model.embeddings import EmbeddingClassifier, mean_pool
+        run, the fine-tuned encoder's space; for an embeddings run, the space its head reads. Always computed in fp32
+        (model.embeddings.encoder_vectors), so vectors from machines of different kinds compare."""
+        from medclf.model.embeddings import encoder_vectors
 
         model = self.torch_model()
-        encoder = model.encoder if isinstance(model, EmbeddingClassifier) else getattr(model, "base_model")
         device = next(model.parameters()).device
         encoded = self.encode(list(texts)) if texts else Encoded([], 0, 0, 0)
-
-        def mean_states(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-            states = encoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
-            return mean_pool(states.float(), inputs["attention_mask"])
-
-        out = run_batches(mean_states, encoded.input_ids, batching=self._batching(device, batch_size), pad_id=self.pad_id,
-                          width=int(getattr(model, "config").hidden_size), device=device, precision=self.precision)
-        pooled = pool_logits(out, encoded.doc_of, encoded.n_docs, "mean")
-        return np.asarray(pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None), dtype=np.float32)
+        return encoder_vectors(model, encoded.input_ids, doc_of=encoded.doc_of, n_docs=encoded.n_docs,
+                               batching=self._batching(device, batch_size), pad_id=self.pad_id, device=device)
 
     def torch_model(self) -> torch.nn.Module:
         """The PyTorch model behind this classifier (what gradients need): its own with the torch backend; for ONNX,
@@ -499,6 +526,11 @@ class TextClassifier:
                 raise MedclfError("Integrated gradients need the PyTorch model; load the run with backend='torch'.")
             self._torch_twin = type(self).load(self.run_dir, backend="torch", device="cpu").torch_model()
         return self._torch_twin
+
+    def confidence(self, probs: np.ndarray) -> np.ndarray:
+        """predict_proba's rows -> how sure each text's decision is: its calibrated top probability (multi-label: the
+        probability of its least sure label's decision, present or absent, at the run's thresholds)."""
+        return self.task.decision_confidence(probs, self._thresholds).min(axis=1)
 
     def decide(self, probs: np.ndarray) -> list[Decision]:
         """predict_proba's rows turned into predictions: a label each, or (multi-label) a list of labels each."""

@@ -92,8 +92,8 @@ class Explainer:
         clf = self.clf
         logits = clf.sequence_logits([seq for variant in variants for seq in variant])
         owner = [v for v, variant in enumerate(variants) for _ in variant]
-        return clf.task.probabilities(clf.document_logits(logits, owner if clf.long_text == "chunk" else None,
-                                                           len(variants)))
+        return clf.probabilities(clf.document_logits(logits, owner if clf.long_text == "chunk" else None,
+                                                     len(variants)))
 
     def explain(self, text: str, *, method: str = "integrated-gradients", target: str | None = None,
                 steps: int = DEFAULT_STEPS) -> Explanation:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from medclf.errors import MedclfError
+from medclf.model.batching import Batching
 from medclf.model.modeling import batching_for, run_batches
 
 HEAD_WEIGHTS = "head.safetensors"
@@ -136,6 +137,27 @@ def embed_texts(
     return run_batches(lambda inputs: model.embed(inputs["input_ids"], inputs["attention_mask"]), input_ids,
                        batching=batching_for(device, batch_size), pad_id=pad_id, width=model.head.in_features,
                        device=device)
+
+
+def encoder_vectors(model: torch.nn.Module, input_ids: list[list[int]], *, doc_of: list[int] | None, n_docs: int,
+                    batching: Batching, pad_id: int, device: torch.device) -> np.ndarray:
+    """Each text's vector in a run's encoder space (texts x hidden size): the mean of the encoder's last hidden
+    states, pads left out, L2-normalised; a text read in windows (`doc_of`: each sequence's text) gets the mean of
+    its windows'. The encoder of a fine-tuned model (its base model) or of an embeddings run (the one its head reads).
+    Always in fp32, whatever the inference precision, so that vectors from different machines compare: what
+    TextClassifier.embed gives and the drift reference holds (run/reference.py)."""
+    from medclf.model.batching import pool_logits
+
+    encoder = model.encoder if isinstance(model, EmbeddingClassifier) else getattr(model, "base_model")
+
+    def mean_states(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        states = encoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
+        return mean_pool(states.float(), inputs["attention_mask"])
+
+    out = run_batches(mean_states, input_ids, batching=batching, pad_id=pad_id,
+                      width=int(getattr(model, "config").hidden_size), device=device)
+    pooled = pool_logits(out, doc_of, n_docs, "mean")
+    return np.asarray(pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None), dtype=np.float32)
 
 
 def fit_logistic(

@@ -94,7 +94,13 @@ def model_card(spec: RunSpec, metrics: RunMetrics, *, name: str) -> str:
               f"- {OUT_OF_SCOPE[0].upper() + OUT_OF_SCOPE[1:]}; it is not validated as one.",
               "- Texts unlike the training data (another institution, specialty, note type, time or language) may be "
               "classified worse than the figures below say; it cannot say 'none of these' unless trained with such a "
-              "class.", ""]
+              "class.",
+              "- To know when new data no longer looks like this data, without labels: `medclf drift RUN --data "
+              "new.csv` " + ("compares it with the reference the run keeps (its validation part's embeddings and "
+                             "probabilities, no text): class shares, the texts themselves, confidence; exit 3 when "
+                             "they moved." if spec.config.drift_reference else
+                             "needs a reference, which this run does not keep (`--no-reference`); `medclf reference "
+                             "RUN --data TABLE` adds one."), ""]
     counts = data["class_counts"]
     lines += ["## Training data", "",
               f"- File `{Path(spec.data_file).name}` (sha256 `{spec.data_sha256.get('data') or 'n/a'}`); text "

@@ -77,8 +77,9 @@ def is_run_dir(path: str | Path) -> bool:
 
 CV_FILE = "cv.json"
 """What `medclf cv` writes beside its fold runs (read by `medclf runs` too)."""
-OUTPUT_MARKERS = (CV_FILE, "audit.json", "pretrain_config.json", "export.json")
-"""The file that marks a directory written by `medclf cv`, `audit`, `pretrain` or `export` (a train run: is_run_dir)."""
+OUTPUT_MARKERS = (CV_FILE, "audit.json", "pretrain_config.json", "export.json", "drift.json")
+"""The file that marks a directory written by `medclf cv`, `audit`, `pretrain`, `export` or `drift` (a train run:
+is_run_dir)."""
 
 
 def is_medclf_output(path: str | Path) -> bool:

@@ -19,9 +19,9 @@ from medclf.run.artifacts import CONFIG_FILE, atomic_write_json, read_json
 
 RUN_SPEC_VERSION = 1
 """Layout version of train_config.json. Raise it when a field changes meaning; add a reader for the old one."""
-LEGACY_OPTIONS = {"long_text": "truncate"}
+LEGACY_OPTIONS = {"long_text": "truncate", "drift_reference": False}
 """Options missing from runs written before they existed, as those runs were trained (before --long-text, texts were
-truncated; today's default for new runs is head-tail)."""
+truncated; today's default for new runs is head-tail; before the drift reference, runs kept none)."""
 
 
 @dataclass(kw_only=True)

@@ -245,6 +245,8 @@ async def predict(body: PredictRequest, served: Served = Depends(_served)) -> An
     routed = None if clf.deferral is None else clf.route(predictions.probabilities)
     if routed is not None:
         served.metrics.deferred.inc(sum(r.deferred for r in routed))
+    served.metrics.observe_predictions(clf.confidence(predictions.probabilities),
+                                       [d if isinstance(d, list) else [d] for d in predictions.decided])
     records = prediction_records(clf.labels, predictions, k, sets, routed)
     return records[0] if single else {"predictions": records}
 
@@ -305,7 +307,7 @@ def create_app(settings: ServeSettings) -> Any:
     from medclf._version import __version__
     from medclf.inference.classifier import TextClassifier
 
-    served = Served(settings=settings, metrics=Metrics(), api_key=settings.api_key())
+    served = Served(settings=settings, metrics=Metrics(labels=settings.metrics_labels), api_key=settings.api_key())
     body_limit = settings.max_batch * settings.max_chars * 6 + 65_536  # JSON may escape a character as \uXXXX
 
     @asynccontextmanager
@@ -385,6 +387,21 @@ def _trimming(infer: Callable[[list[str]], "Predictions"]) -> Callable[[list[str
     return run
 
 
+def _reference_info(run: Path) -> dict[str, Any] | None:
+    """What the run's drift reference says of the data it was trained on: its training class shares and the part it
+    holds (no embedding, no text); None without one."""
+    from medclf.run.reference import read_reference
+
+    try:
+        found = read_reference(run)
+    except MedclfError as error:
+        log.warning("The run's drift reference is not used: %s", error)
+        return None
+    if found is None:
+        return None
+    return {"part": found.info.part, "n": found.info.n, "train_shares": found.info.train_shares}
+
+
 def _model_info(clf: "TextClassifier", settings: ServeSettings, version: str) -> dict[str, Any]:
     from medclf.run.artifacts import METRICS_FILE, read_json
 
@@ -413,6 +430,7 @@ def _model_info(clf: "TextClassifier", settings: ServeSettings, version: str) ->
         "multi_label": clf.multi_label,
         "thresholds": clf.thresholds,
         "deferral": clf.deferral,
+        "reference": _reference_info(run),
         "backend": clf.backend,
         "max_length": clf.max_length,
         "trained": spec.created if spec else None,

@@ -13,6 +13,7 @@ from typing import Any
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+CONFIDENCE_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -23,9 +24,10 @@ def multiprocess() -> bool:
 
 class Metrics:
     """Requests by endpoint, method and status; latency; texts per forward pass; inference time; texts; overload
-    refusals; texts queued (summed over the live workers)."""
+    refusals; texts queued (summed over the live workers); the calibrated confidence of each text's decision (a
+    histogram whose drop shows drift without labels); with `labels`, the predicted labels counted (opt-in)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, labels: bool = False) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         shared = multiprocess()
@@ -47,6 +49,20 @@ class Metrics:
         self.rejected_overload = Counter("medclf_rejected_overload", "Requests refused with 503 because the queue "
                                          "was full.", **where)
         self.queue = Gauge("medclf_queue_texts", "Texts waiting for the model.", multiprocess_mode="livesum", **where)
+        self.confidence = Histogram("medclf_prediction_confidence", "Calibrated probability of each text's decision "
+                                    "(its top label; multi-label: its least sure label, present or absent).",
+                                    buckets=CONFIDENCE_BUCKETS, **where)
+        self.labels = Counter("medclf_predicted_labels", "Texts given each label (only with --metrics-labels).",
+                              ["label"], **where) if labels else None
+
+    def observe_predictions(self, confidence: Any, labels: list[list[str]]) -> None:
+        """One forward pass's answers: each text's decision confidence, and (opt-in) its labels."""
+        for value in confidence:
+            self.confidence.observe(float(value))
+        if self.labels is not None:
+            for given in labels:
+                for label in given:
+                    self.labels.labels(label).inc()
 
     def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, method, str(status)).inc()

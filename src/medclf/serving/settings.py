@@ -41,6 +41,9 @@ class ServeSettings:
     """Inference precision, as `medclf predict --precision` (auto: bf16 on a CUDA GPU or an AMX CPU, else fp32)."""
     device: str = "cpu"
     """Where each worker runs the model (cpu by default: workers share the machine's cores; cuda shares one GPU)."""
+    metrics_labels: bool = False
+    """Count the predicted labels on /metrics (medclf_predicted_labels_total by label). Off by default: /metrics is
+    open and, without it, carries no result beyond counts of texts, deferrals and the confidence histogram."""
 
     def __post_init__(self) -> None:
         for name, allowed in (("backend", BACKENDS), ("precision", INFER_PRECISIONS), ("device", DEVICES)):

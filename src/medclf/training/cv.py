@@ -168,8 +168,9 @@ def _fold_jobs(config: TrainConfig, data: LabeledData, labels: list[str], pairs:
                         how=f"fold {k} of {folds}{grouped} (seed {config.seed}) as test; stratified "
                             f"{config.val_size:.0%} validation slice of the other folds{carved}")
         # the folds are not tracked one by one: the cross-validation is logged as one run, the folds its steps
+        # nor do they keep a drift reference: cross-validation has no run to deploy
         jobs.append(_Fold(config=dataclasses.replace(config, output=str(stage / f"fold-{k}"), overwrite=False,
-                                                     track="none"), splits=splits, held=held))
+                                                     track="none", drift_reference=False), splits=splits, held=held))
     return jobs
 
 

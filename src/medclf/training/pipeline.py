@@ -3,6 +3,7 @@ metrics, intervals, the TF-IDF baseline), then the run directory written in a st
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import platform
 import time
@@ -31,7 +32,15 @@ from medclf.core.tables import demo_data_path
 from medclf.core.tasks import Task, headline_figures, task_for
 from medclf.errors import MedclfError
 from medclf.model.batching import Encoded, encode
-from medclf.model.modeling import check_max_length, choose_device, inference_precision, load_tokenizer, resolve_model
+from medclf.model.embeddings import encoder_vectors
+from medclf.model.modeling import (
+    batching_for,
+    check_max_length,
+    choose_device,
+    inference_precision,
+    load_tokenizer,
+    resolve_model,
+)
 from medclf.reporting.card import write_card
 from medclf.reporting.report import write_report
 from medclf.run.artifacts import (
@@ -46,6 +55,15 @@ from medclf.run.artifacts import (
     atomic_write_text,
     file_sha256,
     save_pretrained_atomic,
+)
+from medclf.run.reference import (
+    EMBEDDING_PRECISION,
+    Reference,
+    ReferenceInfo,
+    length_quartiles,
+    model_fingerprint,
+    prior_shares,
+    write_reference,
 )
 from medclf.run.runspec import RunSpec
 from medclf.run.tracking import track_train
@@ -107,6 +125,8 @@ class Tested:
     """The calibration part's calibrated probabilities (None: no calibration part)."""
     validation_probs: np.ndarray | None = None
     """The validation part's, where the run has a calibration part (they place the deferral scan's start)."""
+    reference: tuple[np.ndarray, np.ndarray] | None = None
+    """The drift reference: the validation part's fp32 embeddings and calibrated probabilities (None: --no-reference)."""
 
 
 def train(config: TrainConfig, *, progress: bool = True, splits: Splits | None = None, plots: bool = True) -> TrainResult:
@@ -266,8 +286,17 @@ def _test(fitted: Fitted, prep: Prepared, labels: list[str], config: TrainConfig
     test["calibration"]["note"] = note
     if task.multi_label:
         test["at_threshold_0.5"] = headline_figures(task.metrics(y_test, task.probabilities(test_logits), labels))
+    reference = None
+    if config.drift_reference:  # what `medclf drift` compares new texts with: vectors and probabilities, no text
+        e = prep.enc["val"]
+        vectors = encoder_vectors(model, e.input_ids, doc_of=e.doc_of, n_docs=e.n_docs, pad_id=prep.pad_id,
+                                  batching=batching_for(prep.device, config.eval_batch_size), device=prep.device)
+        fp32 = inference_precision("fp32", prep.device)  # as drift computes the new texts', on any machine
+        ref_logits = val_logits if val_logits is not None and prep.evaluation.name == fp32.name else \
+            document_logits(model, e, config, dataclasses.replace(prep, evaluation=fp32))
+        reference = vectors, task.probabilities(ref_logits / temperature)
     return Tested(metrics=test, probs=probs, temperature=temperature, folded=folded, thresholds=thresholds, note=note,
-                  seconds=seconds, calibration_probs=calibration_probs, validation_probs=val_probs)
+                  seconds=seconds, calibration_probs=calibration_probs, validation_probs=val_probs, reference=reference)
 
 
 def _metrics(config: TrainConfig, splits: Splits, prep: Prepared, fitted: Fitted, tested: Tested,
@@ -353,6 +382,8 @@ def _write_run(output: Path, config: TrainConfig, splits: Splits, task: Task, to
         stage = run.path
         save_pretrained_atomic(fitted.model.cpu(), tokenizer, stage / MODEL_DIR)
         spec.write(stage)
+        if tested.reference is not None:
+            _write_reference(stage, splits, task, spec, tested.reference)
         runlog.info(
             "Test: %s on %d rows; training %.1f s (%.1f samples/s).",
             headline(test).replace("   ", ", "), test["n"], metrics["timing"]["train_seconds"],
@@ -377,6 +408,18 @@ def _write_run(output: Path, config: TrainConfig, splits: Splits, task: Task, to
         atomic_write_json(stage / METRICS_FILE, metrics)
         write_card(stage, name=output.name)
     return run.final
+
+
+def _write_reference(stage: Path, splits: Splits, task: Task, spec: RunSpec,
+                     arrays: tuple[np.ndarray, np.ndarray]) -> None:
+    """RUN/reference/ (run/reference.py): the validation part's vectors and probabilities, the training shares, the
+    quartiles of the validation texts' lengths; no text."""
+    info = ReferenceInfo(part="validation part", n=len(splits.val), labels=splits.labels, multi_label=task.multi_label,
+                         train_shares=prior_shares(task.counts(splits.train.labels), len(splits.train), splits.labels,
+                                                   multi_label=task.multi_label, class_weights=spec.config.class_weights),
+                         length_quartiles=length_quartiles(splits.val.texts), embedding_precision=EMBEDDING_PRECISION,
+                         probability_precision=EMBEDDING_PRECISION, model_sha256=model_fingerprint(stage))
+    write_reference(stage, Reference(info=info, embeddings=arrays[0], probabilities=arrays[1]))
 
 
 def _truncation(e: Encoded, max_length: int) -> Truncation:
