@@ -289,3 +289,13 @@ def test_a_partly_labelled_table_is_tested_whole_and_measured_on_its_labelled_ro
     report = json.loads((tmp_path / "d" / "drift.json").read_text())
     assert report["n"] == 90 and report["labelled"]["n"] == 40
     assert report["options"]["data"] == "partly.csv" and str(tmp_path) not in json.dumps(report)
+
+
+@pytest.mark.parametrize("long_text", [None, "chunk"])
+def test_one_pass_gives_the_same_probabilities_and_vectors_as_the_two_calls(trained_run, drift_run, long_text):
+    texts = ["chest pain radiating to the arm " * 30, "itchy rash on both hands", "headache and numbness " * 12]
+    for run in (trained_run, drift_run[0]):
+        clf = TextClassifier.load(run, LoadOptions(backend="torch", precision="fp32", long_text=long_text))
+        probs, vectors = clf.predict_proba_and_embed(texts)
+        assert np.allclose(probs, clf.predict_proba(texts), atol=1e-6)
+        assert np.allclose(vectors, clf.embed(texts), atol=1e-6)

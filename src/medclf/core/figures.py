@@ -218,10 +218,9 @@ class _FiguresOf(TypedDict, total=False):
     """Multi-label: each label's decisions at its own threshold."""
 
 
-class DeferralFigures(_FiguresOf):
-    """What a deferral rule did on a labelled part."""
+class Routed(TypedDict):
+    """How many texts of a part a deferral rule decided, and how well: coverage, realised precision, its interval."""
 
-    rule: DeferralRule
     n: int
     decided: int
     coverage: float
@@ -229,6 +228,12 @@ class DeferralFigures(_FiguresOf):
     """The share right of the decided texts' decisions (multi-label: of their label decisions, present or absent)."""
     low: float | None
     high: float | None
+
+
+class DeferralFigures(_FiguresOf, Routed):
+    """What a deferral rule did on a labelled part."""
+
+    rule: DeferralRule
     per_class: dict[str, ClassDeferral]
     """Per true class (multi-label: per label, among the texts holding it)."""
     curve: list[dict[str, float]]
@@ -387,18 +392,12 @@ class FoldDeferral(TypedDict):
     precision: float | None
 
 
-class CVDeferral(TypedDict):
+class CVDeferral(Routed):
     """Deferral across the folds: each fold's rule (chosen on its own calibration part) on its own test fold, and
     every row's out-of-fold routing pooled."""
 
     target_precision: float
     delta: float
-    n: int
-    decided: int
-    coverage: float
-    precision: float | None
-    low: float | None
-    high: float | None
     interval: str
     folds: list[FoldDeferral]
     folds_at_target: int

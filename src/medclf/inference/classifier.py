@@ -302,13 +302,7 @@ class TextClassifier:
 
     def _window_logits(self, texts: list[str], batch_size: int | None = None) -> tuple[np.ndarray, Encoded]:
         """Logits per sequence (per window with long_text='chunk'), and the encoding they came from."""
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise MedclfError(f"Text {i} is a {type(text).__name__}, not a string; pass strings.")
-            at = unpaired_surrogate(text)
-            if at is not None:
-                raise MedclfError(f"Text {i} holds an unpaired surrogate code point at character {at}, which is not "
-                                  "valid Unicode; decode the text correctly (as UTF-8) before passing it.")
+        _check_texts(texts)
         if self._overlap_tokenizing() and len(texts) > TOKENIZE_AHEAD:
             return self._overlapped_logits(texts, batch_size)
         encoded = self.encode(texts) if texts else Encoded([], 0, 0, 0)
@@ -516,6 +510,22 @@ class TextClassifier:
         return encoder_vectors(model, encoded.input_ids, doc_of=encoded.doc_of, n_docs=encoded.n_docs,
                                batching=self._batching(device, batch_size), pad_id=self.pad_id, device=device)
 
+    def predict_proba_and_embed(self, texts: list[str], *, batch_size: int | None = None
+                                ) -> tuple[np.ndarray, np.ndarray]:
+        """predict_proba and embed of the same texts from one forward pass (PyTorch in fp32, where both agree with
+        the separate calls); any other backend or precision makes the two calls."""
+        from medclf.model.embeddings import logits_and_vectors
+
+        if self.runner.module is None or self.precision.name != "fp32":
+            return self.predict_proba(list(texts), batch_size=batch_size), self.embed(list(texts), batch_size=batch_size)
+        _check_texts(texts)
+        encoded = self.encode(list(texts)) if texts else Encoded([], 0, 0, 0)
+        logits, vectors = logits_and_vectors(self.runner.module, encoded.input_ids, doc_of=encoded.doc_of,
+                                             n_docs=encoded.n_docs, batching=self._batching(self.device, batch_size),
+                                             pad_id=self.pad_id, device=self.device)
+        assert logits is not None
+        return self.probabilities(self.document_logits(logits, encoded.doc_of, encoded.n_docs)), vectors
+
     def torch_model(self) -> torch.nn.Module:
         """The PyTorch model behind this classifier (what gradients need): its own with the torch backend; for ONNX,
         the run's PyTorch model, loaded on the CPU once."""
@@ -535,6 +545,17 @@ class TextClassifier:
     def decide(self, probs: np.ndarray) -> list[Decision]:
         """predict_proba's rows turned into predictions: a label each, or (multi-label) a list of labels each."""
         return [self.task.names(row, self._labels) for row in self.task.decide(probs, self._thresholds)]
+
+
+def _check_texts(texts: list[str]) -> None:
+    """Refuse what no model should read: a non-string, or a text with an unpaired surrogate (not valid Unicode)."""
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise MedclfError(f"Text {i} is a {type(text).__name__}, not a string; pass strings.")
+        at = unpaired_surrogate(text)
+        if at is not None:
+            raise MedclfError(f"Text {i} holds an unpaired surrogate code point at character {at}, which is not "
+                              "valid Unicode; decode the text correctly (as UTF-8) before passing it.")
 
 
 def _config_labels(model_dir: Path) -> list[str]:

@@ -105,8 +105,7 @@ def drift(run_dir: str | Path, config: DriftConfig, *, batch_size: int | None = 
         raise MedclfError(f"The run's drift reference holds the labels {', '.join(reference.info.labels)}, not the "
                           f"model's; add a new one with `medclf reference {run_dir} --data TABLE`.")
     new = read_new(config, clf)
-    probs = clf.predict_proba(new.texts)
-    vectors = clf.embed(new.texts)
+    probs, vectors = clf.predict_proba_and_embed(new.texts)
     report: dict[str, Any] = {
         "run": Path(run_dir).name, "data_file": Path(config.data).name, "data_sha256": file_sha256(config.data),
         "n": len(new.texts), "labels": clf.labels, "task": clf.task.name, "alpha": config.alpha,
@@ -438,5 +437,5 @@ def add_reference(run_dir: str | Path, *, data: str, text_columns: list[str] | N
                                                    class_weights=clf.spec.config.class_weights),
                          length_quartiles=length_quartiles(texts), embedding_precision=EMBEDDING_PRECISION,
                          probability_precision=EMBEDDING_PRECISION, model_sha256=model_fingerprint(run_dir))
-    return write_reference(run_dir, Reference(info=info, embeddings=clf.embed(texts),
-                                              probabilities=clf.predict_proba(texts)))
+    probs, vectors = clf.predict_proba_and_embed(texts)
+    return write_reference(run_dir, Reference(info=info, embeddings=vectors, probabilities=probs))

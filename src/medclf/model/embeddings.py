@@ -146,18 +146,39 @@ def encoder_vectors(model: torch.nn.Module, input_ids: list[list[int]], *, doc_o
     its windows'. The encoder of a fine-tuned model (its base model) or of an embeddings run (the one its head reads).
     Always in fp32, whatever the inference precision, so that vectors from different machines compare: what
     TextClassifier.embed gives and the drift reference holds (run/reference.py)."""
+    return logits_and_vectors(model, input_ids, doc_of=doc_of, n_docs=n_docs, batching=batching, pad_id=pad_id,
+                              device=device, with_logits=False)[1]
+
+
+def logits_and_vectors(model: torch.nn.Module, input_ids: list[list[int]], *, doc_of: list[int] | None, n_docs: int,
+                       batching: Batching, pad_id: int, device: torch.device,
+                       with_logits: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
+    """(logits per sequence, encoder_vectors per text) from one fp32 pass: the classifier's logits and the mean of
+    the same last hidden states (drift reads both; two passes would cost twice). with_logits False: the vectors."""
     from medclf.model.batching import pool_logits
 
-    encoder = model.encoder if isinstance(model, EmbeddingClassifier) else getattr(model, "base_model")
+    width = int(getattr(model, "config").hidden_size)
+    n_labels = int(getattr(model, "config").num_labels) if with_logits else 0
 
-    def mean_states(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        states = encoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
-        return mean_pool(states.float(), inputs["attention_mask"])
+    def step(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        mask = inputs["attention_mask"]
+        if isinstance(model, EmbeddingClassifier):
+            pooled = mean_pool(model.encoder(input_ids=inputs["input_ids"], attention_mask=mask)
+                               .last_hidden_state.float(), mask)
+            if not with_logits:
+                return pooled
+            features = torch.nn.functional.normalize(pooled, dim=-1) if model.normalize else pooled
+            return torch.cat([model.head(features).float(), pooled], dim=1)
+        if not with_logits:
+            states = getattr(model, "base_model")(input_ids=inputs["input_ids"], attention_mask=mask).last_hidden_state
+            return mean_pool(states.float(), mask)
+        out = model(input_ids=inputs["input_ids"], attention_mask=mask, output_hidden_states=True)
+        return torch.cat([out.logits.float(), mean_pool(out.hidden_states[-1].float(), mask)], dim=1)
 
-    out = run_batches(mean_states, input_ids, batching=batching, pad_id=pad_id,
-                      width=int(getattr(model, "config").hidden_size), device=device)
-    pooled = pool_logits(out, doc_of, n_docs, "mean")
-    return np.asarray(pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None), dtype=np.float32)
+    rows = run_batches(step, input_ids, batching=batching, pad_id=pad_id, width=n_labels + width, device=device)
+    pooled = pool_logits(rows[:, n_labels:], doc_of, n_docs, "mean")
+    vectors = np.asarray(pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None), dtype=np.float32)
+    return (rows[:, :n_labels] if with_logits else None), vectors
 
 
 def fit_logistic(
