@@ -17,7 +17,7 @@ def shares_png(report: dict[str, Any]) -> bytes:
 
     rows = report["prevalence"]["rows"]
     y = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(rows) + 1.6))
+    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(rows) + 2.2))
     ax.scatter([r["train"] for r in rows], y, marker="|", s=200, color="black", label="training share", zorder=3)
     estimated = np.array([r["estimated"] for r in rows])
     errors = np.clip([estimated - np.array([r["low"] for r in rows]), np.array([r["high"] for r in rows]) - estimated],
@@ -30,7 +30,8 @@ def shares_png(report: dict[str, Any]) -> bytes:
     ax.set_xlim(0, max(1e-3, max(max(r["high"], r["train"], r["predicted"]) for r in rows)) * 1.1)
     ax.set_xlabel("share of texts")
     ax.set_title(f"Class shares (prevalence p = {report['prevalence']['p_value']:.3g})")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout()
     return figure_png(fig)
 
 
