@@ -262,7 +262,7 @@ def _deferral_checks(clf: TextClassifier, staging: Path, files: list[str]) -> di
         log.warning("The run's calibration or validation texts are not where it was trained from, or they changed: "
                     "its deferral threshold was not re-checked, and the ONNX models will refuse predict_or_defer.")
         return {"checked": False, "torch": rule, "models": {}}
-    thresholds = None if clf.thresholds is None else np.array([clf.thresholds[lab] for lab in clf.labels])
+    thresholds = clf.threshold_array
     models: dict[str, Any] = {}
     for name in files:
         runner = OnnxRunner(staging / name)

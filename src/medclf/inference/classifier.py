@@ -173,6 +173,11 @@ class TextClassifier:
         return list(self._labels)
 
     @property
+    def threshold_array(self) -> np.ndarray | None:
+        """thresholds as an array in the order of `labels` (what Task.decide takes); None for a single-label run."""
+        return None if self._thresholds is None else np.array(self._thresholds, dtype=float)
+
+    @property
     def thresholds(self) -> dict[str, float] | None:
         """Multi-label: each label's decision threshold (None for a single-label run)."""
         return None if self._thresholds is None else {lab: float(t) for lab, t in zip(self._labels, self._thresholds)}

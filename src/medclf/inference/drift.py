@@ -216,7 +216,7 @@ def _figures(clf: TextClassifier, reference: Reference, probs: np.ndarray, vecto
     train = np.array([reference.info.train_shares[lab] for lab in labels])
     shift = task.prior_shift(probs[idx], train, reference=reference.probabilities, permutations=config.permutations,
                              resamples=config.resamples, seed=config.seed)
-    decided = task.decide(probs[idx], _thresholds(clf))
+    decided = task.decide(probs[idx], clf.threshold_array)
     predicted = decided.mean(axis=0) if clf.multi_label else np.bincount(decided, minlength=len(labels)) / len(idx)
     prevalence = {
         "method": "EM prior adjustment (Saerens, Latinne & Decaestecker 2002) on the calibrated probabilities; 95% "
@@ -237,14 +237,10 @@ def _figures(clf: TextClassifier, reference: Reference, probs: np.ndarray, vecto
     return {"prevalence": prevalence, "text": text, "confidence": _confidence(clf, reference.probabilities, probs[idx])}
 
 
-def _thresholds(clf: TextClassifier) -> np.ndarray | None:
-    return None if clf.thresholds is None else np.array([clf.thresholds[lab] for lab in clf.labels])
-
-
 def _confidence(clf: TextClassifier, reference: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
     """Shares of texts below 0.5 and 0.9 (the least sure decision's calibrated probability: the top one, or per
     label that of present or absent), deferred by the run's rule, and the expected accuracy of the decisions."""
-    thresholds = _thresholds(clf)
+    thresholds = clf.threshold_array
 
     def side(p: np.ndarray) -> dict[str, float]:
         conf = clf.task.decision_confidence(p, thresholds)
@@ -279,7 +275,7 @@ def _most_shifted(clf: TextClassifier, reference: Reference, probs: np.ndarray, 
     bands = np.digitize(words, [q1, q2, q3], right=True)
     names = [f"up to {q1:.0f} words", f"{q1:.0f}-{q2:.0f} words", f"{q2:.0f}-{q3:.0f} words", f"over {q3:.0f} words"]
     groups: dict[str, list[str]] = {"length": [names[b] for b in bands]}
-    decided = clf.task.decide(probs[rows], _thresholds(clf))
+    decided = clf.task.decide(probs[rows], clf.threshold_array)
     if clf.multi_label:
         groups["predicted"] = [", ".join(clf.task.names(d, clf.labels)) or "(no label)" for d in decided]
     else:
@@ -309,7 +305,7 @@ def _labelled(clf: TextClassifier, run_dir: str | Path, labels: list[Any], probs
         return None
     y = clf.task.targets([labels[i] for i in rows], clf.labels)
     probs = probs[rows]
-    thresholds = _thresholds(clf)
+    thresholds = clf.threshold_array
     figures = headline_figures(clf.task.metrics(y, probs, clf.labels, thresholds))
     intervals = bootstrap_intervals(y, clf.task.decide(probs, thresholds), multi_label=clf.multi_label, seed=seed)
     path = Path(run_dir) / METRICS_FILE

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from medclf.config import TRAIN_DEFAULTS, LoadOptions, slice_column_list
 from medclf.core.conformal import set_figures
 from medclf.core.deferral import deferral_figures, routing
@@ -65,7 +63,7 @@ def evaluate(
         )
     y = clf.task.targets(part.labels, labels)
     probs = clf.predict_proba(part.texts)
-    thresholds = None if clf.thresholds is None else np.array([clf.thresholds[lab] for lab in labels])
+    thresholds = clf.threshold_array
     metrics = clf.task.metrics(y, probs, labels, thresholds)
     rule = clf.deferral
     if rule is not None:  # what the run's deferral rule does on this table
